@@ -1,0 +1,7 @@
+"""``python -m moco`` is the ``moco`` command."""
+
+import sys
+
+from moco.cli import main
+
+sys.exit(main())

@@ -1,0 +1,217 @@
+"""The ``moco`` command: pretrain, knn, info.
+
+Errors in the user's input (config, data, checkpoints) end with one line on
+stderr and exit status 2 (config) or 1 (data, checkpoint, training), never a
+traceback. ``MOCO_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from moco.config import PRESETS, ConfigError
+
+log = logging.getLogger("moco")
+
+EPILOG_PRETRAIN = """examples:
+  moco pretrain --preset cifar10-cpu --data ../shared/datasets/cifar10 --out runs/cpu
+  moco pretrain --data ~/photos --out runs/photos --epochs 50 --batch-size 128
+  moco pretrain --preset cifar10-demo --data data/cifar10 --out runs/demo --set method.symmetric=true
+  moco pretrain --out runs/cpu --resume auto            # continue an interrupted run
+  moco pretrain --preset imagenet-v2 --print-config     # show the resolved config and exit
+
+--data may be an ImageFolder (class sub-folders), a folder holding train/ and test/
+(the test split then drives the kNN monitor), or any tree of images. Without
+--data: $MOCO_DATA, ./data/cifar10, then ../shared/datasets/cifar10.
+"""
+
+
+def default_data() -> Path | None:
+    for cand in (os.environ.get("MOCO_DATA"), "data/cifar10", "../shared/datasets/cifar10"):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moco", description="Momentum Contrast (MoCo) self-supervised pretraining.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pt = sub.add_parser("pretrain", help="pretrain a backbone on a folder of images",
+                        epilog=EPILOG_PRETRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pt.add_argument("--data", help="image folder to pretrain on (see below)")
+    pt.add_argument("--out", help="run directory (default: runs/PRESET)")
+    pt.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
+                    help=f"recipe to start from: {', '.join(PRESETS)} (default: cifar10-cpu)")
+    pt.add_argument("--config", help="YAML file of settings, e.g. {method: {K: 4096}}")
+    pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one setting, e.g. --set method.m=0.99 (repeatable)")
+    pt.add_argument("--epochs", type=int)
+    pt.add_argument("--batch-size", type=int)
+    pt.add_argument("--lr", type=float)
+    pt.add_argument("--workers", type=int)
+    pt.add_argument("--seed", type=int)
+    pt.add_argument("--max-images", type=int, help="train on a deterministic subset of N images")
+    pt.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    pt.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = latest in --out")
+    pt.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    pt.add_argument("--strict-data", action="store_true", help="fail on the first unreadable image")
+    pt.add_argument("--knn-train", help="labelled ImageFolder used as the kNN monitor's memory")
+    pt.add_argument("--knn-test", help="labelled ImageFolder the kNN monitor classifies")
+    pt.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    kn = sub.add_parser("knn", help="weighted kNN accuracy of a checkpoint's backbone",
+                        epilog="example:\n  moco knn --checkpoint runs/cpu/checkpoint_last.pt "
+                               "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    kn.add_argument("--checkpoint", required=True)
+    kn.add_argument("--train", required=True, help="labelled ImageFolder: the memory")
+    kn.add_argument("--test", required=True, help="labelled ImageFolder to classify")
+    kn.add_argument("--k", type=int, default=200)
+    kn.add_argument("--t", type=float, default=0.1, help="vote temperature")
+    kn.add_argument("--image-size", type=int, help="default: the checkpoint's data.image_size")
+    kn.add_argument("--device", default="auto")
+    kn.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    kn.add_argument("--workers", type=int, default=2, help="decoding processes")
+    kn.add_argument("--json", help="write the result as JSON to this file")
+    kn.add_argument("--no-progress", action="store_true")
+
+    inf = sub.add_parser("info", help="what a checkpoint holds: config, epoch, step, metrics")
+    inf.add_argument("checkpoint")
+    inf.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def _pretrain(a: argparse.Namespace) -> int:
+    from moco.config import dump_yaml, from_dict, load_yaml, merge_dict, resolve, set_value, validate
+    from moco.training.checkpoint import latest_checkpoint, load_checkpoint, require_moco_checkpoint
+    from moco.training.pretrain import pretrain
+
+    flags: dict[str, Any] = {
+        "optim.epochs": a.epochs, "optim.batch_size": a.batch_size, "optim.lr": a.lr, "data.workers": a.workers,
+        "train.seed": a.seed, "data.max_images": a.max_images, "train.device": a.device,
+        "data.strict": True if a.strict_data else None,
+    }
+    preset = a.preset or ("cifar10-cpu" if not a.config else None)
+    out = Path(a.out) if a.out else Path("runs") / (preset or "run")
+    ckpt = None
+    if a.resume:
+        ckpt = latest_checkpoint(out) if a.resume == "auto" else Path(a.resume)
+    if ckpt is not None and ckpt.is_file():
+        # Resuming: the checkpoint's config is the base; explicit flags and --set still apply.
+        cfg = from_dict(require_moco_checkpoint(load_checkpoint(ckpt), ckpt)["config"])
+        if a.config:
+            merge_dict(cfg, load_yaml(a.config), a.config)
+        for k, v in flags.items():
+            if v is not None:
+                set_value(cfg, k, v)
+        for item in a.set:
+            if "=" not in item:
+                raise ConfigError(f"--set expects key=value, got {item!r}")
+            k, v = item.split("=", 1)
+            set_value(cfg, k.strip(), v.strip())
+        validate(cfg)
+    else:
+        cfg = resolve(preset, a.config, flags, a.set)
+    if a.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    data = Path(a.data) if a.data else default_data()
+    if data is None:
+        raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 exists")
+    res = pretrain(cfg, data, out, resume=a.resume, overwrite=a.overwrite, knn_train=a.knn_train,
+                   knn_test=a.knn_test, progress=not a.no_progress)
+    if res.get("stopped"):
+        return 130
+    summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items() if k != "type"}
+    print(json.dumps({"out": str(out), **summary}))
+    return 0
+
+
+def _knn(a: argparse.Namespace) -> int:
+    import torch
+
+    from moco.data.cache import decode_images
+    from moco.data.folder import scan_images
+    from moco.evaluation.knn import evaluate_knn
+    from moco.export.backbone import load_backbone_and_config
+    from moco.training.pretrain import pick_device
+
+    backbone, cfg = load_backbone_and_config(a.checkpoint)
+    size = a.image_size or cfg.data.image_size
+    device = pick_device(a.device)
+    backbone = backbone.to(device, memory_format=torch.channels_last)
+    side = size if size <= 64 else int(round(size * 1.15))
+    train = decode_images(scan_images(a.train), side, workers=a.workers, progress=not a.no_progress)
+    test = decode_images(scan_images(a.test), side, workers=a.workers, progress=not a.no_progress)
+    res = evaluate_knn(backbone, train, test, size, device, a.precision, a.k, a.t, progress=not a.no_progress)
+    res = {**res, "checkpoint": str(a.checkpoint), "train": str(a.train), "test": str(a.test)}
+    print(f"kNN (k={a.k}, t={a.t}) top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+          f"({res['n_train']} train, {res['n_test']} test)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def _info(a: argparse.Namespace) -> int:
+    from moco.training.checkpoint import load_checkpoint, require_moco_checkpoint
+
+    ck = require_moco_checkpoint(load_checkpoint(a.checkpoint), a.checkpoint)
+    cfg = ck["config"]
+    info = {
+        "checkpoint": str(a.checkpoint), "format": ck["format"], "epoch": ck["epoch"],
+        "epochs": cfg["optim"]["epochs"], "step": ck["step"], "epoch_step": ck.get("epoch_step", 0),
+        "n_images": ck.get("n_images"), "metrics": ck.get("metrics", {}), "config": cfg,
+    }
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    m, me = cfg["model"], cfg["method"]
+    print(f"checkpoint  {a.checkpoint}")
+    state = f"epoch {ck['epoch']}/{cfg['optim']['epochs']}, step {ck['step']}"
+    if ck.get("epoch_step"):
+        state += f" (stopped {ck['epoch_step']} steps into epoch {ck['epoch'] + 1})"
+    print(f"progress    {state}")
+    print(f"model       {m['arch']} width {m['width']}{' cifar stem' if m['cifar_stem'] else ''}, "
+          f"{m['head']} head -> {m['dim']}, BN splits {m['bn_splits']}")
+    print(f"method      K={me['K']} m={me['m']} T={me['T']} symmetric={me['symmetric']} shuffle_bn={me['shuffle_bn']}")
+    print(f"optim       batch {cfg['optim']['batch_size']}, lr {cfg['optim']['lr']}, {cfg['optim']['schedule']}")
+    if ck.get("n_images"):
+        print(f"data        {ck['n_images']} images, {cfg['data']['image_size']} px, {cfg['data']['augmentation']} aug")
+    for k, v in (ck.get("metrics") or {}).items():
+        if k != "type":
+            print(f"  {k:14s} {v:.4f}" if isinstance(v, float) else f"  {k:14s} {v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = _parser().parse_args(argv)
+    from moco.data.folder import DataError
+    from moco.training.checkpoint import CheckpointError
+    from moco.training.pretrain import TrainingError
+
+    try:
+        return {"pretrain": _pretrain, "knn": _knn, "info": _info}[args.command](args)
+    except ConfigError as e:
+        print(f"moco: error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, TrainingError) as e:
+        if os.environ.get("MOCO_DEBUG"):
+            raise
+        print(f"moco: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("moco: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Weighted kNN evaluation (InstDisc style), as a monitor and as ``moco knn``.
+
+The labelled train set's L2-normalised backbone features form the memory. Each
+test image takes its ``k`` nearest neighbours by cosine similarity, each voting
+for its class with weight ``exp(sim / t)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moco.data.augment import eval_batch
+from moco.data.cache import DecodedImages
+from moco.data.folder import DataError
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on ``device``; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def iterate_batches(data: DecodedImages, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, len(data.array), batch_size):
+        yield torch.from_numpy(np.array(data.array[i : i + batch_size])).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module, data: DecodedImages, image_size: int, device: torch.device,
+    precision: str = "bf16", batch_size: int = 512, channels_last: bool = True, progress: bool = False,
+) -> torch.Tensor:
+    """L2-normalised ``model.forward_features`` for every image, in eval mode, as float32 on CPU."""
+    was_training = model.training
+    model.eval()
+    feats = []
+    batches = iterate_batches(data, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, total=(len(data.array) + batch_size - 1) // batch_size, desc="features",
+                       leave=False, unit="batch")
+    try:
+        for x in batches:
+            x = eval_batch(x.to(device, non_blocking=True), image_size)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                f = model.forward_features(x)
+            feats.append(F.normalize(f.float(), dim=1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(feats)
+
+
+def knn_predict(
+    test_feats: torch.Tensor, train_feats: torch.Tensor, train_labels: torch.Tensor,
+    num_classes: int, k: int = 200, t: float = 0.1, chunk: int = 1024,
+) -> torch.Tensor:
+    """Class scores (N_test, C) from the weighted vote of the ``k`` nearest train features."""
+    k = min(k, train_feats.shape[0])
+    scores = []
+    for i in range(0, test_feats.shape[0], chunk):
+        sim = test_feats[i : i + chunk] @ train_feats.t()
+        w, idx = sim.topk(k, dim=1)
+        w = (w / t).exp()
+        votes = torch.zeros(w.shape[0], num_classes, dtype=w.dtype)
+        scores.append(votes.scatter_add_(1, train_labels[idx], w))
+    return torch.cat(scores)
+
+
+def knn_accuracy(
+    train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, test_labels: torch.Tensor,
+    num_classes: int, k: int = 200, t: float = 0.1,
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) of the weighted kNN classifier."""
+    scores = knn_predict(test_feats, train_feats, train_labels, num_classes, k, t)
+    top = scores.topk(min(5, num_classes), dim=1).indices
+    correct = top == test_labels.view(-1, 1)
+    return {
+        "top1": 100.0 * correct[:, 0].float().mean().item(),
+        "top5": 100.0 * correct.any(1).float().mean().item(),
+    }
+
+
+def evaluate_knn(
+    model: nn.Module, train: DecodedImages, test: DecodedImages, image_size: int, device: torch.device,
+    precision: str = "bf16", k: int = 200, t: float = 0.1, channels_last: bool = True, progress: bool = False,
+) -> dict[str, float]:
+    """Full kNN evaluation of ``model``'s backbone features; returns top1/top5/k/t/n_train/n_test."""
+    if train.images.labels is None or test.images.labels is None:
+        raise DataError("kNN evaluation needs labelled ImageFolders (class sub-folders) for train and test")
+    if train.images.classes != test.images.classes:
+        raise DataError(
+            f"train and test folders have different classes: {train.images.classes} vs {test.images.classes}"
+        )
+    ftr = extract_features(model, train, image_size, device, precision, channels_last=channels_last,
+                           progress=progress)
+    fte = extract_features(model, test, image_size, device, precision, channels_last=channels_last,
+                           progress=progress)
+    res = knn_accuracy(ftr, torch.tensor(train.images.labels), fte, torch.tensor(test.images.labels),
+                       len(train.images.classes or []), k, t)
+    return {**res, "k": k, "t": t, "n_train": len(ftr), "n_test": len(fte)}

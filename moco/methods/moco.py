@@ -1,0 +1,127 @@
+"""Momentum Contrast (He et al., CVPR 2020), readable against the paper.
+
+Two encoders, ``encoder_q`` (trained by back-propagation) and ``encoder_k``
+(an exponential moving average of it, never receiving gradients), a FIFO
+``queue`` of ``K`` normalised keys, and InfoNCE with temperature ``T`` as a
+(K+1)-way cross-entropy whose positive sits at index 0.
+
+BatchNorm running statistics are buffers, not parameters: the key encoder keeps
+its own, accumulated from the key batches it encodes in train mode, exactly as
+the authors' code does. Only parameters follow the momentum update.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@torch.no_grad()
+def update_momentum(model_k: nn.Module, model_q: nn.Module, m: float) -> None:
+    """theta_k <- m * theta_k + (1 - m) * theta_q, for every parameter (one fused call)."""
+    params_k = [p for p in model_k.parameters()]
+    params_q = [p.detach() for p in model_q.parameters()]
+    torch._foreach_lerp_(params_k, params_q, 1.0 - m)
+
+
+def batch_shuffle(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Randomly permute a batch; return it with the index that undoes the permutation."""
+    idx_shuffle = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    idx_unshuffle = torch.argsort(idx_shuffle)
+    return x[idx_shuffle], idx_unshuffle
+
+
+def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`batch_shuffle`."""
+    return x[idx_unshuffle]
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE loss. ``q``, ``k``: (N, C) normalised; ``queue``: (K, C) negatives.
+
+    Returns the mean loss and the (N, 1+K) logits, positive first.
+    """
+    l_pos = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
+    l_neg = q @ queue.t()  # (N, K)
+    logits = torch.cat([l_pos, l_neg], dim=1) / T
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, labels), logits
+
+
+class MoCo(nn.Module):
+    """MoCo v1/v2. ``encoder`` is a backbone whose ``fc`` is the projection head."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int = 128,
+        K: int = 65536,
+        m: float = 0.999,
+        T: float = 0.07,
+        symmetric: bool = False,
+        shuffle_bn: bool = True,
+    ) -> None:
+        super().__init__()
+        self.K, self.m, self.T = K, m, T
+        self.symmetric, self.shuffle_bn = symmetric, shuffle_bn
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder)  # theta_k starts as a copy of theta_q
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+        self.register_buffer("queue", F.normalize(torch.randn(K, dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
+        """Write ``keys`` over the oldest entries, wrapping around the end of the queue."""
+        n = keys.shape[0]
+        if n >= self.K:  # only the newest K survive
+            keys, n = keys[-self.K :], self.K
+        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % self.K
+        self.queue.index_copy_(0, idx, keys.to(self.queue.dtype))
+        self.queue_ptr.copy_((self.queue_ptr + n) % self.K)
+
+    @torch.no_grad()
+    def _keys(self, im_k: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """k+ = normalize(f_k(x_k)), encoded in shuffled order when shuffle BN is on."""
+        if self.shuffle_bn:
+            im_k, idx_unshuffle = batch_shuffle(im_k, generator)
+            k = F.normalize(self.encoder_k(im_k).float(), dim=1)
+            return batch_unshuffle(k, idx_unshuffle)
+        return F.normalize(self.encoder_k(im_k).float(), dim=1)
+
+    def _loss(self, im_q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor):
+        q = F.normalize(self.encoder_q(im_q).float(), dim=1)
+        return info_nce(q, k, queue, self.T)
+
+    def forward(
+        self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One MoCo step's forward: returns (loss, logits) and updates encoder_k and the queue.
+
+        As in the authors' code, the key encoder is momentum-updated *before* it
+        encodes this batch's keys, and the keys are enqueued after the logits are formed.
+        """
+        with torch.no_grad():
+            update_momentum(self.encoder_k, self.encoder_q, self.m)
+        queue = self.queue.clone()  # the loss must see the queue before this step's enqueue
+        if self.symmetric:  # L(x1 -> x2) + L(x2 -> x1); both key sets are enqueued
+            k1, k2 = self._keys(im_q, generator), self._keys(im_k, generator)
+            loss_12, logits = self._loss(im_q, k2, queue)
+            loss_21, _ = self._loss(im_k, k1, queue)
+            loss, keys = loss_12 + loss_21, torch.cat([k1, k2])
+        else:
+            keys = self._keys(im_k, generator)
+            loss, logits = self._loss(im_q, keys, queue)
+        self._dequeue_and_enqueue(keys)
+        return loss, logits
+
+
+def build_head(in_dim: int, dim: int, mlp: bool) -> nn.Module:
+    """v1: fc -> dim. v2: fc(in, in) - ReLU - fc(in, dim)."""
+    if mlp:
+        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, dim))
+    return nn.Linear(in_dim, dim)

@@ -1,0 +1,88 @@
+"""Run logging: ``metrics.jsonl``, TensorBoard events and a PNG of the curves.
+
+TensorBoard is optional at run time: if the package is missing, metrics still go
+to ``metrics.jsonl`` and the plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("moco")
+
+
+class MetricsLogger:
+    """Appends one JSON record per call to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, out: Path, tensorboard: bool = True) -> None:
+        self.path = out / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tb"))
+            except ImportError:
+                log.warning("tensorboard is not installed; writing metrics.jsonl only")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            kind = record.get("type", "step")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step"):
+                    self.writer.add_scalar(f"{kind}/{k}", v, record.get("step", 0))
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill mid-write
+    return out
+
+
+def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
+    """Loss, pretext accuracy and kNN top-1 against epoch, written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in metrics if r.get("type") == "step"]
+    epochs = [r for r in metrics if r.get("type") == "epoch"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax = axes[0]
+    if steps:
+        ax.plot([r["epoch_float"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6, label="step")
+    if epochs:
+        ax.plot([r["epoch"] for r in epochs], [r["loss"] for r in epochs], "o-", label="epoch mean")
+    ax.set(title="InfoNCE loss", xlabel="epoch")
+    ax.legend()
+    ax = axes[1]
+    if epochs:
+        ax.plot([r["epoch"] for r in epochs], [r["pretext_acc1"] for r in epochs], "o-")
+    ax.set(title="instance-discrimination acc@1 (%)", xlabel="epoch")
+    ax = axes[2]
+    knn = [r for r in epochs if "knn_top1" in r]
+    if knn:
+        ax.plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], "o-", color="C2")
+    ax.set(title="kNN top-1 (%)", xlabel="epoch")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)

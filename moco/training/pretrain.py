@@ -1,0 +1,421 @@
+"""The pretraining loop: one plain loop with small helpers for precision, resume and logging.
+
+``pretrain(cfg, data, out)`` trains MoCo on an image folder and writes the run
+directory (config.yaml, metrics.jsonl, tb/, checkpoints, curves.png). Stopping
+is safe at any time: SIGINT/SIGTERM finish the current step and write
+``checkpoint_last.pt``; ``resume="auto"`` continues bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from moco.config import Config, ConfigError, dump_yaml, from_dict, validate
+from moco.data.augment import batch_augment, per_image_transform
+from moco.data.cache import DecodedImages, decode_images
+from moco.data.folder import DataError, ImageList, find_split, scan_images
+from moco.evaluation.knn import autocast, evaluate_knn
+from moco.methods import build_moco
+from moco.training.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    atomic_save,
+    latest_checkpoint,
+    load_checkpoint,
+    load_state_strict,
+    require_moco_checkpoint,
+)
+from moco.training.logging import MetricsLogger, plot_curves, read_metrics
+
+log = logging.getLogger("moco")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "curves.png")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, ...); the last good checkpoint is kept."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available here")
+    return dev
+
+
+def lr_at(cfg: Config, epoch: float) -> float:
+    """Learning rate at a fractional epoch: linear warm-up, then cosine or step decay."""
+    o = cfg.optim
+    if epoch < o.warmup_epochs:
+        return o.lr * (epoch + 1e-8) / o.warmup_epochs
+    if o.schedule == "cosine":
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / o.epochs))
+    return o.lr * 0.1 ** sum(epoch >= m for m in o.milestones)
+
+
+def cache_side(cfg: Config) -> int:
+    d = cfg.data
+    if d.cache_size:
+        return d.cache_size
+    return d.image_size if d.image_size <= 64 else int(round(d.image_size * 1.15))
+
+
+@dataclass
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it after every step."""
+
+    signum: int | None = None
+    previous: dict[int, Any] = field(default_factory=dict)
+
+    def install(self) -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: finishing this step and saving a checkpoint", signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+class TwoViews(torch.utils.data.Dataset):
+    """Per-image pipeline: two independently augmented PIL views of each image."""
+
+    def __init__(self, images: ImageList, cfg: Config, strict: bool) -> None:
+        self.images, self.strict = images, strict
+        self.transform = per_image_transform(cfg.data.augmentation, cfg.data.image_size, cfg.data.crop_min_scale)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        from moco.data.folder import load_rgb
+
+        for j in range(len(self.images)):  # skip unreadable files (or fail in strict mode)
+            path = self.images.root / self.images.paths[(i + j) % len(self.images)]
+            try:
+                img = load_rgb(path)
+                break
+            except Exception as e:  # noqa: BLE001
+                if self.strict:
+                    raise DataError(f"unreadable image: {path} ({type(e).__name__}: {e})") from None
+                log.warning("skipping unreadable image %s (%s)", path, e)
+        return self.transform(img), self.transform(img)
+
+
+def _batches_cached(
+    data: DecodedImages, perm: torch.Tensor, start: int, cfg: Config, gen: torch.Generator, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    b = cfg.optim.batch_size
+    for i in range(start, len(perm) // b):
+        x = data.batch(perm[i * b : (i + 1) * b]).to(device, non_blocking=True)
+        args = (cfg.data.image_size, cfg.data.augmentation, cfg.data.crop_min_scale, gen)
+        yield batch_augment(x, *args), batch_augment(x, *args)
+
+
+def _batches_per_image(
+    ds: TwoViews, perm: torch.Tensor, start: int, cfg: Config, epoch_seed: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    b = cfg.optim.batch_size
+    n = len(perm) // b
+    batches = [perm[i * b : (i + 1) * b].tolist() for i in range(start, n)]
+    loader = torch.utils.data.DataLoader(
+        ds, batch_sampler=batches, num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(epoch_seed), persistent_workers=False,
+    )
+    for im_q, im_k in loader:
+        yield im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True)
+
+
+def prepare_out(out: Path, resume: str | None, overwrite: bool) -> Path | None:
+    """Create ``out``; refuse to mix runs. Returns the checkpoint to resume from, if any."""
+    out.mkdir(parents=True, exist_ok=True)
+    existing = [f for f in RUN_FILES if (out / f).exists()] + [p.name for p in out.glob("checkpoint_*.pt")]
+    if resume:
+        ckpt = latest_checkpoint(out) if resume == "auto" else Path(resume)
+        if resume != "auto" and not ckpt.is_file():
+            raise CheckpointError(f"checkpoint not found: {ckpt}")
+        if ckpt is None:
+            log.info("no checkpoint in %s yet: starting a new run", out)
+        return ckpt
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a run ({existing[0]}); pass --resume auto to continue it or --overwrite to replace it"
+        )
+    if overwrite:
+        for name in existing:
+            (out / name).unlink(missing_ok=True)
+    return None
+
+
+def check_compatible(saved: Config, cfg: Config, path: Path) -> None:
+    """Structural settings must match the checkpoint's; schedule and logging may change on resume."""
+    for section, keys in (("model", None), ("method", ("K",))):
+        a, b = getattr(saved, section), getattr(cfg, section)
+        for k in keys or vars(a):
+            if getattr(a, k) != getattr(b, k):
+                raise CheckpointError(
+                    f"{path} was made with {section}.{k}={getattr(a, k)!r}, this run asks for {getattr(b, k)!r}"
+                )
+
+
+def pretrain(
+    cfg: Config,
+    data: str | Path,
+    out: str | Path,
+    resume: str | None = None,
+    overwrite: bool = False,
+    knn_train: str | Path | None = None,
+    knn_test: str | Path | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Pretrain MoCo on the images under ``data``; returns the final epoch's metrics.
+
+    ``max_steps`` stops after that many global steps (with a checkpoint), as an
+    interruption would; it exists for tests and quick checks.
+    """
+    out = Path(out)
+    validate(cfg)
+    ckpt_path = prepare_out(out, resume, overwrite)
+    state: dict[str, Any] | None = None
+    if ckpt_path is not None:
+        state = require_moco_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
+        check_compatible(from_dict(state["config"]), cfg, ckpt_path)
+    device = pick_device(cfg.train.device)
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision fp16 needs CUDA; use bf16 on the CPU")
+    torch.manual_seed(cfg.train.seed)
+
+    # Data.
+    train_dir, test_dir = find_split(Path(data))
+    images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed)
+    side = cache_side(cfg)
+    decoded: DecodedImages | None = None
+    if cfg.data.pipeline == "cached":
+        decoded = decode_images(images, side, cfg.data.cache_dir or None, cfg.data.workers, cfg.data.strict, progress)
+        images = decoded.images
+    n_images = len(images)
+    b = cfg.optim.batch_size
+    steps_per_epoch = n_images // b
+    if steps_per_epoch == 0:
+        raise DataError(f"{train_dir} has {n_images} usable image(s), fewer than one batch of {b}; lower --batch-size")
+    knn_sets = _knn_sets(cfg, decoded, images, knn_train, knn_test, test_dir, side, progress)
+
+    # Model and optimiser.
+    model = build_moco(cfg)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)
+    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
+    gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws
+    epoch, step, epoch_step, history = 0, 0, 0, []
+    if state is not None:
+        load_state_strict(model, state["model"], ckpt_path, "model")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{ckpt_path}: optimizer state does not match this model ({e})") from None
+        if "scaler" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["rng"]["aug"])
+        torch.set_rng_state(state["rng"]["torch"])
+        epoch, step, epoch_step = state["epoch"], state["step"], state.get("epoch_step", 0)
+        history = list(state.get("history", []))
+        log.info("resumed from %s at epoch %d, step %d", ckpt_path, epoch + (epoch_step > 0), step)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    if epoch >= cfg.optim.epochs:
+        log.info("run already finished (%d/%d epochs)", epoch, cfg.optim.epochs)
+        return history[-1] if history else {}
+
+    ds = TwoViews(images, cfg, cfg.data.strict) if decoded is None else None
+    metrics = MetricsLogger(out)
+    stop = StopFlag()
+    stop.install()
+
+    def save(kind: str, last: dict[str, Any] | None) -> None:
+        ckpt = {
+            "format": FORMAT, "config": cfg.to_dict(), "epoch": epoch, "step": step, "epoch_step": epoch_step,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": {"aug": gen.get_state(), "torch": torch.get_rng_state()},
+            "metrics": last or {}, "history": history, "n_images": n_images,
+        }
+        if scaler.is_enabled():
+            ckpt["scaler"] = scaler.state_dict()
+        atomic_save(ckpt, out / "checkpoint_last.pt")
+        if kind == "epoch" and cfg.train.checkpoint_every and (
+            epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.optim.epochs
+        ):
+            atomic_save(ckpt, out / f"checkpoint_{epoch:04d}.pt")
+
+    log.info(
+        "pretraining %s (width %d) on %d images from %s: %d epochs x %d steps, batch %d, K=%d, m=%s, T=%s, %s on %s",
+        cfg.model.arch, cfg.model.width, n_images, train_dir, cfg.optim.epochs, steps_per_epoch, b,
+        cfg.method.K, cfg.method.m, cfg.method.T, cfg.train.precision, device,
+    )
+    last: dict[str, Any] = history[-1] if history else {}
+    try:
+        while epoch < cfg.optim.epochs:
+            perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch))
+            if decoded is not None:
+                batches = _batches_cached(decoded, perm, epoch_step, cfg, gen, device)
+            else:
+                assert ds is not None
+                batches = _batches_per_image(ds, perm, epoch_step, cfg, cfg.train.seed * 100_003 + epoch, device)
+            model.train()
+            t_epoch = time.perf_counter()
+            t_log, imgs_log = t_epoch, 0
+            loss_sum = torch.zeros((), device=device)
+            acc_sum = torch.zeros((), device=device)
+            n_sum = 0
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                           unit="step", leave=False, dynamic_ncols=True, disable=None)
+            for im_q, im_k in batches:
+                lr = lr_at(cfg, epoch + epoch_step / steps_per_epoch)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                im_q = im_q.contiguous(memory_format=fmt)
+                im_k = im_k.contiguous(memory_format=fmt)
+                with autocast(device, cfg.train.precision):
+                    loss, logits = model(im_q, im_k, generator=gen)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                with torch.no_grad():
+                    loss_sum += loss.detach()
+                    acc_sum += (logits.argmax(1) == 0).float().mean() * 100
+                n_sum += 1
+                step += 1
+                epoch_step += 1
+                imgs_log += b
+                if step % cfg.train.log_every == 0 or epoch_step == steps_per_epoch:
+                    loss_v = loss.item()
+                    if not math.isfinite(loss_v):
+                        kept = latest_checkpoint(out)
+                        kept_s = f"The last good checkpoint is kept: {kept}" if kept else "No checkpoint yet."
+                        raise TrainingError(
+                            f"loss became {loss_v} at epoch {epoch + 1}, step {step}; likely causes: learning rate "
+                            f"too high (optim.lr={cfg.optim.lr}), temperature too low (method.T={cfg.method.T}) or "
+                            f"low precision (train.precision={cfg.train.precision}). {kept_s}"
+                        )
+                    now = time.perf_counter()
+                    rec = {
+                        "type": "step", "epoch": epoch + 1, "step": step,
+                        "epoch_float": round(epoch + epoch_step / steps_per_epoch, 4), "loss": loss_v,
+                        "pretext_acc1": (logits.argmax(1) == 0).float().mean().item() * 100, "lr": lr,
+                        "images_per_sec": imgs_log / max(now - t_log, 1e-9),
+                    }
+                    metrics.write(rec)
+                    t_log, imgs_log = now, 0
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.4f}", ips=f"{rec['images_per_sec']:.0f}")
+                if bar is not None:
+                    bar.update(1)
+                if stop.signum is not None or (max_steps is not None and step >= max_steps):
+                    break
+            if bar is not None:
+                bar.close()
+            if epoch_step < steps_per_epoch:  # interrupted mid-epoch
+                save("interrupt", last)
+                why = signal.Signals(stop.signum).name if stop.signum else f"max_steps={max_steps}"
+                log.warning("stopped (%s) at epoch %d, step %d; checkpoint saved to %s; continue with --resume auto",
+                            why, epoch + 1, step, out / "checkpoint_last.pt")
+                last = {"stopped": True, "epoch": epoch, "step": step}
+                return last
+            epoch += 1
+            epoch_step = 0
+            elapsed = time.perf_counter() - t_epoch
+            n_done = max(n_sum, 1)
+            last = {
+                "type": "epoch", "epoch": epoch, "step": step, "loss": (loss_sum / n_done).item(),
+                "pretext_acc1": (acc_sum / n_done).item(), "lr": lr_at(cfg, epoch),
+                "images_per_sec": n_sum * b / max(elapsed, 1e-9),
+                "epoch_time": elapsed,
+            }
+            if knn_sets and (
+                (cfg.train.knn_every and epoch % cfg.train.knn_every == 0) or epoch == cfg.optim.epochs
+            ):
+                t0 = time.perf_counter()
+                res = evaluate_knn(model.encoder_q, *knn_sets, cfg.data.image_size, device, cfg.train.precision,
+                                   cfg.train.knn_k, cfg.train.knn_t, cfg.train.channels_last)
+                last.update({"knn_top1": res["top1"], "knn_top5": res["top5"],
+                             "knn_time": time.perf_counter() - t0})
+            metrics.write(last)
+            history.append(last)
+            save("epoch", last)
+            knn_s = f"  knn top-1 {last['knn_top1']:.2f}%" if "knn_top1" in last else ""
+            log.info(
+                "epoch %d/%d  loss %.4f  pretext acc %.1f%%  lr %.4f  %.0f img/s  %.0fs%s",
+                epoch, cfg.optim.epochs, last["loss"], last["pretext_acc1"], last["lr"], last["images_per_sec"],
+                elapsed, knn_s,
+            )
+            try:
+                plot_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png")
+            except Exception as e:  # noqa: BLE001 - a plot must never stop training
+                log.warning("could not draw curves.png: %s", e)
+            if stop.signum is not None or (max_steps is not None and step >= max_steps):
+                log.warning("stopped after epoch %d; continue with --resume auto", epoch)
+                return {**last, "stopped": epoch < cfg.optim.epochs}
+    finally:
+        stop.restore()
+        metrics.close()
+    return last
+
+
+def _knn_sets(
+    cfg: Config, decoded: DecodedImages | None, images: ImageList, knn_train: str | Path | None,
+    knn_test: str | Path | None, test_dir: Path | None, side: int, progress: bool,
+) -> tuple[DecodedImages, DecodedImages] | None:
+    """The kNN monitor's (memory, test) sets, or None when no labelled test data is available."""
+    test = Path(knn_test) if knn_test else test_dir
+    if test is None:
+        if knn_train:
+            raise ConfigError("--knn-train needs --knn-test too")
+        return None
+    d = cfg.data
+    if knn_train:
+        memory = decode_images(scan_images(knn_train), side, d.cache_dir or None, d.workers, d.strict, progress)
+    elif decoded is not None:
+        memory = decoded
+    else:
+        memory = decode_images(images, side, d.cache_dir or None, d.workers, d.strict, progress)
+    if memory.images.labels is None:
+        log.warning("kNN monitor off: %s has no class sub-folders (labels)", memory.images.root)
+        return None
+    test_set = decode_images(scan_images(test), side, d.cache_dir or None, d.workers, d.strict, progress)
+    if test_set.images.classes != memory.images.classes:
+        log.warning("kNN monitor off: %s and %s have different class folders", memory.images.root, test)
+        return None
+    return memory, test_set
+
+
+def load_run_config(path: Path) -> Config:
+    """The config stored in a checkpoint or a run's config.yaml."""
+    if path.suffix in (".yaml", ".yml"):
+        return from_dict(yaml.safe_load(path.read_text()) or {})
+    return from_dict(require_moco_checkpoint(load_checkpoint(path), path)["config"])
+

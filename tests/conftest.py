@@ -1,0 +1,49 @@
+"""Shared fixtures: small generated image folders and a tiny, fast config."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moco.config import Config, resolve
+
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10"
+
+
+def make_image_folder(root: Path, classes: int = 2, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:
+    """An ImageFolder whose classes differ in colour, so that features can separate them."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 256, 3)
+        for i in range(per_class):
+            noise = rng.integers(-40, 40, (size, size, 3))
+            arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    """``data/train`` (2 x 24 images) and ``data/test`` (2 x 8 images), 16 px."""
+    make_image_folder(tmp_path / "data" / "train", per_class=24, seed=0)
+    make_image_folder(tmp_path / "data" / "test", per_class=8, seed=1)
+    return tmp_path / "data"
+
+
+def tiny_config(tmp_path: Path, *overrides: str) -> Config:
+    return resolve(
+        "cifar10-cpu",
+        overrides=[
+            "model.width=4", "model.bn_splits=2", "data.image_size=16", "optim.batch_size=8", "method.K=40",
+            "optim.epochs=3", "data.workers=0", f"data.cache_dir={tmp_path / 'cache'}", "train.log_every=2",
+            "train.checkpoint_every=1", *overrides,
+        ],
+    )
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> Config:
+    return tiny_config(tmp_path)

@@ -1,0 +1,80 @@
+"""Config resolution: presets, YAML, overrides, type and range checks with one-line errors."""
+
+import pytest
+
+from moco.config import PRESETS, ConfigError, resolve
+
+
+def test_presets_resolve_to_the_documented_recipes():
+    demo = resolve("cifar10-demo")
+    assert (demo.method.K, demo.method.m, demo.method.T) == (4096, 0.99, 0.1)
+    assert (demo.optim.batch_size, demo.optim.lr, demo.optim.weight_decay) == (512, 0.06, 5e-4)
+    assert demo.model.cifar_stem and demo.model.bn_splits == 8 and demo.optim.schedule == "cosine"
+    v1 = resolve("imagenet-v1")
+    assert (v1.method.K, v1.method.m, v1.method.T, v1.model.head) == (65536, 0.999, 0.07, "linear")
+    assert v1.optim.milestones == [120, 160] and v1.optim.lr == 0.03
+    v2 = resolve("imagenet-v2")
+    assert (v2.method.T, v2.model.head, v2.data.augmentation, v2.optim.schedule) == (0.2, "mlp", "v2", "cosine")
+    cpu = resolve("cifar10-cpu")
+    assert cpu.model.width < 64
+    for name in PRESETS:
+        resolve(name)
+
+
+def test_precedence_preset_file_flags_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("method:\n  K: 8192\n  m: 0.9\noptim:\n  epochs: 3\n")
+    cfg = resolve("cifar10-cpu", str(f), {"optim.epochs": 5}, ["method.m=0.95", "model.head=mlp"])
+    assert cfg.method.K == 8192
+    assert cfg.optim.epochs == 5
+    assert cfg.method.m == 0.95
+    assert cfg.model.head == "mlp"
+
+
+def test_set_parses_types():
+    cfg = resolve("cifar10-cpu", overrides=["method.symmetric=true", "optim.milestones=[2, 4]", "method.T=0.2"])
+    assert cfg.method.symmetric is True and cfg.optim.milestones == [2, 4] and cfg.method.T == 0.2
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method.k=4096", "did you mean 'method.K'"),
+        ("optim.epoch=3", "did you mean 'optim.epochs'"),
+        ("K=100", "did you mean 'method.K'"),
+        ("method.m=fast", "must be a number"),
+        ("optim.epochs=2.5", "must be an integer"),
+        ("method.symmetric=maybe", "must be true or false"),
+        ("method.m=1.0", "method.m must be in [0, 1)"),
+        ("method.m=-0.1", "method.m must be in [0, 1)"),
+        ("method.T=0", "method.T must be > 0"),
+        ("model.width=0", "model.width must be >= 1"),
+        ("method.K=100", "method.K (100) must be >="),
+        ("model.arch=resnet19", "model.arch must be one of"),
+        ("optim.lr=-1", "optim.lr must be > 0"),
+    ],
+)
+def test_bad_values_give_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as e:
+        resolve("cifar10-cpu", overrides=[override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_queue_must_hold_a_symmetric_step():
+    with pytest.raises(ConfigError, match="symmetric"):
+        resolve("cifar10-cpu", overrides=["method.K=300", "method.symmetric=true"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        resolve(config_file=str(tmp_path / "nope.yaml"))
+    f = tmp_path / "bad.yaml"
+    f.write_text("method: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve(config_file=str(f))
+    f.write_text("methd:\n  K: 5\n")
+    with pytest.raises(ConfigError, match="did you mean 'method"):
+        resolve(config_file=str(f))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resolve("cifar10-gpu")

@@ -1,0 +1,34 @@
+"""Weighted kNN against hand-computed votes."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from moco.evaluation.knn import knn_accuracy, knn_predict
+
+
+def test_votes_are_exp_similarity_over_t():
+    train = F.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]), dim=1)
+    labels = torch.tensor([0, 1, 1])
+    test = F.normalize(torch.tensor([[0.9, 0.1]]), dim=1)
+    scores = knn_predict(test, train, labels, num_classes=2, k=2, t=0.5)
+    sims = (test @ train.t())[0]
+    top2 = sims.topk(2).indices.tolist()
+    expected = [0.0, 0.0]
+    for i in top2:
+        expected[labels[i]] += math.exp(sims[i].item() / 0.5)
+    assert torch.allclose(scores[0], torch.tensor(expected), rtol=1e-5)
+
+
+def test_accuracy_on_separable_clusters():
+    g = torch.Generator().manual_seed(0)
+    centers = F.normalize(torch.randn(3, 16, generator=g), dim=1)
+    tr_y = torch.arange(3).repeat_interleave(50)
+    te_y = torch.arange(3).repeat_interleave(10)
+    tr = F.normalize(centers[tr_y] + 0.05 * torch.randn(150, 16, generator=g), dim=1)
+    te = F.normalize(centers[te_y] + 0.05 * torch.randn(30, 16, generator=g), dim=1)
+    res = knn_accuracy(tr, tr_y, te, te_y, 3, k=20, t=0.1)
+    assert res["top1"] == 100.0 and res["top5"] == 100.0
+    shuffled = knn_accuracy(tr, tr_y[torch.randperm(150, generator=g)], te, te_y, 3, k=20, t=0.1)
+    assert shuffled["top1"] < 70.0
