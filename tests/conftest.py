@@ -47,3 +47,9 @@ def tiny_config(tmp_path: Path, *overrides: str) -> Config:
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> Config:
     return tiny_config(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded-image caches of tests go to a temporary folder, not ~/.cache."""
+    monkeypatch.setenv("MOCO_CACHE", str(tmp_path_factory.getbasetemp() / "moco-cache"))

@@ -25,7 +25,7 @@ from moco.data.augment import batch_augment, per_image_transform
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.folder import DataError, ImageList, find_split, scan_images
 from moco.evaluation.knn import autocast, evaluate_knn
-from moco.methods import build_moco
+from moco.methods import MoCo, build_moco
 from moco.training.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -121,7 +121,7 @@ class TwoViews(torch.utils.data.Dataset):
         return self.transform(img), self.transform(img)
 
 
-def _batches_cached(
+def cached_batches(
     data: DecodedImages, perm: torch.Tensor, start: int, cfg: Config, gen: torch.Generator, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     b = cfg.optim.batch_size
@@ -131,7 +131,7 @@ def _batches_cached(
         yield batch_augment(x, *args), batch_augment(x, *args)
 
 
-def _batches_per_image(
+def per_image_batches(
     ds: TwoViews, perm: torch.Tensor, start: int, cfg: Config, epoch_seed: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     b = cfg.optim.batch_size
@@ -143,6 +143,33 @@ def _batches_per_image(
     )
     for im_q, im_k in loader:
         yield im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True)
+
+
+def memory_format(cfg: Config) -> torch.memory_format:
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
+def build_training(cfg: Config, device: torch.device) -> tuple[MoCo, torch.optim.Optimizer, torch.amp.GradScaler]:
+    """The model on ``device`` (channels_last if configured), its SGD optimiser and the fp16 grad scaler."""
+    model = build_moco(cfg).to(device, memory_format=memory_format(cfg))
+    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
+    return model, optimizer, scaler
+
+
+def train_step(
+    model: MoCo, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, im_q: torch.Tensor,
+    im_k: torch.Tensor, gen: torch.Generator, precision: str, device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MoCo step: forward under autocast, backward, SGD. Returns detached (loss, logits); no host sync."""
+    with autocast(device, precision):
+        loss, logits = model(im_q, im_k, generator=gen)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
 
 
 def prepare_out(out: Path, resume: str | None, overwrite: bool) -> Path | None:
@@ -221,12 +248,8 @@ def pretrain(
     knn_sets = _knn_sets(cfg, decoded, images, knn_train, knn_test, test_dir, side, progress)
 
     # Model and optimiser.
-    model = build_moco(cfg)
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=fmt)
-    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
+    model, optimizer, scaler = build_training(cfg, device)
+    fmt = memory_format(cfg)
     gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws
     epoch, step, epoch_step, history = 0, 0, 0, []
     if state is not None:
@@ -277,10 +300,10 @@ def pretrain(
         while epoch < cfg.optim.epochs:
             perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch))
             if decoded is not None:
-                batches = _batches_cached(decoded, perm, epoch_step, cfg, gen, device)
+                batches = cached_batches(decoded, perm, epoch_step, cfg, gen, device)
             else:
                 assert ds is not None
-                batches = _batches_per_image(ds, perm, epoch_step, cfg, cfg.train.seed * 100_003 + epoch, device)
+                batches = per_image_batches(ds, perm, epoch_step, cfg, cfg.train.seed * 100_003 + epoch, device)
             model.train()
             t_epoch = time.perf_counter()
             t_log, imgs_log = t_epoch, 0
@@ -299,15 +322,9 @@ def pretrain(
                     g["lr"] = lr
                 im_q = im_q.contiguous(memory_format=fmt)
                 im_k = im_k.contiguous(memory_format=fmt)
-                with autocast(device, cfg.train.precision):
-                    loss, logits = model(im_q, im_k, generator=gen)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                with torch.no_grad():
-                    loss_sum += loss.detach()
-                    acc_sum += (logits.argmax(1) == 0).float().mean() * 100
+                loss, logits = train_step(model, optimizer, scaler, im_q, im_k, gen, cfg.train.precision, device)
+                loss_sum += loss
+                acc_sum += (logits.argmax(1) == 0).float().mean() * 100
                 n_sum += 1
                 step += 1
                 epoch_step += 1
