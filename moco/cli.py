@@ -1,4 +1,4 @@
-"""The ``moco`` command: pretrain, knn, info.
+"""The ``moco`` command: pretrain, knn, linear, embed, neighbors, export, info.
 
 Errors in the user's input (config, data, checkpoints) end with one line on
 stderr and exit status 2 (config) or 1 (data, checkpoint, training), never a
@@ -67,21 +67,69 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    def eval_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--checkpoint", required=True,
+                        help="momentum-contrast checkpoint, authors' checkpoint_XXXX.pth.tar, or ResNet state dict")
+        sp.add_argument("--image-size", type=int, help="default: the checkpoint's data.image_size")
+        sp.add_argument("--device", default="auto")
+        sp.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+        sp.add_argument("--workers", type=int, default=2, help="decoding processes")
+        sp.add_argument("--no-progress", action="store_true")
+
     kn = sub.add_parser("knn", help="weighted kNN accuracy of a checkpoint's backbone",
                         epilog="example:\n  moco knn --checkpoint runs/cpu/checkpoint_last.pt "
                                "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    kn.add_argument("--checkpoint", required=True)
+    eval_args(kn)
     kn.add_argument("--train", required=True, help="labelled ImageFolder: the memory")
     kn.add_argument("--test", required=True, help="labelled ImageFolder to classify")
     kn.add_argument("--k", type=int, default=200)
     kn.add_argument("--t", type=float, default=0.1, help="vote temperature")
-    kn.add_argument("--image-size", type=int, help="default: the checkpoint's data.image_size")
-    kn.add_argument("--device", default="auto")
-    kn.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
-    kn.add_argument("--workers", type=int, default=2, help="decoding processes")
     kn.add_argument("--json", help="write the result as JSON to this file")
-    kn.add_argument("--no-progress", action="store_true")
+
+    li = sub.add_parser(
+        "linear", help="linear classification protocol on the frozen backbone",
+        epilog="example:\n  moco linear --checkpoint runs/cpu/checkpoint_last.pt "
+               "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test --json linear.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    eval_args(li)
+    li.add_argument("--train", required=True, help="labelled ImageFolder to train the classifier on")
+    li.add_argument("--test", required=True, help="labelled ImageFolder to evaluate on")
+    li.add_argument("--epochs", type=int, default=100)
+    li.add_argument("--lr", type=float, default=30.0)
+    li.add_argument("--weight-decay", type=float, default=0.0)
+    li.add_argument("--batch-size", type=int, default=256)
+    li.add_argument("--schedule", choices=["step", "cosine"], default="step", help="step: x0.1 at 60%% and 80%%")
+    li.add_argument("--augment", action="store_true",
+                    help="re-encode augmented images every epoch (slow); default: cached center-crop features")
+    li.add_argument("--save", help="where to save the classifier (default: linear_classifier.pt beside the checkpoint)")
+    li.add_argument("--json", help="write the result as JSON to this file")
+
+    em = sub.add_parser("embed", help="backbone features of every image in a folder, to .npz",
+                        epilog="example:\n  moco embed --checkpoint runs/cpu/checkpoint_last.pt --data ~/photos "
+                               "--out photos.npz", formatter_class=argparse.RawDescriptionHelpFormatter)
+    eval_args(em)
+    em.add_argument("--data", required=True)
+    em.add_argument("--out", required=True, help=".npz with features, paths (and labels for an ImageFolder)")
+    em.add_argument("--normalize", action="store_true", help="L2-normalise the features")
+
+    nb = sub.add_parser("neighbors", help="picture of each query image's nearest neighbours in a folder",
+                        epilog="example:\n  moco neighbors --checkpoint runs/cpu/checkpoint_last.pt "
+                               "--data ../shared/datasets/cifar10/test --query some.jpg --k 8 --out grid.png",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    eval_args(nb)
+    nb.add_argument("--data", required=True, help="folder to search")
+    nb.add_argument("--query", required=True, help="an image, or a folder of query images")
+    nb.add_argument("--k", type=int, default=8)
+    nb.add_argument("--out", required=True, help="PNG to write")
+
+    ex = sub.add_parser("export", help="write the backbone as torchvision, Detectron2 or safetensors weights",
+                        epilog="examples:\n  moco export --checkpoint runs/r1/checkpoint_last.pt --format torchvision "
+                               "--out r18.pth\n  moco export --checkpoint moco_v2_800ep.pth.tar --format detectron2 "
+                               "--out r50.pkl", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--format", required=True, choices=["torchvision", "detectron2", "safetensors"])
+    ex.add_argument("--out", required=True)
 
     inf = sub.add_parser("info", help="what a checkpoint holds: config, epoch, step, metrics")
     inf.add_argument("checkpoint")
@@ -135,12 +183,12 @@ def _pretrain(a: argparse.Namespace) -> int:
     return 0
 
 
-def _knn(a: argparse.Namespace) -> int:
+def _eval_setup(a: argparse.Namespace):
+    """Backbone on its device, image size, device, and a function decoding a folder for evaluation."""
     import torch
 
     from moco.data.cache import decode_images
     from moco.data.folder import scan_images
-    from moco.evaluation.knn import evaluate_knn
     from moco.export.backbone import load_backbone_and_config
     from moco.training.pretrain import pick_device
 
@@ -149,14 +197,82 @@ def _knn(a: argparse.Namespace) -> int:
     device = pick_device(a.device)
     backbone = backbone.to(device, memory_format=torch.channels_last)
     side = size if size <= 64 else int(round(size * 1.15))
-    train = decode_images(scan_images(a.train), side, workers=a.workers, progress=not a.no_progress)
-    test = decode_images(scan_images(a.test), side, workers=a.workers, progress=not a.no_progress)
+
+    def decode(folder: str):
+        return decode_images(scan_images(folder), side, workers=a.workers, progress=not a.no_progress)
+
+    return backbone, size, device, side, decode
+
+
+def _knn(a: argparse.Namespace) -> int:
+    from moco.evaluation.knn import evaluate_knn
+
+    backbone, size, device, _, decode = _eval_setup(a)
+    train, test = decode(a.train), decode(a.test)
     res = evaluate_knn(backbone, train, test, size, device, a.precision, a.k, a.t, progress=not a.no_progress)
     res = {**res, "checkpoint": str(a.checkpoint), "train": str(a.train), "test": str(a.test)}
     print(f"kNN (k={a.k}, t={a.t}) top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"({res['n_train']} train, {res['n_test']} test)")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def _linear(a: argparse.Namespace) -> int:
+    import torch
+
+    from moco.evaluation.linear import LinearConfig, linear_eval
+
+    if a.epochs < 1 or a.lr <= 0 or a.batch_size < 1 or a.weight_decay < 0:
+        raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0 and --weight-decay >= 0")
+    backbone, size, device, _, decode = _eval_setup(a)
+    train, test = decode(a.train), decode(a.test)
+    lc = LinearConfig(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
+                      schedule=a.schedule, milestones=[round(a.epochs * 0.6), round(a.epochs * 0.8)],
+                      augment=a.augment)
+    res, clf = linear_eval(backbone, train, test, size, device, lc, a.precision, progress=not a.no_progress)
+    save = Path(a.save) if a.save else Path(a.checkpoint).with_name("linear_classifier.pt")
+    torch.save({"weight": clf.weight.data, "bias": clf.bias.data, "classes": train.images.classes, **res}, save)
+    res = {**res, "checkpoint": str(a.checkpoint), "classifier": str(save)}
+    print(f"linear top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  ({res['epochs']} epochs, "
+          f"{res['seconds']:.0f}s; classifier saved to {save})")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def _embed(a: argparse.Namespace) -> int:
+    from moco.evaluation.knn import extract_features
+    from moco.evaluation.retrieval import save_embeddings
+
+    backbone, size, device, _, decode = _eval_setup(a)
+    data = decode(a.data)
+    feats = extract_features(backbone, data, size, device, a.precision, normalize=a.normalize,
+                             progress=not a.no_progress)
+    out = save_embeddings(feats, data, a.out)
+    print(f"wrote {out}: {feats.shape[0]} x {feats.shape[1]} features")
+    return 0
+
+
+def _neighbors(a: argparse.Namespace) -> int:
+    from moco.evaluation.retrieval import nearest, neighbors_grid, query_images
+
+    if a.k < 1:
+        raise ConfigError(f"--k must be >= 1, got {a.k}")
+    backbone, size, device, side, decode = _eval_setup(a)
+    data = decode(a.data)
+    paths, queries = query_images(a.query, side)
+    sims, idx = nearest(backbone, data, queries, size, device, a.k, a.precision)
+    out = neighbors_grid(paths, queries, data, sims, idx, a.out)
+    print(f"wrote {out}: {len(paths)} quer{'y' if len(paths) == 1 else 'ies'} x {idx.shape[1]} neighbours")
+    return 0
+
+
+def _export(a: argparse.Namespace) -> int:
+    from moco.export.formats import export_backbone
+
+    out = export_backbone(a.checkpoint, a.format, a.out)
+    print(f"wrote {out} ({a.format})")
     return 0
 
 
@@ -199,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     from moco.training.pretrain import TrainingError
 
     try:
-        return {"pretrain": _pretrain, "knn": _knn, "info": _info}[args.command](args)
+        commands = {"pretrain": _pretrain, "knn": _knn, "linear": _linear, "embed": _embed,
+                    "neighbors": _neighbors, "export": _export, "info": _info}
+        return commands[args.command](args)
     except ConfigError as e:
         print(f"moco: error: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ def make_image_folder(root: Path, classes: int = 2, per_class: int = 24, size: i
     for c in range(classes):
         d = root / f"class{c}"
         d.mkdir(parents=True, exist_ok=True)
-        base = rng.integers(0, 256, 3)
+        base = np.random.default_rng(1000 + c).integers(0, 256, 3)  # the class colour, same in every split
         for i in range(per_class):
             noise = rng.integers(-40, 40, (size, size, 3))
             arr = np.clip(base + noise, 0, 255).astype(np.uint8)

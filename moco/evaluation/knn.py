@@ -37,8 +37,10 @@ def iterate_batches(data: DecodedImages, batch_size: int) -> Iterator[torch.Tens
 def extract_features(
     model: nn.Module, data: DecodedImages, image_size: int, device: torch.device,
     precision: str = "bf16", batch_size: int = 512, channels_last: bool = True, progress: bool = False,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """L2-normalised ``model.forward_features`` for every image, in eval mode, as float32 on CPU."""
+    """``model.forward_features`` (L2-normalised unless ``normalize=False``) of every image, in eval mode,
+    as float32 on the CPU."""
     was_training = model.training
     model.eval()
     feats = []
@@ -55,7 +57,8 @@ def extract_features(
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
                 f = model.forward_features(x)
-            feats.append(F.normalize(f.float(), dim=1).cpu())
+            f = f.float()
+            feats.append((F.normalize(f, dim=1) if normalize else f).cpu())
     finally:
         model.train(was_training)
     return torch.cat(feats)

@@ -1,15 +1,27 @@
-"""Load the query encoder's backbone (no projection head) from a momentum-contrast checkpoint."""
+"""Load a pretrained backbone (query encoder, no projection head) from a checkpoint.
+
+Three layouts are understood:
+
+* momentum-contrast checkpoints (``format``, ``config``, ``model`` with ``encoder_q.*``);
+* the authors' ``checkpoint_XXXX.pth.tar`` (``state_dict`` with ``module.encoder_q.*`` keys), whose
+  architecture is inferred from the tensor shapes;
+* a plain torchvision ResNet state dict (e.g. an exported file).
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from moco.config import Config, from_dict
-from moco.models.resnet import ResNet, build_resnet
-from moco.training.checkpoint import CheckpointError, load_checkpoint, load_state_strict, require_moco_checkpoint
+from moco.models.resnet import ARCHS, ResNet, build_resnet
+from moco.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_state_strict
+
+PREFIXES = ("module.encoder_q.", "encoder_q.", "module.")
 
 
 def backbone_state_dict(model_state: dict[str, torch.Tensor], prefix: str = "encoder_q.") -> dict[str, torch.Tensor]:
@@ -18,17 +30,60 @@ def backbone_state_dict(model_state: dict[str, torch.Tensor], prefix: str = "enc
     return {k[n:]: v for k, v in model_state.items() if k.startswith(prefix) and not k[n:].startswith("fc.")}
 
 
+def infer_resnet(state: dict[str, torch.Tensor]) -> tuple[str, int, bool]:
+    """(arch, width, cifar_stem) of a torchvision-style ResNet state dict, from its keys and shapes."""
+    if "conv1.weight" not in state:
+        raise CheckpointError("no conv1.weight: not a ResNet backbone")
+    conv1 = state["conv1.weight"]
+    width, cifar_stem = conv1.shape[0], conv1.shape[-1] == 3
+    blocks = []
+    for i in range(1, 5):
+        ids = {int(m.group(1)) for k in state if (m := re.match(rf"layer{i}\.(\d+)\.", k))}
+        blocks.append(len(ids))
+    bottleneck = any(k.startswith("layer1.0.conv3.") for k in state)
+    for name, (block, layers, _, wpg) in ARCHS.items():
+        if layers == blocks and (block.expansion == 4) == bottleneck:
+            if bottleneck:
+                mid = state["layer1.0.conv1.weight"].shape[0]
+                if mid != width * wpg // 64:
+                    continue
+            return name, width, cifar_stem
+    raise CheckpointError(f"unrecognised ResNet layout: blocks per stage {blocks}, bottleneck={bottleneck}")
+
+
+def _strip(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Backbone weights from an authors' or plain state dict: known prefixes and the fc head removed."""
+    for p in PREFIXES:
+        if any(k.startswith(p) for k in state):
+            return backbone_state_dict(state, p)
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
 def load_backbone_and_config(path: str | Path) -> tuple[ResNet, Config]:
-    """The query backbone (``fc`` replaced by Identity, plain BatchNorm, eval mode) and the run's config."""
+    """The query backbone (``fc`` = Identity, plain BatchNorm, eval mode) and a config describing it.
+
+    For foreign checkpoints the config is the ``cifar10-demo`` or defaults with the inferred
+    architecture, so that evaluation commands know the image size (32 for a CIFAR stem, else 224).
+    """
     path = Path(path)
-    ck = require_moco_checkpoint(load_checkpoint(path), path)
-    cfg = from_dict(ck["config"])
+    ck = load_checkpoint(path)
+    if ck.get("format") == FORMAT:
+        cfg = from_dict(ck["config"])
+        state = backbone_state_dict(ck["model"])
+    else:
+        raw = ck.get("state_dict", ck.get("model", ck))
+        if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+            raise CheckpointError(f"{path} is neither a momentum-contrast checkpoint nor a ResNet state dict")
+        state = _strip(raw)
+        arch, width, cifar_stem = infer_resnet(state)
+        cfg = Config()
+        cfg.model.arch, cfg.model.width, cfg.model.cifar_stem = arch, width, cifar_stem
+        cfg.data.image_size = 32 if cifar_stem else 224
+    if not state:
+        raise CheckpointError(f"{path} holds no encoder_q weights")
     m = cfg.model
     net = build_resnet(m.arch, m.width, m.cifar_stem)
     net.fc = nn.Identity()
-    state = backbone_state_dict(ck["model"])
-    if not state:
-        raise CheckpointError(f"{path} holds no encoder_q weights")
     load_state_strict(net, state, path, "backbone")
     return net.eval(), cfg
 

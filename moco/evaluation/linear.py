@@ -1,0 +1,134 @@
+"""Linear classification protocol: a linear classifier on the frozen backbone's pooled features.
+
+As in the paper: the backbone runs in eval mode (BN statistics frozen too), SGD with momentum 0.9,
+lr 30, weight decay 0, batch 256, 100 epochs, lr x0.1 at 60 and 80 (or cosine); top-1 on a center
+crop. With augmentation off (the default) the features are computed once and cached, which makes
+the 100 epochs take seconds; with ``augment=True`` every epoch re-encodes augmented images
+(flip + 4-px pad-crop for images of 64 px or less, random resized crop + flip above).
+A sanity check proves afterwards that the backbone's weights are bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from moco.data.augment import MEAN, STD, sample_crop_boxes
+from moco.data.cache import DecodedImages
+from moco.data.folder import DataError
+from moco.evaluation.knn import autocast, extract_features
+
+
+@dataclass
+class LinearConfig:
+    epochs: int = 100
+    lr: float = 30.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    schedule: str = "step"  # step (x0.1 at milestones) or cosine
+    milestones: list[int] = field(default_factory=lambda: [60, 80])
+    augment: bool = False
+    seed: int = 0
+
+    def lr_at(self, epoch: int) -> float:
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        return self.lr * 0.1 ** sum(epoch >= m for m in self.milestones)
+
+
+def train_augment(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Linear-protocol training augmentation of a uint8 batch -> normalised float (B, 3, size, size)."""
+    n, _, h, w = images.shape
+    x = images.float().div_(255)
+    if size <= 64:  # CIFAR style: 4-px zero padding, random 32-px crop
+        x = F.pad(x, (4, 4, 4, 4))
+        off = torch.randint(0, 9 + (w - size), (n, 2), generator=generator).float()
+        boxes = torch.cat([off, off + size], dim=1)
+        sampling = 1
+    else:
+        boxes = sample_crop_boxes(n, h, w, (0.08, 1.0), generator=generator)
+        sampling = -1
+    rois = torch.cat([torch.arange(n, dtype=torch.float).view(-1, 1), boxes], 1).to(x.device)
+    x = roi_align(x, rois, (size, size), 1.0, sampling, aligned=True)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    x = torch.where(flip, x.flip(-1), x)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    correct = top == labels.view(-1, 1)
+    return 100.0 * correct[:, 0].float().mean().item(), 100.0 * correct.any(1).float().mean().item()
+
+
+def linear_eval(
+    backbone: nn.Module, train: DecodedImages, test: DecodedImages, image_size: int, device: torch.device,
+    lc: LinearConfig, precision: str = "bf16", progress: bool = True,
+) -> tuple[dict[str, float], nn.Linear]:
+    """Train and evaluate the linear classifier; returns (results, classifier)."""
+    if train.images.labels is None or test.images.labels is None:
+        raise DataError("the linear protocol needs labelled ImageFolders (class sub-folders) for train and test")
+    if train.images.classes != test.images.classes:
+        raise DataError("train and test folders have different class sub-folders")
+    num_classes = len(train.images.classes or [])
+    before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    t0 = time.perf_counter()
+    y_train = torch.tensor(train.images.labels)
+    y_test = torch.tensor(test.images.labels)
+    f_test = extract_features(backbone, test, image_size, device, precision, normalize=False, progress=progress)
+    f_train = None
+    if not lc.augment:
+        f_train = extract_features(backbone, train, image_size, device, precision, normalize=False,
+                                   progress=progress)
+    dim = f_test.shape[1]
+    torch.manual_seed(lc.seed)
+    clf = nn.Linear(dim, num_classes).to(device)
+    clf.weight.data.normal_(mean=0.0, std=0.01)  # the authors' initialisation
+    clf.bias.data.zero_()
+    opt = torch.optim.SGD(clf.parameters(), lr=lc.lr, momentum=lc.momentum, weight_decay=lc.weight_decay)
+    g = torch.Generator().manual_seed(lc.seed)
+    n = len(y_train)
+    epochs = range(lc.epochs)
+    if progress:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, desc="linear", unit="epoch", leave=False, disable=None)
+    for epoch in epochs:
+        for group in opt.param_groups:
+            group["lr"] = lc.lr_at(epoch)
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, lc.batch_size):
+            idx = perm[i : i + lc.batch_size]
+            if f_train is not None:
+                feats = f_train[idx].to(device)
+            else:
+                x = train_augment(train.batch(idx).to(device), image_size, g)
+                with torch.no_grad(), autocast(device, precision):
+                    feats = backbone.forward_features(x.contiguous(memory_format=torch.channels_last))
+                feats = feats.float()
+            loss = F.cross_entropy(clf(feats), y_train[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        top1, top5 = _accuracy(clf(f_test.to(device)).cpu(), y_test)
+    after = backbone.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    if changed:  # the authors' sanity check: a frozen backbone must not move
+        raise RuntimeError(f"the backbone changed during linear evaluation ({changed[0]})")
+    return {
+        "top1": top1, "top5": top5, "n_train": n, "n_test": len(y_test), "feature_dim": dim,
+        "epochs": lc.epochs, "lr": lc.lr, "augment": lc.augment, "seconds": time.perf_counter() - t0,
+    }, clf.cpu()

@@ -1,0 +1,63 @@
+"""Export a pretrained backbone: torchvision state dict, Detectron2 ``.pkl``, or safetensors.
+
+* ``torchvision``: the query backbone's state dict, no ``module.``/``encoder_q.`` prefix and no
+  ``fc``; it loads with ``strict=True`` into ``torchvision.models.resnetXX()`` once that model's
+  ``fc`` is replaced by ``nn.Identity()`` (the classifier is not part of a pretrained backbone).
+* ``detectron2``: the same weights renamed as the authors' ``convert-pretrain-to-detectron2.py``
+  does (``stem.conv1``, ``res2``-``res5``, ``shortcut``, ``convN.norm``), as numpy arrays in a
+  pickle with ``matching_heuristics``, for R50-C4/FPN transfer.
+* ``safetensors``: the torchvision state dict in the safetensors format.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from moco.export.backbone import load_backbone
+
+FORMATS = ("torchvision", "detectron2", "safetensors")
+
+
+def torchvision_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The backbone of a checkpoint as a torchvision ResNet state dict without ``fc``."""
+    return {k: v.detach().clone().contiguous() for k, v in load_backbone(path).state_dict().items()}
+
+
+def detectron2_name(k: str) -> str:
+    """torchvision ResNet key -> Detectron2 ResNet key (the authors' converter's rules)."""
+    if "layer" not in k:
+        k = "stem." + k
+    for t in (1, 2, 3, 4):
+        k = k.replace(f"layer{t}", f"res{t + 1}")
+    for t in (1, 2, 3):
+        k = k.replace(f"bn{t}", f"conv{t}.norm")
+    return k.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+
+
+def detectron2_state_dict(state: dict[str, torch.Tensor]) -> dict:
+    model = {detectron2_name(k): v.numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    return {"model": model, "__author__": "MOCO", "matching_heuristics": True}
+
+
+def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
+    """Write the checkpoint's backbone to ``out`` in ``fmt``; returns the path written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    state = torchvision_state_dict(checkpoint)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if fmt == "torchvision":
+        torch.save(state, tmp)
+    elif fmt == "detectron2":
+        with open(tmp, "wb") as f:
+            pickle.dump(detectron2_state_dict(state), f)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp), metadata={"source": str(checkpoint), "format": "torchvision-resnet"})
+    tmp.replace(out)
+    return out
