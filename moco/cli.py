@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--strict-data", action="store_true", help="fail on the first unreadable image")
     pt.add_argument("--knn-train", help="labelled ImageFolder used as the kNN monitor's memory")
     pt.add_argument("--knn-test", help="labelled ImageFolder the kNN monitor classifies")
+    pt.add_argument("--no-knn", action="store_true", help="no kNN monitor, even with labelled test data")
     pt.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -175,7 +176,7 @@ def _pretrain(a: argparse.Namespace) -> int:
     if data is None:
         raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 exists")
     res = pretrain(cfg, data, out, resume=a.resume, overwrite=a.overwrite, knn_train=a.knn_train,
-                   knn_test=a.knn_test, progress=not a.no_progress)
+                   knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn)
     if res.get("stopped"):
         return 130
     summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items() if k != "type"}

@@ -151,3 +151,35 @@ def test_find_split(tmp_path):
     assert find_split(tmp_path / "c") == (tmp_path / "c" / "train", tmp_path / "c" / "test")
     assert find_split(tmp_path / "c" / "train") == (tmp_path / "c" / "train", tmp_path / "c" / "test")
     assert find_split(tmp_path / "c" / "test") == (tmp_path / "c" / "test", None)
+
+
+def png_claiming(path, width, height):
+    """A real 1x1 PNG whose header is rewritten to claim ``width x height`` pixels."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_extreme_sizes(tmp_path, caplog):
+    d = tmp_path / "d"
+    save(d / "tiny.png", Image.new("RGB", (1, 1), (9, 99, 199)))  # smaller than any crop
+    save(d / "big.jpg", Image.new("RGB", (10000, 10000), (50, 60, 70)), quality=50)  # 100 MP: allowed
+    png_claiming(d / "bomb.png", 40000, 40000)  # 1.6 GP claimed: refused by the bomb guard
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        dec = decode_images(scan_images(d), 8, tmp_path / "cache", workers=0, progress=False)
+    assert sorted(dec.images.paths) == ["big.jpg", "tiny.png"]
+    assert [p for p, _ in dec.skipped] == ["bomb.png"] and "DecompressionBomb" in dec.skipped[0][1]
+    tiny = dec.array[dec.images.paths.index("tiny.png")]
+    assert tiny.shape == (8, 8, 3) and tuple(tiny[4, 4]) == (9, 99, 199)
+    big = dec.array[dec.images.paths.index("big.jpg")]
+    assert np.abs(big.astype(int) - [50, 60, 70]).max() <= 3

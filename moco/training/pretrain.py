@@ -214,10 +214,11 @@ def pretrain(
     knn_test: str | Path | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    knn: bool = True,
 ) -> dict[str, Any]:
     """Pretrain MoCo on the images under ``data``; returns the final epoch's metrics.
 
-    ``max_steps`` stops after that many global steps (with a checkpoint), as an
+    ``knn=False`` turns the kNN monitor off. ``max_steps`` stops after that many global steps (with a checkpoint), as an
     interruption would; it exists for tests and quick checks.
     """
     out = Path(out)
@@ -245,7 +246,7 @@ def pretrain(
     steps_per_epoch = n_images // b
     if steps_per_epoch == 0:
         raise DataError(f"{train_dir} has {n_images} usable image(s), fewer than one batch of {b}; lower --batch-size")
-    knn_sets = _knn_sets(cfg, decoded, images, knn_train, knn_test, test_dir, side, progress)
+    knn_sets = _knn_sets(cfg, decoded, images, knn_train, knn_test, test_dir, side, progress) if knn else None
 
     # Model and optimiser.
     model, optimizer, scaler = build_training(cfg, device)
