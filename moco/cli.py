@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--strict-data", action="store_true", help="fail on the first unreadable image")
     pt.add_argument("--knn-train", help="labelled ImageFolder used as the kNN monitor's memory")
     pt.add_argument("--knn-test", help="labelled ImageFolder the kNN monitor classifies")
+    pt.add_argument("--nproc", type=int, metavar="N",
+                    help="run N processes on this machine via torchrun (one per GPU, or gloo on CPU)")
     pt.add_argument("--no-knn", action="store_true", help="no kNN monitor, even with labelled test data")
     pt.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -138,6 +140,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _launch(nproc: int, argv: list[str]) -> int:
+    """``moco pretrain --nproc N ...``: the same command under ``torchrun --nproc-per-node N``."""
+    import subprocess
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    rest, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        if tok == "--nproc":
+            skip = True
+            continue
+        if tok.startswith("--nproc="):
+            continue
+        rest.append(tok)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "moco", *rest]
+    log.info("launching: %s", " ".join(cmd))
+    return subprocess.call(cmd)
+
+
 def _pretrain(a: argparse.Namespace) -> int:
     from moco.config import dump_yaml, from_dict, load_yaml, merge_dict, resolve, set_value, validate
     from moco.training.checkpoint import latest_checkpoint, load_checkpoint, require_moco_checkpoint
@@ -180,7 +205,8 @@ def _pretrain(a: argparse.Namespace) -> int:
     if res.get("stopped"):
         return 130
     summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items() if k != "type"}
-    print(json.dumps({"out": str(out), **summary}))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"out": str(out), **summary}))
     return 0
 
 
@@ -309,8 +335,13 @@ def _info(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s", stream=sys.stderr)
     args = _parser().parse_args(argv)
+    if args.command == "pretrain" and args.nproc and "WORLD_SIZE" not in os.environ:
+        return _launch(args.nproc, argv)
     from moco.data.folder import DataError
     from moco.training.checkpoint import CheckpointError
     from moco.training.pretrain import TrainingError

@@ -15,8 +15,11 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from moco.training.distributed import concat_all_gather, world_size
 
 
 @torch.no_grad()
@@ -37,6 +40,25 @@ def batch_shuffle(x: torch.Tensor, generator: torch.Generator | None = None) -> 
 def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`batch_shuffle`."""
     return x[idx_unshuffle]
+
+
+@torch.no_grad()
+def batch_shuffle_ddp(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffle BN across processes (the authors' version): gather the key batch of every process,
+    permute it with rank 0's permutation, and give each process its slice. Returns the slice and the
+    index that undoes the permutation."""
+    x_all = concat_all_gather(x)
+    idx_shuffle = torch.randperm(x_all.shape[0], generator=generator).to(x.device)
+    dist.broadcast(idx_shuffle, src=0)
+    idx_unshuffle = torch.argsort(idx_shuffle)
+    return x_all[idx_shuffle.view(dist.get_world_size(), -1)[dist.get_rank()]], idx_unshuffle
+
+
+@torch.no_grad()
+def batch_unshuffle_ddp(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`batch_shuffle_ddp`: this process's keys, back in its original order."""
+    x_all = concat_all_gather(x)
+    return x_all[idx_unshuffle.view(dist.get_world_size(), -1)[dist.get_rank()]]
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +98,8 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` over the oldest entries, wrapping around the end of the queue."""
+        """Write ``keys`` (of every process) over the oldest entries, wrapping around the end of the queue."""
+        keys = concat_all_gather(keys)
         n = keys.shape[0]
         if n >= self.K:  # only the newest K survive
             keys, n = keys[-self.K :], self.K
@@ -87,11 +110,12 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def _keys(self, im_k: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """k+ = normalize(f_k(x_k)), encoded in shuffled order when shuffle BN is on."""
-        if self.shuffle_bn:
-            im_k, idx_unshuffle = batch_shuffle(im_k, generator)
-            k = F.normalize(self.encoder_k(im_k).float(), dim=1)
-            return batch_unshuffle(k, idx_unshuffle)
-        return F.normalize(self.encoder_k(im_k).float(), dim=1)
+        if not self.shuffle_bn:
+            return F.normalize(self.encoder_k(im_k).float(), dim=1)
+        ddp = world_size() > 1
+        im_k, idx_unshuffle = (batch_shuffle_ddp if ddp else batch_shuffle)(im_k, generator)
+        k = F.normalize(self.encoder_k(im_k).float(), dim=1)
+        return (batch_unshuffle_ddp if ddp else batch_unshuffle)(k, idx_unshuffle)
 
     def _loss(self, im_q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor):
         q = F.normalize(self.encoder_q(im_q).float(), dim=1)

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from moco.config import Config, ConfigError, dump_yaml, from_dict, validate
-from moco.data.augment import batch_augment, per_image_transform
+from moco.data.augment import apply_params, per_image_transform, sample_params
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.folder import DataError, ImageList, find_split, scan_images
 from moco.evaluation.knn import autocast, evaluate_knn
@@ -34,6 +34,17 @@ from moco.training.checkpoint import (
     load_checkpoint,
     load_state_strict,
     require_moco_checkpoint,
+)
+from moco.training.distributed import (
+    SINGLE_PROCESS,
+    DistInfo,
+    all_reduce_mean,
+    any_rank,
+    barrier,
+    check_same_config,
+    cleanup,
+    env_world_size,
+    init_distributed,
 )
 from moco.training.logging import MetricsLogger, plot_curves, read_metrics
 
@@ -122,24 +133,39 @@ class TwoViews(torch.utils.data.Dataset):
 
 
 def cached_batches(
-    data: DecodedImages, perm: torch.Tensor, start: int, cfg: Config, gen: torch.Generator, device: torch.device
+    data: DecodedImages, perm: torch.Tensor, start: int, cfg: Config, gen: torch.Generator, device: torch.device,
+    dinfo: DistInfo = SINGLE_PROCESS,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    b = cfg.optim.batch_size
-    for i in range(start, len(perm) // b):
-        x = data.batch(perm[i * b : (i + 1) * b]).to(device, non_blocking=True)
-        args = (cfg.data.image_size, cfg.data.augmentation, cfg.data.crop_min_scale, gen)
-        yield batch_augment(x, *args), batch_augment(x, *args)
+    """Two augmented views of each of this process's batches, from step ``start`` of the epoch order ``perm``.
+
+    The augmentation parameters are drawn for the whole global batch on every process (cheap, and the
+    same stream everywhere), and each process applies its slice: so N processes see exactly the images
+    and views that one process with the same global batch would.
+    """
+    gb = cfg.optim.batch_size
+    b = gb // dinfo.world_size
+    lo, hi = dinfo.rank * b, (dinfo.rank + 1) * b
+    d = cfg.data
+    for i in range(start, len(perm) // gb):
+        x = data.batch(perm[i * gb + lo : i * gb + hi]).to(device, non_blocking=True)
+        h, w = x.shape[-2:]
+        views = [sample_params(gb, h, w, d.augmentation, d.crop_min_scale, gen)[lo:hi] for _ in range(2)]
+        yield apply_params(x, views[0], d.image_size, d.augmentation), \
+            apply_params(x, views[1], d.image_size, d.augmentation)
 
 
 def per_image_batches(
-    ds: TwoViews, perm: torch.Tensor, start: int, cfg: Config, epoch_seed: int, device: torch.device
+    ds: TwoViews, perm: torch.Tensor, start: int, cfg: Config, epoch_seed: int, device: torch.device,
+    dinfo: DistInfo = SINGLE_PROCESS,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    b = cfg.optim.batch_size
-    n = len(perm) // b
-    batches = [perm[i * b : (i + 1) * b].tolist() for i in range(start, n)]
+    """Per-image pipeline: this process's slice of each global batch, loaded and augmented in workers."""
+    gb = cfg.optim.batch_size
+    b = gb // dinfo.world_size
+    lo = dinfo.rank * b
+    batches = [perm[i * gb + lo : i * gb + lo + b].tolist() for i in range(start, len(perm) // gb)]
     loader = torch.utils.data.DataLoader(
         ds, batch_sampler=batches, num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(epoch_seed), persistent_workers=False,
+        generator=torch.Generator().manual_seed(epoch_seed + 7919 * dinfo.rank), persistent_workers=False,
     )
     for im_q, im_k in loader:
         yield im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True)
@@ -159,7 +185,7 @@ def build_training(cfg: Config, device: torch.device) -> tuple[MoCo, torch.optim
 
 
 def train_step(
-    model: MoCo, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, im_q: torch.Tensor,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, im_q: torch.Tensor,
     im_k: torch.Tensor, gen: torch.Generator, precision: str, device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One MoCo step: forward under autocast, backward, SGD. Returns detached (loss, logits); no host sync."""
@@ -194,10 +220,11 @@ def prepare_out(out: Path, resume: str | None, overwrite: bool) -> Path | None:
 
 
 def check_compatible(saved: Config, cfg: Config, path: Path) -> None:
-    """Structural settings must match the checkpoint's; schedule and logging may change on resume."""
-    for section, keys in (("model", None), ("method", ("K",))):
+    """Structural settings must match the checkpoint's; schedule, BN splits (e.g. for another process count)
+    and logging may change on resume."""
+    for section, keys in (("model", ("arch", "width", "cifar_stem", "head", "dim")), ("method", ("K",))):
         a, b = getattr(saved, section), getattr(cfg, section)
-        for k in keys or vars(a):
+        for k in keys:
             if getattr(a, k) != getattr(b, k):
                 raise CheckpointError(
                     f"{path} was made with {section}.{k}={getattr(a, k)!r}, this run asks for {getattr(b, k)!r}"
@@ -218,40 +245,69 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pretrain MoCo on the images under ``data``; returns the final epoch's metrics.
 
-    ``knn=False`` turns the kNN monitor off. ``max_steps`` stops after that many global steps (with a checkpoint), as an
-    interruption would; it exists for tests and quick checks.
+    Under ``torchrun`` every process runs this function: each takes its slice of every global batch
+    (``optim.batch_size`` is the global batch), shuffle BN and the queue span all processes, and
+    rank 0 alone writes files and runs the kNN monitor. ``knn=False`` turns the monitor off.
+    ``max_steps`` stops after that many global steps (with a checkpoint), as an interruption would.
     """
     out = Path(out)
     validate(cfg)
-    ckpt_path = prepare_out(out, resume, overwrite)
+    world = env_world_size()
+    if cfg.optim.batch_size % world:
+        raise ConfigError(f"optim.batch_size ({cfg.optim.batch_size}) is the global batch and must divide by the "
+                          f"number of processes ({world})")
+    dinfo, dist_device = init_distributed(cfg.train.device)
+    try:
+        return _pretrain(cfg, Path(data), out, resume, overwrite, knn_train, knn_test, progress and dinfo.is_main,
+                         max_steps, knn, dinfo, dist_device)
+    finally:
+        cleanup()
+
+
+def _pretrain(
+    cfg: Config, data: Path, out: Path, resume: str | None, overwrite: bool, knn_train: str | Path | None,
+    knn_test: str | Path | None, progress: bool, max_steps: int | None, knn: bool, dinfo: DistInfo,
+    dist_device: torch.device | None,
+) -> dict[str, Any]:
+    main = dinfo.is_main
+    device = dist_device or pick_device(cfg.train.device)
+    check_same_config(cfg.to_dict(), device)
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision fp16 needs CUDA; use bf16 on the CPU")
+    ckpt_path = prepare_out(out, resume, overwrite) if main else None
+    barrier()
+    if not main:  # rank 0 has checked and cleaned the folder; the others only look for the checkpoint
+        ckpt_path = (latest_checkpoint(out) if resume == "auto" else Path(resume)) if resume else None
     state: dict[str, Any] | None = None
     if ckpt_path is not None:
         state = require_moco_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
         check_compatible(from_dict(state["config"]), cfg, ckpt_path)
-    device = pick_device(cfg.train.device)
-    if cfg.train.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision fp16 needs CUDA; use bf16 on the CPU")
     torch.manual_seed(cfg.train.seed)
 
-    # Data.
-    train_dir, test_dir = find_split(Path(data))
+    # Data: rank 0 decodes (and caches) first, the others then read the cache.
+    train_dir, test_dir = find_split(data)
     images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed)
     side = cache_side(cfg)
     decoded: DecodedImages | None = None
     if cfg.data.pipeline == "cached":
-        decoded = decode_images(images, side, cfg.data.cache_dir or None, cfg.data.workers, cfg.data.strict, progress)
+        for turn in (True, False):
+            if main == turn:
+                decoded = decode_images(images, side, cfg.data.cache_dir or None, cfg.data.workers,
+                                        cfg.data.strict, progress)
+            barrier()
+        assert decoded is not None
         images = decoded.images
     n_images = len(images)
     b = cfg.optim.batch_size
     steps_per_epoch = n_images // b
     if steps_per_epoch == 0:
         raise DataError(f"{train_dir} has {n_images} usable image(s), fewer than one batch of {b}; lower --batch-size")
-    knn_sets = _knn_sets(cfg, decoded, images, knn_train, knn_test, test_dir, side, progress) if knn else None
+    knn_sets = _knn_sets(cfg, decoded, images, knn_train, knn_test, test_dir, side, progress) if knn and main else None
 
     # Model and optimiser.
     model, optimizer, scaler = build_training(cfg, device)
     fmt = memory_format(cfg)
-    gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws
+    gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws, same on all ranks
     epoch, step, epoch_step, history = 0, 0, 0, []
     if state is not None:
         load_state_strict(model, state["model"], ckpt_path, "model")
@@ -265,46 +321,58 @@ def pretrain(
         torch.set_rng_state(state["rng"]["torch"])
         epoch, step, epoch_step = state["epoch"], state["step"], state.get("epoch_step", 0)
         history = list(state.get("history", []))
-        log.info("resumed from %s at epoch %d, step %d", ckpt_path, epoch + (epoch_step > 0), step)
-    (out / "config.yaml").write_text(dump_yaml(cfg))
+        if main:
+            log.info("resumed from %s at epoch %d, step %d", ckpt_path, epoch + (epoch_step > 0), step)
+    if main:
+        (out / "config.yaml").write_text(dump_yaml(cfg))
     if epoch >= cfg.optim.epochs:
-        log.info("run already finished (%d/%d epochs)", epoch, cfg.optim.epochs)
+        if main:
+            log.info("run already finished (%d/%d epochs)", epoch, cfg.optim.epochs)
         return history[-1] if history else {}
+    net: torch.nn.Module = model
+    if dinfo.enabled:  # gradients of encoder_q are all-reduced; the queue is kept identical by gathering keys
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
 
     ds = TwoViews(images, cfg, cfg.data.strict) if decoded is None else None
-    metrics = MetricsLogger(out)
+    metrics = MetricsLogger(out) if main else None
     stop = StopFlag()
     stop.install()
 
     def save(kind: str, last: dict[str, Any] | None) -> None:
-        ckpt = {
-            "format": FORMAT, "config": cfg.to_dict(), "epoch": epoch, "step": step, "epoch_step": epoch_step,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": {"aug": gen.get_state(), "torch": torch.get_rng_state()},
-            "metrics": last or {}, "history": history, "n_images": n_images,
-        }
-        if scaler.is_enabled():
-            ckpt["scaler"] = scaler.state_dict()
-        atomic_save(ckpt, out / "checkpoint_last.pt")
-        if kind == "epoch" and cfg.train.checkpoint_every and (
-            epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.optim.epochs
-        ):
-            atomic_save(ckpt, out / f"checkpoint_{epoch:04d}.pt")
+        if main:
+            ckpt = {
+                "format": FORMAT, "config": cfg.to_dict(), "epoch": epoch, "step": step, "epoch_step": epoch_step,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": {"aug": gen.get_state(), "torch": torch.get_rng_state()},
+                "metrics": last or {}, "history": history, "n_images": n_images, "world_size": dinfo.world_size,
+            }
+            if scaler.is_enabled():
+                ckpt["scaler"] = scaler.state_dict()
+            atomic_save(ckpt, out / "checkpoint_last.pt")
+            if kind == "epoch" and cfg.train.checkpoint_every and (
+                epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.optim.epochs
+            ):
+                atomic_save(ckpt, out / f"checkpoint_{epoch:04d}.pt")
+        barrier()
 
-    log.info(
-        "pretraining %s (width %d) on %d images from %s: %d epochs x %d steps, batch %d, K=%d, m=%s, T=%s, %s on %s",
-        cfg.model.arch, cfg.model.width, n_images, train_dir, cfg.optim.epochs, steps_per_epoch, b,
-        cfg.method.K, cfg.method.m, cfg.method.T, cfg.train.precision, device,
-    )
+    if main:
+        log.info(
+            "pretraining %s (width %d) on %d images from %s: %d epochs x %d steps, batch %d%s, K=%d, m=%s, T=%s, "
+            "%s on %s", cfg.model.arch, cfg.model.width, n_images, train_dir, cfg.optim.epochs, steps_per_epoch, b,
+            f" ({dinfo.world_size} processes x {b // dinfo.world_size})" if dinfo.enabled else "",
+            cfg.method.K, cfg.method.m, cfg.method.T, cfg.train.precision, device,
+        )
     last: dict[str, Any] = history[-1] if history else {}
     try:
         while epoch < cfg.optim.epochs:
-            perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch))
+            epoch_seed = cfg.train.seed * 100_003 + epoch
+            perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(epoch_seed))
             if decoded is not None:
-                batches = cached_batches(decoded, perm, epoch_step, cfg, gen, device)
+                batches = cached_batches(decoded, perm, epoch_step, cfg, gen, device, dinfo)
             else:
                 assert ds is not None
-                batches = per_image_batches(ds, perm, epoch_step, cfg, cfg.train.seed * 100_003 + epoch, device)
+                batches = per_image_batches(ds, perm, epoch_step, cfg, epoch_seed, device, dinfo)
             model.train()
             t_epoch = time.perf_counter()
             t_log, imgs_log = t_epoch, 0
@@ -323,7 +391,7 @@ def pretrain(
                     g["lr"] = lr
                 im_q = im_q.contiguous(memory_format=fmt)
                 im_k = im_k.contiguous(memory_format=fmt)
-                loss, logits = train_step(model, optimizer, scaler, im_q, im_k, gen, cfg.train.precision, device)
+                loss, logits = train_step(net, optimizer, scaler, im_q, im_k, gen, cfg.train.precision, device)
                 loss_sum += loss
                 acc_sum += (logits.argmax(1) == 0).float().mean() * 100
                 n_sum += 1
@@ -331,7 +399,7 @@ def pretrain(
                 epoch_step += 1
                 imgs_log += b
                 if step % cfg.train.log_every == 0 or epoch_step == steps_per_epoch:
-                    loss_v = loss.item()
+                    loss_v = all_reduce_mean(loss).item()
                     if not math.isfinite(loss_v):
                         kept = latest_checkpoint(out)
                         kept_s = f"The last good checkpoint is kept: {kept}" if kept else "No checkpoint yet."
@@ -340,39 +408,41 @@ def pretrain(
                             f"too high (optim.lr={cfg.optim.lr}), temperature too low (method.T={cfg.method.T}) or "
                             f"low precision (train.precision={cfg.train.precision}). {kept_s}"
                         )
+                    acc_v = all_reduce_mean((logits.argmax(1) == 0).float().mean() * 100).item()
                     now = time.perf_counter()
                     rec = {
                         "type": "step", "epoch": epoch + 1, "step": step,
                         "epoch_float": round(epoch + epoch_step / steps_per_epoch, 4), "loss": loss_v,
-                        "pretext_acc1": (logits.argmax(1) == 0).float().mean().item() * 100, "lr": lr,
-                        "images_per_sec": imgs_log / max(now - t_log, 1e-9),
+                        "pretext_acc1": acc_v, "lr": lr, "images_per_sec": imgs_log / max(now - t_log, 1e-9),
                     }
-                    metrics.write(rec)
+                    if metrics is not None:
+                        metrics.write(rec)
                     t_log, imgs_log = now, 0
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.4f}", ips=f"{rec['images_per_sec']:.0f}")
                 if bar is not None:
                     bar.update(1)
-                if stop.signum is not None or (max_steps is not None and step >= max_steps):
+                # every rank must stop at the same step, whichever one got the signal
+                if any_rank(stop.signum is not None, device) or (max_steps is not None and step >= max_steps):
                     break
             if bar is not None:
                 bar.close()
             if epoch_step < steps_per_epoch:  # interrupted mid-epoch
                 save("interrupt", last)
-                why = signal.Signals(stop.signum).name if stop.signum else f"max_steps={max_steps}"
-                log.warning("stopped (%s) at epoch %d, step %d; checkpoint saved to %s; continue with --resume auto",
-                            why, epoch + 1, step, out / "checkpoint_last.pt")
-                last = {"stopped": True, "epoch": epoch, "step": step}
-                return last
+                why = signal.Signals(stop.signum).name if stop.signum else (
+                    f"max_steps={max_steps}" if max_steps is not None and step >= max_steps else "another rank")
+                if main:
+                    log.warning("stopped (%s) at epoch %d, step %d; checkpoint saved to %s; continue with "
+                                "--resume auto", why, epoch + 1, step, out / "checkpoint_last.pt")
+                return {"stopped": True, "epoch": epoch, "step": step}
             epoch += 1
             epoch_step = 0
             elapsed = time.perf_counter() - t_epoch
             n_done = max(n_sum, 1)
             last = {
-                "type": "epoch", "epoch": epoch, "step": step, "loss": (loss_sum / n_done).item(),
-                "pretext_acc1": (acc_sum / n_done).item(), "lr": lr_at(cfg, epoch),
-                "images_per_sec": n_sum * b / max(elapsed, 1e-9),
-                "epoch_time": elapsed,
+                "type": "epoch", "epoch": epoch, "step": step, "loss": all_reduce_mean(loss_sum / n_done).item(),
+                "pretext_acc1": all_reduce_mean(acc_sum / n_done).item(), "lr": lr_at(cfg, epoch),
+                "images_per_sec": n_sum * b / max(elapsed, 1e-9), "epoch_time": elapsed,
             }
             if knn_sets and (
                 (cfg.train.knn_every and epoch % cfg.train.knn_every == 0) or epoch == cfg.optim.epochs
@@ -382,25 +452,29 @@ def pretrain(
                                    cfg.train.knn_k, cfg.train.knn_t, cfg.train.channels_last)
                 last.update({"knn_top1": res["top1"], "knn_top5": res["top5"],
                              "knn_time": time.perf_counter() - t0})
-            metrics.write(last)
             history.append(last)
+            if metrics is not None:
+                metrics.write(last)
             save("epoch", last)
-            knn_s = f"  knn top-1 {last['knn_top1']:.2f}%" if "knn_top1" in last else ""
-            log.info(
-                "epoch %d/%d  loss %.4f  pretext acc %.1f%%  lr %.4f  %.0f img/s  %.0fs%s",
-                epoch, cfg.optim.epochs, last["loss"], last["pretext_acc1"], last["lr"], last["images_per_sec"],
-                elapsed, knn_s,
-            )
-            try:
-                plot_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png")
-            except Exception as e:  # noqa: BLE001 - a plot must never stop training
-                log.warning("could not draw curves.png: %s", e)
-            if stop.signum is not None or (max_steps is not None and step >= max_steps):
-                log.warning("stopped after epoch %d; continue with --resume auto", epoch)
+            if main:
+                knn_s = f"  knn top-1 {last['knn_top1']:.2f}%" if "knn_top1" in last else ""
+                log.info(
+                    "epoch %d/%d  loss %.4f  pretext acc %.1f%%  lr %.4f  %.0f img/s  %.0fs%s",
+                    epoch, cfg.optim.epochs, last["loss"], last["pretext_acc1"], last["lr"], last["images_per_sec"],
+                    elapsed, knn_s,
+                )
+                try:
+                    plot_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png")
+                except Exception as e:  # noqa: BLE001 - a plot must never stop training
+                    log.warning("could not draw curves.png: %s", e)
+            if any_rank(stop.signum is not None, device) or (max_steps is not None and step >= max_steps):
+                if main:
+                    log.warning("stopped after epoch %d; continue with --resume auto", epoch)
                 return {**last, "stopped": epoch < cfg.optim.epochs}
     finally:
         stop.restore()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     return last
 
 

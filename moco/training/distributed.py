@@ -1,0 +1,111 @@
+"""torch.distributed helpers: process-group set-up from torchrun's environment, gathers, agreement checks.
+
+The launcher is PyTorch's own ``torchrun`` (or ``moco pretrain --nproc N``, which calls it). NCCL on
+GPUs, gloo on CPUs. With a single process every helper is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from moco.config import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(device_pref: str) -> tuple[DistInfo, torch.device | None]:
+    """Join the process group torchrun describes (if any). Returns the info and the device to use (or None)."""
+    world = env_world_size()
+    if world <= 1:
+        return DistInfo(), None
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda") or device_pref.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+    return DistInfo(rank, world, local), device
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """All processes' ``x`` concatenated along dim 0, in rank order (no gradient)."""
+    if world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    if world_size() == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank (used to stop all ranks at the same step)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def check_same_config(cfg_dict: dict[str, Any], device: torch.device) -> None:
+    """Raise ConfigError on every rank if the ranks were started with different configs."""
+    if world_size() == 1:
+        return
+    digest = hashlib.sha256(json.dumps(cfg_dict, sort_keys=True).encode()).digest()[:7]
+    mine = torch.tensor([int.from_bytes(digest, "big")], dtype=torch.long, device=device)
+    all_ = concat_all_gather(mine).tolist()
+    if len(set(all_)) > 1:
+        bad = [r for r, h in enumerate(all_) if h != all_[0]]
+        raise ConfigError(f"ranks {bad} were started with a different config than rank 0; "
+                          "launch every process with the same flags and config file")
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+SINGLE_PROCESS = DistInfo()
