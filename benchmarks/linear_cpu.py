@@ -1,0 +1,64 @@
+"""Linear protocol vs kNN for a pretrained checkpoint and for a randomly initialised backbone of the same shape.
+
+    python benchmarks/linear_cpu.py --checkpoint runs/bench-cifar10-cpu/checkpoint_last.pt
+                                    [--data ../shared/datasets/cifar10]
+
+Both backbones get the same protocol (moco linear's defaults: 100 epochs, lr 30, cached center features)
+and the same kNN (k=200, t=0.1). Prints a table and writes benchmarks/results/linear_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from moco.data.cache import decode_images
+from moco.data.folder import scan_images
+from moco.evaluation.knn import evaluate_knn
+from moco.evaluation.linear import LinearConfig, linear_eval
+from moco.export.backbone import load_backbone_and_config
+from moco.models.resnet import build_resnet
+
+ROOT = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data", default=str(ROOT.parent.parent / "shared" / "datasets" / "cifar10"))
+    ap.add_argument("--json", default=str(ROOT / "results" / "linear_cpu.json"))
+    a = ap.parse_args()
+    data = Path(a.data)
+    pretrained, cfg = load_backbone_and_config(a.checkpoint)
+    m = cfg.model
+    torch.manual_seed(cfg.train.seed)
+    random_net = build_resnet(m.arch, m.width, m.cifar_stem).eval()
+    random_net.fc = nn.Identity()
+    size = cfg.data.image_size
+    train = decode_images(scan_images(data / "train"), size, progress=False)
+    test = decode_images(scan_images(data / "test"), size, progress=False)
+    dev = torch.device("cpu")
+    rows = {}
+    for name, net in (("pretrained", pretrained), ("random init", random_net)):
+        net = net.to(memory_format=torch.channels_last)
+        knn = evaluate_knn(net, train, test, size, dev)
+        t0 = time.perf_counter()
+        lin, _ = linear_eval(net, train, test, size, dev, LinearConfig(), progress=False)
+        rows[name] = {"knn_top1": knn["top1"], "linear_top1": lin["top1"], "linear_top5": lin["top5"],
+                      "linear_seconds": time.perf_counter() - t0}
+    print("\n| backbone | kNN top-1 | linear top-1 | linear time |\n|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['knn_top1']:.2f}% | {r['linear_top1']:.2f}% | {r['linear_seconds']:.0f} s |")
+    out = {"checkpoint": a.checkpoint, "protocol": vars(LinearConfig()), "rows": rows,
+           "command": f"python benchmarks/linear_cpu.py --checkpoint {a.checkpoint}", "date": time.strftime("%Y-%m-%d")}
+    Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
