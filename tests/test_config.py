@@ -24,11 +24,11 @@ def test_presets_resolve_to_the_documented_recipes():
 def test_precedence_preset_file_flags_set(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("method:\n  K: 8192\n  m: 0.9\noptim:\n  epochs: 3\n")
-    cfg = resolve("cifar10-cpu", str(f), {"optim.epochs": 5}, ["method.m=0.95", "model.head=mlp"])
+    cfg = resolve("cifar10-cpu", str(f), {"optim.epochs": 5}, ["method.m=0.95", "model.head=linear"])
     assert cfg.method.K == 8192
     assert cfg.optim.epochs == 5
     assert cfg.method.m == 0.95
-    assert cfg.model.head == "mlp"
+    assert cfg.model.head == "linear"
 
 
 def test_set_parses_types():

@@ -29,7 +29,7 @@ def test_cifar_stem_and_width():
 
 
 def test_heads_v1_and_v2():
-    v1 = build_encoder(resolve("cifar10-cpu"))
+    v1 = build_encoder(resolve("cifar10-cpu", overrides=["model.head=linear"]))
     assert isinstance(v1.fc, torch.nn.Linear) and v1.fc.out_features == 128
     v2 = build_encoder(resolve("cifar10-cpu", overrides=["model.head=mlp"]))
     assert isinstance(v2.fc, torch.nn.Sequential) and v2.fc[0].out_features == feature_dim(v2)
