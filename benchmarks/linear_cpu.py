@@ -31,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--data", default=str(ROOT.parent.parent / "shared" / "datasets" / "cifar10"))
+    ap.add_argument("--lrs", default="30,0.3", help="comma-separated learning rates (30 is the paper's)")
     ap.add_argument("--json", default=str(ROOT / "results" / "linear_cpu.json"))
     a = ap.parse_args()
     data = Path(a.data)
@@ -47,13 +48,18 @@ def main() -> None:
     for name, net in (("pretrained", pretrained), ("random init", random_net)):
         net = net.to(memory_format=torch.channels_last)
         knn = evaluate_knn(net, train, test, size, dev)
-        t0 = time.perf_counter()
-        lin, _ = linear_eval(net, train, test, size, dev, LinearConfig(), progress=False)
-        rows[name] = {"knn_top1": knn["top1"], "linear_top1": lin["top1"], "linear_top5": lin["top5"],
-                      "linear_seconds": time.perf_counter() - t0}
-    print("\n| backbone | kNN top-1 | linear top-1 | linear time |\n|---|---|---|---|")
+        rows[name] = {"knn_top1": knn["top1"], "linear": {}}
+        for lr in (float(x) for x in a.lrs.split(",")):
+            t0 = time.perf_counter()
+            lin, _ = linear_eval(net, train, test, size, dev, LinearConfig(lr=lr), progress=False)
+            rows[name]["linear"][str(lr)] = {"top1": lin["top1"], "top5": lin["top5"],
+                                             "seconds": time.perf_counter() - t0}
+    lrs = list(rows["pretrained"]["linear"])
+    print("\n| backbone | kNN top-1 | " + " | ".join(f"linear top-1, lr {lr}" for lr in lrs) + " |")
+    print("|---|---|" + "---|" * len(lrs))
     for name, r in rows.items():
-        print(f"| {name} | {r['knn_top1']:.2f}% | {r['linear_top1']:.2f}% | {r['linear_seconds']:.0f} s |")
+        lin = " | ".join(f"{r['linear'][lr]['top1']:.2f}% ({r['linear'][lr]['seconds']:.0f} s)" for lr in lrs)
+        print(f"| {name} | {r['knn_top1']:.2f}% | {lin} |")
     out = {"checkpoint": a.checkpoint, "protocol": vars(LinearConfig()), "rows": rows,
            "command": f"python benchmarks/linear_cpu.py --checkpoint {a.checkpoint}", "date": time.strftime("%Y-%m-%d")}
     Path(a.json).write_text(json.dumps(out, indent=2) + "\n")

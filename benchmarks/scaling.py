@@ -29,7 +29,7 @@ def run(nproc: int, a: argparse.Namespace) -> tuple[float, float]:
            "--max-images", str(a.max_images), "--epochs", str(a.epochs), "--no-knn", "--no-progress",
            "--set", f"model.bn_splits={8 // nproc}", "--set", "train.log_every=5"]
     if nproc > 1:
-        cmd[3:3] = ["--nproc", str(nproc)]
+        cmd[4:4] = ["--nproc", str(nproc)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
