@@ -56,10 +56,25 @@ def test_two_processes_match_one_process(tmp_path, tiny_data):
     assert r.returncode == 0, r.stderr[-3000:]
     l1, l2 = step_losses(one), step_losses(two)
     assert len(l1) == len(l2) == 6
-    assert l1 == pytest.approx(l2, rel=1e-4, abs=1e-4)
-    a, b = params(load_checkpoint(one / "checkpoint_last.pt")), params(load_checkpoint(two / "checkpoint_last.pt"))
-    # float reduction order differs (gathered vs local batches), so weights agree to rounding noise grown over 6 steps
-    assert all(torch.allclose(a[k], b[k], atol=3e-3) for k in a), "weights and queue after 6 steps"
+    # the first steps agree to float precision; then rounding noise (different reduction order) slowly grows
+    assert l1[:3] == pytest.approx(l2[:3], rel=1e-4, abs=1e-4)
+    assert l1 == pytest.approx(l2, rel=1e-2)
+    # Weights: float reduction order differs between the runs, and rounding noise grows fast in this tiny network.
+    # The yardstick is the same one-process run with another thread count, which differs only by that noise.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        pretrain(tiny_config(tmp_path, *COMMON, "model.bn_splits=2"), tiny_data, tmp_path / "noise", progress=False,
+                 knn=False)
+    finally:
+        torch.set_num_threads(threads)
+
+    def max_rel_diff(x: Path, y: Path) -> float:
+        a, b = params(load_checkpoint(x / "checkpoint_last.pt")), params(load_checkpoint(y / "checkpoint_last.pt"))
+        return max(((a[k] - b[k]).float().norm() / a[k].float().norm().clamp(min=1e-12)).item() for k in a)
+
+    noise = max_rel_diff(one, tmp_path / "noise")
+    assert max_rel_diff(one, two) <= 3 * noise + 1e-4, (max_rel_diff(one, two), noise)
     # the 2-process checkpoint is an ordinary checkpoint: moco knn evaluates it
     r = subprocess.run([sys.executable, "-m", "moco", "knn", "--checkpoint", str(two / "checkpoint_last.pt"),
                         "--train", str(tiny_data / "train"), "--test", str(tiny_data / "test"), "--k", "5",

@@ -28,9 +28,9 @@ def subset(src: Path, dst: Path, per_class: int) -> Path:
 
 def test_pretraining_beats_random_init(tmp_path):
     data = tmp_path / "cifar"
-    subset(SHARED_CIFAR / "train", data / "train", 250)
-    subset(SHARED_CIFAR / "test", data / "test", 50)
-    cfg = resolve("cifar10-cpu", overrides=["optim.epochs=6", "optim.batch_size=128", "data.workers=0"])
+    subset(SHARED_CIFAR / "train", data / "train", 500)
+    subset(SHARED_CIFAR / "test", data / "test", 100)
+    cfg = resolve("cifar10-cpu", overrides=["optim.epochs=10", "optim.batch_size=128", "data.workers=0"])
     torch.manual_seed(cfg.train.seed)
     random_net = build_moco(cfg).encoder_q.to(memory_format=torch.channels_last)
     train = decode_images(scan_images(data / "train"), 32, workers=0, progress=False)
