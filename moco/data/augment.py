@@ -225,7 +225,7 @@ class AugParams:
     sigma: torch.Tensor  # (n,) blur sigma, 0 = no blur
     flip: torch.Tensor  # (n,) bool
 
-    def __getitem__(self, sl: slice) -> "AugParams":
+    def __getitem__(self, sl: slice) -> AugParams:
         return AugParams(self.boxes[sl], self.gray[sl], tuple(t[sl] for t in self.jitter), self.sigma[sl],
                          self.flip[sl])
 

@@ -35,7 +35,7 @@ class ImageList:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, keep: list[int]) -> "ImageList":
+    def subset(self, keep: list[int]) -> ImageList:
         labels = [self.labels[i] for i in keep] if self.labels is not None else None
         return ImageList(self.root, [self.paths[i] for i in keep], labels, self.classes)
 

@@ -10,7 +10,6 @@ A sanity check proves afterwards that the backbone's weights are bit-identical.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ from moco.data.augment import MEAN, STD, sample_crop_boxes
 from moco.data.cache import DecodedImages
 from moco.data.folder import DataError
 from moco.evaluation.knn import autocast, extract_features
+from moco.training.schedule import scheduled_lr
 
 
 @dataclass
@@ -38,9 +38,7 @@ class LinearConfig:
     seed: int = 0
 
     def lr_at(self, epoch: int) -> float:
-        if self.schedule == "cosine":
-            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
-        return self.lr * 0.1 ** sum(epoch >= m for m in self.milestones)
+        return scheduled_lr(self.lr, epoch, self.epochs, self.schedule, self.milestones)
 
 
 def train_augment(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

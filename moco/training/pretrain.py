@@ -47,6 +47,7 @@ from moco.training.distributed import (
     init_distributed,
 )
 from moco.training.logging import MetricsLogger, plot_curves, read_metrics
+from moco.training.schedule import scheduled_lr
 
 log = logging.getLogger("moco")
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "curves.png")
@@ -68,11 +69,7 @@ def pick_device(name: str) -> torch.device:
 def lr_at(cfg: Config, epoch: float) -> float:
     """Learning rate at a fractional epoch: linear warm-up, then cosine or step decay."""
     o = cfg.optim
-    if epoch < o.warmup_epochs:
-        return o.lr * (epoch + 1e-8) / o.warmup_epochs
-    if o.schedule == "cosine":
-        return o.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / o.epochs))
-    return o.lr * 0.1 ** sum(epoch >= m for m in o.milestones)
+    return scheduled_lr(o.lr, epoch, o.epochs, o.schedule, o.milestones, o.warmup_epochs)
 
 
 def cache_side(cfg: Config) -> int:
