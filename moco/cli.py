@@ -164,7 +164,7 @@ def _launch(nproc: int, argv: list[str]) -> int:
 
 
 def _pretrain(a: argparse.Namespace) -> int:
-    from moco.config import dump_yaml, from_dict, load_yaml, merge_dict, resolve, set_value, validate
+    from moco.config import dump_yaml, from_dict, resolve
     from moco.training.checkpoint import latest_checkpoint, load_checkpoint, require_moco_checkpoint
     from moco.training.pretrain import pretrain
 
@@ -180,18 +180,8 @@ def _pretrain(a: argparse.Namespace) -> int:
         ckpt = latest_checkpoint(out) if a.resume == "auto" else Path(a.resume)
     if ckpt is not None and ckpt.is_file():
         # Resuming: the checkpoint's config is the base; explicit flags and --set still apply.
-        cfg = from_dict(require_moco_checkpoint(load_checkpoint(ckpt), ckpt)["config"])
-        if a.config:
-            merge_dict(cfg, load_yaml(a.config), a.config)
-        for k, v in flags.items():
-            if v is not None:
-                set_value(cfg, k, v)
-        for item in a.set:
-            if "=" not in item:
-                raise ConfigError(f"--set expects key=value, got {item!r}")
-            k, v = item.split("=", 1)
-            set_value(cfg, k.strip(), v.strip())
-        validate(cfg)
+        base = from_dict(require_moco_checkpoint(load_checkpoint(ckpt), ckpt)["config"])
+        cfg = resolve(None, a.config, flags, a.set, base=base)
     else:
         cfg = resolve(preset, a.config, flags, a.set)
     if a.print_config:

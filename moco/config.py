@@ -238,10 +238,14 @@ def resolve(
     config_file: str | None = None,
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    base: Config | None = None,
 ) -> Config:
-    """Build the run's config from preset, YAML file, flags and ``key=value`` overrides, then validate."""
-    cfg = Config()
-    if preset:
+    """Build the run's config from preset, YAML file, flags and ``key=value`` overrides, then validate.
+
+    ``base`` (e.g. a resumed checkpoint's config) replaces the defaults and the preset.
+    """
+    cfg = base if base is not None else Config()
+    if preset and base is None:
         if preset not in PRESETS:
             near = difflib.get_close_matches(preset, PRESETS, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""

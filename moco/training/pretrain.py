@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from moco.config import Config, ConfigError, dump_yaml, from_dict, validate
 from moco.data.augment import apply_params, per_image_transform, sample_params
 from moco.data.cache import DecodedImages, decode_images
-from moco.data.folder import DataError, ImageList, find_split, scan_images
+from moco.data.folder import DataError, ImageList, find_split, load_rgb, scan_images
 from moco.evaluation.knn import autocast, evaluate_knn
 from moco.methods import MoCo, build_moco
 from moco.training.checkpoint import (
@@ -115,8 +114,6 @@ class TwoViews(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
-        from moco.data.folder import load_rgb
-
         for j in range(len(self.images)):  # skip unreadable files (or fail in strict mode)
             path = self.images.root / self.images.paths[(i + j) % len(self.images)]
             try:
@@ -500,11 +497,3 @@ def _knn_sets(
         log.warning("kNN monitor off: %s and %s have different class folders", memory.images.root, test)
         return None
     return memory, test_set
-
-
-def load_run_config(path: Path) -> Config:
-    """The config stored in a checkpoint or a run's config.yaml."""
-    if path.suffix in (".yaml", ".yml"):
-        return from_dict(yaml.safe_load(path.read_text()) or {})
-    return from_dict(require_moco_checkpoint(load_checkpoint(path), path)["config"])
-
