@@ -43,7 +43,7 @@ def measure(preset: str, overrides: list[str], data, steps: int, warmup: int) ->
     times = []
     batches = cached_batches(data, perm, 0, cfg, gen, device)
     t = time.perf_counter()
-    for i, (im_q, im_k) in enumerate(batches):
+    for i, (im_q, im_k, _) in enumerate(batches):
         train_step(model, opt, scaler, im_q.contiguous(memory_format=fmt), im_k.contiguous(memory_format=fmt), gen,
                    cfg.train.precision, device)
         now = time.perf_counter()

@@ -37,6 +37,8 @@ class MethodConfig:
     T: float = 0.07
     symmetric: bool = False
     shuffle_bn: bool = True
+    dictionary: str = "moco"  # moco (queue + momentum encoder), end_to_end (the batch), memory_bank (Wu et al.)
+    bank_m: float = 0.5  # memory bank: v_i <- normalize(bank_m * v_i + (1 - bank_m) * q_i)
 
 
 @dataclass
@@ -282,8 +284,14 @@ def validate(cfg: Config) -> None:
     _check(m.bn_splits >= 1, f"model.bn_splits must be >= 1, got {m.bn_splits}")
     _check(0.0 <= me.m < 1.0, f"method.m must be in [0, 1), got {me.m}")
     _check(me.T > 0, f"method.T must be > 0, got {me.T}")
+    _check(me.dictionary in ("moco", "end_to_end", "memory_bank"),
+           f"method.dictionary must be moco, end_to_end or memory_bank, got {me.dictionary!r}")
+    _check(0.0 <= me.bank_m < 1.0, f"method.bank_m must be in [0, 1), got {me.bank_m}")
+    _check(not me.symmetric or me.dictionary == "moco",
+           f"method.symmetric needs method.dictionary=moco (got {me.dictionary!r})")
+    _check(me.K >= 1, f"method.K must be >= 1, got {me.K}")
     keys_per_step = o.batch_size * (2 if me.symmetric else 1)
-    _check(me.K >= keys_per_step,
+    _check(me.dictionary != "moco" or me.K >= keys_per_step,
            f"method.K ({me.K}) must be >= the keys enqueued per step ({keys_per_step}: batch size"
            f"{' x 2 for the symmetric loss' if me.symmetric else ''})")
     _check(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")

@@ -122,9 +122,11 @@ class MoCo(nn.Module):
         return info_nce(q, k, queue, self.T)
 
     def forward(
-        self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None
+        self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None,
+        index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One MoCo step's forward: returns (loss, logits) and updates encoder_k and the queue.
+        (``index``, the images' dataset indices, is part of the shared interface; MoCo does not need it.)
 
         As in the authors' code, the key encoder is momentum-updated *before* it
         encodes this batch's keys, and the keys are enqueued after the logits are formed.

@@ -58,6 +58,10 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank() -> int:
+    return dist.get_rank() if world_size() > 1 else 0
+
+
 @torch.no_grad()
 def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
     """All processes' ``x`` concatenated along dim 0, in rank order (no gradient)."""

@@ -24,7 +24,7 @@ from moco.data.augment import apply_params, per_image_transform, sample_params
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.folder import DataError, ImageList, find_split, load_rgb, scan_images
 from moco.evaluation.knn import autocast, evaluate_knn
-from moco.methods import MoCo, build_moco
+from moco.methods import build_moco
 from moco.training.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -129,8 +129,9 @@ class TwoViews(torch.utils.data.Dataset):
 def cached_batches(
     data: DecodedImages, perm: torch.Tensor, start: int, cfg: Config, gen: torch.Generator, device: torch.device,
     dinfo: DistInfo = SINGLE_PROCESS,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Two augmented views of each of this process's batches, from step ``start`` of the epoch order ``perm``.
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Two augmented views of each of this process's batches, from step ``start`` of the epoch order ``perm``,
+    with the images' dataset indices (the memory bank needs them).
 
     The augmentation parameters are drawn for the whole global batch on every process (cheap, and the
     same stream everywhere), and each process applies its slice: so N processes see exactly the images
@@ -141,18 +142,20 @@ def cached_batches(
     lo, hi = dinfo.rank * b, (dinfo.rank + 1) * b
     d = cfg.data
     for i in range(start, len(perm) // gb):
-        x = data.batch(perm[i * gb + lo : i * gb + hi]).to(device, non_blocking=True)
+        idx = perm[i * gb + lo : i * gb + hi]
+        x = data.batch(idx).to(device, non_blocking=True)
         h, w = x.shape[-2:]
         views = [sample_params(gb, h, w, d.augmentation, d.crop_min_scale, gen)[lo:hi] for _ in range(2)]
         yield apply_params(x, views[0], d.image_size, d.augmentation), \
-            apply_params(x, views[1], d.image_size, d.augmentation)
+            apply_params(x, views[1], d.image_size, d.augmentation), idx
 
 
 def per_image_batches(
     ds: TwoViews, perm: torch.Tensor, start: int, cfg: Config, epoch_seed: int, device: torch.device,
     dinfo: DistInfo = SINGLE_PROCESS,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-image pipeline: this process's slice of each global batch, loaded and augmented in workers."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per-image pipeline: this process's slice of each global batch, loaded and augmented in workers,
+    with the images' dataset indices."""
     gb = cfg.optim.batch_size
     b = gb // dinfo.world_size
     lo = dinfo.rank * b
@@ -161,17 +164,20 @@ def per_image_batches(
         ds, batch_sampler=batches, num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(epoch_seed + 7919 * dinfo.rank), persistent_workers=False,
     )
-    for im_q, im_k in loader:
-        yield im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True)
+    for (im_q, im_k), idx in zip(loader, batches):
+        yield im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True), torch.tensor(idx)
 
 
 def memory_format(cfg: Config) -> torch.memory_format:
     return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
 
 
-def build_training(cfg: Config, device: torch.device) -> tuple[MoCo, torch.optim.Optimizer, torch.amp.GradScaler]:
-    """The model on ``device`` (channels_last if configured), its SGD optimiser and the fp16 grad scaler."""
-    model = build_moco(cfg).to(device, memory_format=memory_format(cfg))
+def build_training(
+    cfg: Config, device: torch.device, n_images: int = 0,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
+    """The model on ``device`` (channels_last if configured), its SGD optimiser and the fp16 grad scaler.
+    ``n_images`` sizes the memory bank, when ``method.dictionary`` is one."""
+    model = build_moco(cfg, n_images).to(device, memory_format=memory_format(cfg))
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
@@ -180,11 +186,11 @@ def build_training(cfg: Config, device: torch.device) -> tuple[MoCo, torch.optim
 
 def train_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, im_q: torch.Tensor,
-    im_k: torch.Tensor, gen: torch.Generator, precision: str, device: torch.device,
+    im_k: torch.Tensor, gen: torch.Generator, precision: str, device: torch.device, index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One MoCo step: forward under autocast, backward, SGD. Returns detached (loss, logits); no host sync."""
+    """One step: forward under autocast, backward, SGD. Returns detached (loss, logits); no host sync."""
     with autocast(device, precision):
-        loss, logits = model(im_q, im_k, generator=gen)
+        loss, logits = model(im_q, im_k, generator=gen, index=index)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -216,7 +222,7 @@ def prepare_out(out: Path, resume: str | None, overwrite: bool) -> Path | None:
 def check_compatible(saved: Config, cfg: Config, path: Path) -> None:
     """Structural settings must match the checkpoint's; schedule, BN splits (e.g. for another process count)
     and logging may change on resume."""
-    for section, keys in (("model", ("arch", "width", "cifar_stem", "head", "dim")), ("method", ("K",))):
+    for section, keys in (("model", ("arch", "width", "cifar_stem", "head", "dim")), ("method", ("dictionary", "K"))):
         a, b = getattr(saved, section), getattr(cfg, section)
         for k in keys:
             if getattr(a, k) != getattr(b, k):
@@ -299,7 +305,7 @@ def _pretrain(
     knn_sets = _knn_sets(cfg, decoded, images, knn_train, knn_test, test_dir, side, progress) if knn and main else None
 
     # Model and optimiser.
-    model, optimizer, scaler = build_training(cfg, device)
+    model, optimizer, scaler = build_training(cfg, device, n_images)
     fmt = memory_format(cfg)
     gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws, same on all ranks
     epoch, step, epoch_step, history = 0, 0, 0, []
@@ -351,11 +357,14 @@ def _pretrain(
         barrier()
 
     if main:
+        me = cfg.method
+        dictionary = {"moco": f"K={me.K}, m={me.m}", "end_to_end": f"end-to-end, K={b - 1} (the batch)",
+                      "memory_bank": f"memory bank of {n_images}, K={me.K}, bank_m={me.bank_m}"}[me.dictionary]
         log.info(
-            "pretraining %s (width %d) on %d images from %s: %d epochs x %d steps, batch %d%s, K=%d, m=%s, T=%s, "
-            "%s on %s", cfg.model.arch, cfg.model.width, n_images, train_dir, cfg.optim.epochs, steps_per_epoch, b,
+            "pretraining %s (width %d) on %d images from %s: %d epochs x %d steps, batch %d%s, %s, T=%s, %s on %s",
+            cfg.model.arch, cfg.model.width, n_images, train_dir, cfg.optim.epochs, steps_per_epoch, b,
             f" ({dinfo.world_size} processes x {b // dinfo.world_size})" if dinfo.enabled else "",
-            cfg.method.K, cfg.method.m, cfg.method.T, cfg.train.precision, device,
+            dictionary, me.T, cfg.train.precision, device,
         )
     last: dict[str, Any] = history[-1] if history else {}
     try:
@@ -379,13 +388,14 @@ def _pretrain(
 
                 bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
                            unit="step", leave=False, dynamic_ncols=True, disable=None)
-            for im_q, im_k in batches:
+            for im_q, im_k, index in batches:
                 lr = lr_at(cfg, epoch + epoch_step / steps_per_epoch)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 im_q = im_q.contiguous(memory_format=fmt)
                 im_k = im_k.contiguous(memory_format=fmt)
-                loss, logits = train_step(net, optimizer, scaler, im_q, im_k, gen, cfg.train.precision, device)
+                loss, logits = train_step(net, optimizer, scaler, im_q, im_k, gen, cfg.train.precision, device,
+                                          index)
                 loss_sum += loss
                 acc_sum += (logits.argmax(1) == 0).float().mean() * 100
                 n_sum += 1
