@@ -1,4 +1,4 @@
-"""The ``moco`` command: pretrain, knn, linear, embed, neighbors, export, info.
+"""The ``moco`` command: pretrain, knn, linear, embed, neighbors, export, info, reproduce.
 
 Errors in the user's input (config, data, checkpoints) end with one line on
 stderr and exit status 2 (config) or 1 (data, checkpoint, training), never a
@@ -133,6 +133,31 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--format", required=True, choices=["torchvision", "detectron2", "safetensors"])
     ex.add_argument("--out", required=True)
+
+    from moco.experiments.reproduce import BUDGETS, EXPERIMENTS
+
+    rp = sub.add_parser(
+        "reproduce", help="re-run one of the paper's comparisons and write a report",
+        epilog="experiments:\n" + "".join(f"  {k:11s} {e.title}\n" for k, e in EXPERIMENTS.items())
+        + "  all         every experiment in turn\n\nexamples:\n"
+        "  moco reproduce momentum --data ../shared/datasets/cifar10 --out reports/momentum\n"
+        "  moco reproduce mechanisms --data data/cifar10 --out reports/mechanisms --budget paper\n"
+        "  moco reproduce all --data ../shared/datasets/cifar10 --out reports --dry-run\n\n"
+        "Each setting is a pretraining run kept under --runs, named by a hash of its config: settings\n"
+        "shared by experiments run once, finished ones are skipped, and an interrupted one resumes\n"
+        "when the same command is run again.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument("experiment", choices=[*EXPERIMENTS, "all"], metavar="EXPERIMENT",
+                    help=f"one of {', '.join(EXPERIMENTS)}, or all")
+    rp.add_argument("--data", help="folder with train/ and test/ ImageFolders (default: as for pretrain)")
+    rp.add_argument("--out", help="where report.md and the plots go (default: reports/EXPERIMENT)")
+    rp.add_argument("--runs", default="runs/reproduce", help="where the runs are kept (default: runs/reproduce)")
+    rp.add_argument("--budget", choices=sorted(BUDGETS), default="small",
+                    help="small: minutes per setting on a CPU; paper: the CIFAR-10 demo recipe, 200 epochs")
+    rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of the budget's recipe for every run, e.g. --set data.max_images=10000")
+    rp.add_argument("--dry-run", action="store_true", help="list the settings and their run folders, run nothing")
+    rp.add_argument("--no-progress", action="store_true")
 
     inf = sub.add_parser("info", help="what a checkpoint holds: config, epoch, step, metrics")
     inf.add_argument("checkpoint")
@@ -324,6 +349,30 @@ def _info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(a: argparse.Namespace) -> int:
+    import shlex
+
+    from moco.data.folder import DataError
+    from moco.experiments.reproduce import reproduce
+
+    data = Path(a.data) if a.data else default_data()
+    if data is None:
+        raise DataError("no --data given and none found ($MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10)")
+    if not data.is_dir():
+        raise DataError(f"data folder not found: {data}")
+    out = Path(a.out) if a.out else Path("reports") / ("" if a.experiment == "all" else a.experiment)
+    cmd = ["moco", "reproduce", a.experiment, "--data", str(data), "--out", str(out)]
+    cmd += ["--budget", a.budget] if a.budget != "small" else []
+    cmd += [x for s in a.set for x in ("--set", s)]
+    path = reproduce(a.experiment, data, out, Path(a.runs), a.budget, a.set, not a.no_progress, shlex.join(cmd),
+                     a.dry_run)
+    if path is None and not a.dry_run:
+        return 130
+    if path is not None:
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rank = int(os.environ.get("RANK", "0"))
@@ -338,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"pretrain": _pretrain, "knn": _knn, "linear": _linear, "embed": _embed,
-                    "neighbors": _neighbors, "export": _export, "info": _info}
+                    "neighbors": _neighbors, "export": _export, "info": _info, "reproduce": _reproduce}
         return commands[args.command](args)
     except ConfigError as e:
         print(f"moco: error: {e}", file=sys.stderr)

@@ -1,0 +1,68 @@
+"""`moco reproduce`: settings, shared and skipped runs, and a report produced from the results."""
+
+import json
+
+import pytest
+
+from moco.cli import main
+from moco.config import ConfigError
+from moco.experiments.reproduce import BUDGETS, EXPERIMENTS, reproduce, run_dir, setting_config
+
+
+def tiny(tmp_path) -> list[str]:
+    return ["model.width=4", "model.bn_splits=2", "data.image_size=16", "optim.batch_size=8", "data.workers=0",
+            f"data.cache_dir={tmp_path / 'cache'}", "train.log_every=2", "train.knn_k=5"]
+
+
+def test_every_experiment_has_valid_settings_and_shares_the_base_run(tmp_path):
+    data = tmp_path / "d"
+    budget = BUDGETS["small"]
+    dirs = {}
+    for name, exp in EXPERIMENTS.items():
+        from moco.config import resolve
+
+        settings = exp.settings(resolve(budget.preset, overrides=budget.overrides))
+        assert len({s.name for s in settings}) == len(settings)
+        dirs[name] = {s.name: run_dir(tmp_path, setting_config(budget, s, []), data) for s in settings}
+    # the recipe's own setting is one run, whichever experiment asks for it
+    base = {dirs["mechanisms"]["MoCo K=4096"], dirs["momentum"]["m=0.99"], dirs["queue-size"]["MoCo K=4096"],
+            dirs["symmetric"]["asymmetric, 2 epochs"]}
+    assert len(base) == 1
+    mech = EXPERIMENTS["mechanisms"].settings(resolve(budget.preset, overrides=budget.overrides))
+    e2e = [s for s in mech if s.group == "end-to-end"]
+    assert [s.x for s in e2e] == [256, 1024]  # end-to-end stops at the batch it can hold
+    assert "optim.batch_size=1024" in e2e[1].overrides and "optim.lr=0.24" in e2e[1].overrides
+
+
+def test_momentum_experiment_writes_report_and_skips_finished_runs(tiny_data, tmp_path):
+    out, runs = tmp_path / "reports" / "momentum", tmp_path / "runs"
+    extra = tiny(tmp_path)
+    path = reproduce("momentum", tiny_data, out, runs, "small", extra, progress=False, command="moco reproduce X")
+    text = path.read_text()
+    assert text.startswith("# Momentum of the key encoder")
+    assert "moco reproduce X" in text
+    for m in ("m=0 ", "m=0.9 ", "m=0.99 ", "m=0.999 ", "m=0.9999 "):
+        assert f"| {m.strip()} |" in text
+    assert "| 59.0 |" in text and "Seed-to-seed difference" in text  # paper column and computed verdicts
+    assert (out / "momentum.png").stat().st_size > 1000
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == 6 and all(0 <= r["knn_top1"] <= 100 for r in rows)
+    # m = 0.99 and the seed repeat differ only in the seed
+    assert len({r["run"] for r in rows}) == 6
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/checkpoint_last.pt")}
+    assert len(stamps) == 6
+    # a second invocation runs nothing: every setting is already finished
+    reproduce("momentum", tiny_data, out, runs, "small", extra, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/checkpoint_last.pt")} == stamps
+
+
+def test_reproduce_cli_errors_and_dry_run(tiny_data, tmp_path, capsys):
+    assert main(["reproduce", "shuffle-bn", "--data", str(tiny_data), "--runs", str(tmp_path / "r"),
+                 "--dry-run"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 4 and not (tmp_path / "r").exists()
+    assert main(["reproduce", "momentum", "--data", str(tmp_path / "nope")]) == 1
+    assert "data folder not found" in capsys.readouterr().err
+    assert main(["reproduce", "momentum", "--data", str(tiny_data), "--set", "method.q=1", "--dry-run"]) == 2
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        reproduce("nope", tiny_data, tmp_path, tmp_path)
