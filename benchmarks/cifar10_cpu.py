@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,7 @@ def main() -> None:
     subprocess.run(moco + ["knn", "--checkpoint", str(out / "checkpoint_last.pt"), "--train", str(data / "train"),
                            "--test", str(data / "test"), "--json", str(out / "knn.json"), "--no-progress"], check=True)
     t_knn = time.perf_counter() - t1
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child: pretrain
     knn = json.loads((out / "knn.json").read_text())
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if r.get("type") == "epoch"]
@@ -69,7 +71,7 @@ def main() -> None:
         + " && moco knn --checkpoint .../checkpoint_last.pt --train .../train --test .../test",
         "knn_top1": knn["top1"], "knn_top5": knn["top5"], "random_init_knn_top1": rand,
         "pretrain_wall_s": t_pretrain, "knn_wall_s": t_knn, "total_wall_s": t_pretrain + t_knn,
-        "mean_images_per_sec": ips,
+        "mean_images_per_sec": ips, "peak_rss_mb": peak_rss_mb,
         "epochs": [{k: r[k] for k in ("epoch", "loss", "pretext_acc1", "images_per_sec", "epoch_time") if k in r}
                    | ({"knn_top1": r["knn_top1"]} if "knn_top1" in r else {}) for r in epochs],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
@@ -82,6 +84,7 @@ def main() -> None:
     print(f"| kNN top-1, random init | {rand:.2f}% |")
     print(f"| wall time: pretrain + knn | {t_pretrain:.0f} s + {t_knn:.0f} s = {t_pretrain + t_knn:.0f} s |")
     print(f"| training images/s (mean over epochs) | {ips:.0f} |")
+    print(f"| peak RSS of the pretraining process | {peak_rss_mb:.0f} MB |")
     print(f"wrote {a.json}")
 
 

@@ -140,6 +140,52 @@ def reference_images_per_sec(preset: str, overrides: list[str], data: str, steps
     return cfg.optim.batch_size * steps / (time.perf_counter() - t)
 
 
+def reference_train(preset: str, overrides: list[str], data: str, seconds: float, workers: int = 2,
+                    log=print) -> tuple[nn.Module, dict]:
+    """Train the plain loop for ``seconds`` of wall time (data loading included) and return its query encoder.
+
+    The number of epochs is planned from the throughput of the first steps so that the cosine schedule
+    (stepped per epoch, as in the demo) ends near the deadline; training stops at the deadline regardless.
+    """
+    import math
+
+    t_start = time.perf_counter()
+    cfg = resolve(preset, overrides=overrides)
+    torch.manual_seed(cfg.train.seed)
+    model = ModelMoCo(cfg).train()
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                          weight_decay=cfg.optim.weight_decay)
+    train_dir, _ = find_split(Path(data))
+    images = scan_images(train_dir)
+    tf = per_image_transform(cfg.data.augmentation, cfg.data.image_size, cfg.data.crop_min_scale)
+    loader = torch.utils.data.DataLoader(PairDataset(images, tf), batch_size=cfg.optim.batch_size, shuffle=True,
+                                         num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    deadline = t_start + seconds
+    epochs, epoch, steps, seen = None, 0, 0, 0
+    while time.perf_counter() < deadline:
+        lr = cfg.optim.lr if epochs is None else cfg.optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        for im_1, im_2 in loader:
+            loss = model(im_1, im_2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            seen += im_1.shape[0]
+            if epochs is None and steps == 30:  # plan the schedule from the measured rate
+                rate = seen / (time.perf_counter() - t_start)
+                epochs = max(1, round(rate * seconds / len(images)))
+                log(f"reference loop: {rate:.0f} images/s -> cosine schedule over {epochs} epochs")
+            if time.perf_counter() >= deadline:
+                break
+        epoch += 1
+        log(f"reference loop: epoch {epoch} done, {time.perf_counter() - t_start:.0f}s, loss {loss.item():.3f}")
+    wall = time.perf_counter() - t_start
+    return model.encoder_q, {"epochs_planned": epochs, "epochs_run": seen / len(images), "steps": steps,
+                             "images_per_sec": seen / wall, "train_time": wall}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cifar10-cpu")

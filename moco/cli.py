@@ -350,8 +350,6 @@ def _info(a: argparse.Namespace) -> int:
 
 
 def _reproduce(a: argparse.Namespace) -> int:
-    import shlex
-
     from moco.data.folder import DataError
     from moco.experiments.reproduce import reproduce
 
@@ -361,11 +359,7 @@ def _reproduce(a: argparse.Namespace) -> int:
     if not data.is_dir():
         raise DataError(f"data folder not found: {data}")
     out = Path(a.out) if a.out else Path("reports") / ("" if a.experiment == "all" else a.experiment)
-    cmd = ["moco", "reproduce", a.experiment, "--data", str(data), "--out", str(out)]
-    cmd += ["--budget", a.budget] if a.budget != "small" else []
-    cmd += [x for s in a.set for x in ("--set", s)]
-    path = reproduce(a.experiment, data, out, Path(a.runs), a.budget, a.set, not a.no_progress, shlex.join(cmd),
-                     a.dry_run)
+    path = reproduce(a.experiment, data, out, Path(a.runs), a.budget, a.set, not a.no_progress, a.dry_run)
     if path is None and not a.dry_run:
         return 130
     if path is not None:

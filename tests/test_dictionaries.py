@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 from torch import nn
 
 from moco.config import ConfigError, resolve
 from moco.methods import EndToEnd, MemoryBank, MoCo, batch_nce, build_moco, update_bank
 from moco.models.resnet import build_resnet
-from conftest import tiny_config
 
 
 def tiny_encoder(dim: int = 8) -> nn.Module:

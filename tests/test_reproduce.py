@@ -37,10 +37,10 @@ def test_every_experiment_has_valid_settings_and_shares_the_base_run(tmp_path):
 def test_momentum_experiment_writes_report_and_skips_finished_runs(tiny_data, tmp_path):
     out, runs = tmp_path / "reports" / "momentum", tmp_path / "runs"
     extra = tiny(tmp_path)
-    path = reproduce("momentum", tiny_data, out, runs, "small", extra, progress=False, command="moco reproduce X")
+    path = reproduce("momentum", tiny_data, out, runs, "small", extra, progress=False)
     text = path.read_text()
     assert text.startswith("# Momentum of the key encoder")
-    assert "moco reproduce X" in text
+    assert f"moco reproduce momentum --data {tiny_data} --out {out} --runs {runs} --set model.width=4" in text
     for m in ("m=0 ", "m=0.9 ", "m=0.99 ", "m=0.999 ", "m=0.9999 "):
         assert f"| {m.strip()} |" in text
     assert "| 59.0 |" in text and "Seed-to-seed difference" in text  # paper column and computed verdicts

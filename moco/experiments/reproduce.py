@@ -465,14 +465,22 @@ def write_report(name: str, exp: Experiment, settings: list[Setting], results: d
     return path
 
 
+def command_line(name: str, data: Path, out: Path, runs: Path, budget: str, extra: list[str]) -> str:
+    """The command that (re)makes experiment ``name``'s report, as written at its top."""
+    cmd = ["moco", "reproduce", name, "--data", str(data), "--out", str(out)]
+    cmd += ["--runs", str(runs)] if runs != Path("runs/reproduce") else []
+    cmd += ["--budget", budget] if budget != "small" else []
+    return shlex.join(cmd + [x for s in extra for x in ("--set", s)])
+
+
 def reproduce(name: str, data: Path, out: Path, runs: Path, budget: str = "small", extra: list[str] | None = None,
-              progress: bool = True, command: str = "", dry_run: bool = False) -> Path | None:
-    """Run experiment ``name`` (or ``all``) and write its report; returns the report path (None if stopped)."""
+              progress: bool = True, dry_run: bool = False) -> Path | None:
+    """Run experiment ``name`` (or ``all``, each into ``out/NAME``) and write its report; returns the report
+    path (None if stopped)."""
     if name == "all":
         path = None
         for n in EXPERIMENTS:
-            path = reproduce(n, data, out / n, runs, budget, extra, progress, command.replace(" all ", f" {n} "),
-                             dry_run)
+            path = reproduce(n, data, out / n, runs, budget, extra, progress, dry_run)
             if path is None and not dry_run:
                 return None
         return path
@@ -499,7 +507,7 @@ def reproduce(name: str, data: Path, out: Path, runs: Path, budget: str = "small
             return None
         results[s.name] = r
     n = results[settings[0].name].get("n_images", 0)
-    path = write_report(name, exp, settings, results, out, command or shlex.join(["moco", "reproduce", name]),
+    path = write_report(name, exp, settings, results, out, command_line(name, data, out, runs, budget, extra),
                         budget, base, n)
     log.info("%s: report written to %s", name, path)
     return path
