@@ -339,7 +339,12 @@ def _info(a: argparse.Namespace) -> int:
     print(f"progress    {state}")
     print(f"model       {m['arch']} width {m['width']}{' cifar stem' if m['cifar_stem'] else ''}, "
           f"{m['head']} head -> {m['dim']}, BN splits {m['bn_splits']}")
-    print(f"method      K={me['K']} m={me['m']} T={me['T']} symmetric={me['symmetric']} shuffle_bn={me['shuffle_bn']}")
+    dictionary = me.get("dictionary", "moco")
+    if dictionary == "v3":
+        print(f"method      MoCo v3: m={me['m']} ({me.get('m_schedule', 'constant')}) T={me['T']}")
+    else:
+        print(f"method      {dictionary}: K={me['K']} m={me['m']} T={me['T']} symmetric={me['symmetric']} "
+              f"shuffle_bn={me['shuffle_bn']}")
     print(f"optim       batch {cfg['optim']['batch_size']}, lr {cfg['optim']['lr']}, {cfg['optim']['schedule']}")
     if ck.get("n_images"):
         print(f"data        {ck['n_images']} images, {cfg['data']['image_size']} px, {cfg['data']['augmentation']} aug")

@@ -22,12 +22,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet50"
-    width: int = 64  # channels of the first stage; 64 is torchvision's
-    cifar_stem: bool = False  # 3x3 stride-1 conv1 and no max-pool (CIFAR demo)
-    head: str = "linear"  # linear (v1) or mlp (v2)
+    arch: str = "resnet50"  # resnet18/34/50/101/152, wide_resnet50_2/101_2, vit_tiny/small/base
+    width: int = 64  # ResNets: channels of the first stage; 64 is torchvision's
+    cifar_stem: bool = False  # ResNets: 3x3 stride-1 conv1 and no max-pool (CIFAR demo)
+    head: str = "linear"  # linear (v1), mlp (v2) or v3 (MLP with BN: 2 layers for ResNets, 3 for ViTs)
     dim: int = 128
+    mlp_dim: int = 4096  # hidden width of the v3 projector and predictor
     bn_splits: int = 1  # SplitBatchNorm groups for single-device shuffle BN; 1 = plain BN
+    patch_size: int = 16  # ViTs
+    stop_grad_conv1: bool = False  # ViTs: freeze the random patch projection (MoCo v3)
 
 
 @dataclass
@@ -37,14 +40,17 @@ class MethodConfig:
     T: float = 0.07
     symmetric: bool = False
     shuffle_bn: bool = True
-    dictionary: str = "moco"  # moco (queue + momentum encoder), end_to_end (the batch), memory_bank (Wu et al.)
+    dictionary: str = "moco"  # moco (queue + momentum encoder), end_to_end (the batch), memory_bank (Wu et al.),
+    # or v3 (MoCo v3: momentum encoder, the batch's keys, predictor, symmetric loss)
+    m_schedule: str = "constant"  # constant, or cosine from m up to 1 (v3)
     bank_m: float = 0.5  # memory bank: v_i <- normalize(bank_m * v_i + (1 - bank_m) * q_i)
 
 
 @dataclass
 class DataConfig:
     image_size: int = 224
-    augmentation: str = "v1"  # v1, v2 (adds blur, jitter p=0.8) or cifar (v2 without blur)
+    augmentation: str = "v1"  # v1, v2 (adds blur, jitter p=0.8), cifar (v2 without blur),
+    # byol (v3: blur 1.0 / 0.1 and solarize 0 / 0.2 in the two views) or byol-cifar (byol without blur)
     crop_min_scale: float = 0.2
     pipeline: str = "cached"  # cached: decode once to uint8, batched tensor aug; per_image: PIL in workers
     cache_size: int = 0  # side of cached images; 0 = image_size for <=64 px, else 1.15 * image_size
@@ -64,6 +70,8 @@ class OptimConfig:
     schedule: str = "step"  # step or cosine
     milestones: list[int] = field(default_factory=lambda: [120, 160])
     warmup_epochs: float = 0.0
+    optimizer: str = "sgd"  # sgd, lars or adamw
+    scale_lr: bool = False  # lr = optim.lr x batch_size / 256 (the v3 recipes)
 
 
 @dataclass
@@ -121,6 +129,47 @@ PRESETS: dict[str, dict[str, Any]] = {
         "method": {"K": 4096, "m": 0.99, "T": 0.1},
         "data": {"image_size": 32, "augmentation": "cifar"},
         "optim": {"epochs": 10, "batch_size": 256, "lr": 0.06, "weight_decay": 5e-4, "schedule": "cosine"},
+        "train": {"knn_every": 0},
+    },
+    # MoCo v3, ResNet-50 (the authors' 100-epoch recipe): LARS, lr 0.6 x batch / 256, wd 1e-6, T=1.0.
+    "imagenet-v3-r50": {
+        "model": {"arch": "resnet50", "head": "v3", "dim": 256, "mlp_dim": 4096, "bn_splits": 1},
+        "method": {"dictionary": "v3", "m": 0.99, "m_schedule": "cosine", "T": 1.0},
+        "data": {"image_size": 224, "augmentation": "byol", "crop_min_scale": 0.08, "pipeline": "per_image",
+                 "workers": 8},
+        "optim": {"epochs": 100, "batch_size": 4096, "lr": 0.6, "scale_lr": True, "optimizer": "lars",
+                  "weight_decay": 1e-6, "schedule": "cosine", "warmup_epochs": 10},
+    },
+    # MoCo v3, ViT-Small/16 and ViT-Base/16 (300 epochs): AdamW, lr 1.5e-4 x batch / 256, wd 0.1, T=0.2,
+    # frozen random patch projection.
+    "imagenet-v3-vit-s": {
+        "model": {"arch": "vit_small", "patch_size": 16, "stop_grad_conv1": True, "head": "v3", "dim": 256,
+                  "mlp_dim": 4096},
+        "method": {"dictionary": "v3", "m": 0.99, "m_schedule": "cosine", "T": 0.2},
+        "data": {"image_size": 224, "augmentation": "byol", "crop_min_scale": 0.08, "pipeline": "per_image",
+                 "workers": 8},
+        "optim": {"epochs": 300, "batch_size": 4096, "lr": 1.5e-4, "scale_lr": True, "optimizer": "adamw",
+                  "weight_decay": 0.1, "schedule": "cosine", "warmup_epochs": 40},
+    },
+    "imagenet-v3-vit-b": {
+        "model": {"arch": "vit_base", "patch_size": 16, "stop_grad_conv1": True, "head": "v3", "dim": 256,
+                  "mlp_dim": 4096},
+        "method": {"dictionary": "v3", "m": 0.99, "m_schedule": "cosine", "T": 0.2},
+        "data": {"image_size": 224, "augmentation": "byol", "crop_min_scale": 0.08, "pipeline": "per_image",
+                 "workers": 8},
+        "optim": {"epochs": 300, "batch_size": 4096, "lr": 1.5e-4, "scale_lr": True, "optimizer": "adamw",
+                  "weight_decay": 0.1, "schedule": "cosine", "warmup_epochs": 40},
+    },
+    # MoCo v3 sized for a 2-core CPU: the cpu preset's quarter-width ResNet-18 (a ViT-Tiny/4 runs ~20x
+    # slower here), 2-layer BN projector and predictor, LARS, symmetric loss, BYOL-style asymmetric
+    # augmentation without blur (as CIFAR recipes do), 5 epochs (a v3 step encodes 4 views).
+    "cifar10-v3-cpu": {
+        "model": {"arch": "resnet18", "width": 16, "cifar_stem": True, "head": "v3", "dim": 128, "mlp_dim": 1024,
+                  "bn_splits": 1},
+        "method": {"dictionary": "v3", "m": 0.99, "m_schedule": "cosine", "T": 0.2},
+        "data": {"image_size": 32, "augmentation": "byol-cifar", "crop_min_scale": 0.08},
+        "optim": {"epochs": 5, "batch_size": 256, "lr": 0.3, "scale_lr": True, "optimizer": "lars",
+                  "weight_decay": 1e-5, "schedule": "cosine", "warmup_epochs": 0.5},
         "train": {"knn_every": 0},
     },
 }
@@ -275,17 +324,27 @@ def _check(ok: bool, msg: str) -> None:
 def validate(cfg: Config) -> None:
     """Reject out-of-range values before any work starts."""
     from moco.models.resnet import ARCHS
+    from moco.models.vit import VITS
 
     m, me, d, o, t = cfg.model, cfg.method, cfg.data, cfg.optim, cfg.train
-    _check(m.arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {m.arch!r}")
+    _check(m.arch in ARCHS or m.arch in VITS, f"model.arch must be one of {', '.join([*ARCHS, *VITS])}, got {m.arch!r}")
     _check(m.width >= 1, f"model.width must be >= 1, got {m.width}")
-    _check(m.head in ("linear", "mlp"), f"model.head must be 'linear' or 'mlp', got {m.head!r}")
+    _check(m.head in ("linear", "mlp", "v3"), f"model.head must be 'linear', 'mlp' or 'v3', got {m.head!r}")
     _check(m.dim >= 1, f"model.dim must be >= 1, got {m.dim}")
+    _check(m.mlp_dim >= 1, f"model.mlp_dim must be >= 1, got {m.mlp_dim}")
+    if m.arch in VITS:
+        _check(m.patch_size >= 1 and d.image_size % m.patch_size == 0,
+               f"data.image_size ({d.image_size}) must be a multiple of model.patch_size ({m.patch_size})")
+    _check((me.dictionary == "v3") == (m.head == "v3"),
+           f"method.dictionary=v3 and model.head=v3 go together (got dictionary {me.dictionary!r}, head {m.head!r})")
+    _check(me.m_schedule in ("constant", "cosine"),
+           f"method.m_schedule must be 'constant' or 'cosine', got {me.m_schedule!r}")
+    _check(o.optimizer in ("sgd", "lars", "adamw"), f"optim.optimizer must be sgd, lars or adamw, got {o.optimizer!r}")
     _check(m.bn_splits >= 1, f"model.bn_splits must be >= 1, got {m.bn_splits}")
     _check(0.0 <= me.m < 1.0, f"method.m must be in [0, 1), got {me.m}")
     _check(me.T > 0, f"method.T must be > 0, got {me.T}")
-    _check(me.dictionary in ("moco", "end_to_end", "memory_bank"),
-           f"method.dictionary must be moco, end_to_end or memory_bank, got {me.dictionary!r}")
+    _check(me.dictionary in ("moco", "end_to_end", "memory_bank", "v3"),
+           f"method.dictionary must be moco, end_to_end, memory_bank or v3, got {me.dictionary!r}")
     _check(0.0 <= me.bank_m < 1.0, f"method.bank_m must be in [0, 1), got {me.bank_m}")
     _check(not me.symmetric or me.dictionary == "moco",
            f"method.symmetric needs method.dictionary=moco (got {me.dictionary!r})")
@@ -295,8 +354,8 @@ def validate(cfg: Config) -> None:
            f"method.K ({me.K}) must be >= the keys enqueued per step ({keys_per_step}: batch size"
            f"{' x 2 for the symmetric loss' if me.symmetric else ''})")
     _check(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
-    _check(d.augmentation in ("v1", "v2", "cifar"),
-           f"data.augmentation must be v1, v2 or cifar, got {d.augmentation!r}")
+    _check(d.augmentation in ("v1", "v2", "cifar", "byol", "byol-cifar"),
+           f"data.augmentation must be v1, v2, cifar, byol or byol-cifar, got {d.augmentation!r}")
     _check(0.0 < d.crop_min_scale <= 1.0, f"data.crop_min_scale must be in (0, 1], got {d.crop_min_scale}")
     _check(d.pipeline in ("cached", "per_image"), f"data.pipeline must be 'cached' or 'per_image', got {d.pipeline!r}")
     _check(d.cache_size >= 0, f"data.cache_size must be >= 0, got {d.cache_size}")

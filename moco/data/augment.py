@@ -10,6 +10,11 @@ Recipes (method doc, "The recipes"):
 - ``v1``: crop(0.2-1), grayscale p=0.2, jitter 0.4/0.4/0.4/0.4 always, flip.
 - ``v2``: crop, jitter 0.4/0.4/0.4/0.1 p=0.8, grayscale 0.2, blur sigma 0.1-2 p=0.5, flip.
 - ``cifar``: v2 without blur (the CIFAR-10 demo).
+- ``byol`` (MoCo v3, from BYOL): crop(0.08-1), jitter 0.4/0.4/0.2/0.1 p=0.8, grayscale 0.2, then
+  asymmetric views: blur p=1.0 in the first and p=0.1 plus solarize p=0.2 in the second.
+- ``byol-cifar``: byol without blur, for 32-px images (as CIFAR recipes of v3 do).
+
+A two-view recipe names one per-view recipe for each view (``view_recipes``).
 """
 
 from __future__ import annotations
@@ -35,13 +40,28 @@ class Recipe:
     blur_p: float
     gray_first: bool  # v1 applies grayscale before jitter
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
 
 
 RECIPES = {
     "v1": Recipe((0.4, 0.4, 0.4, 0.4), 1.0, 0.2, 0.0, True),
     "v2": Recipe((0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.5, False),
     "cifar": Recipe((0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.0, False),
+    "byol-view1": Recipe((0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 1.0, False),
+    "byol-view2": Recipe((0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 0.1, False, solarize_p=0.2),
+    "byol-cifar-view1": Recipe((0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 0.0, False),
+    "byol-cifar-view2": Recipe((0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 0.0, False, solarize_p=0.2),
 }
+SOLARIZE_THRESHOLD = 128 / 255  # torchvision's RandomSolarize(threshold=128) on 8-bit images
+
+
+def view_recipes(kind: str) -> tuple[str, str]:
+    """The per-view recipes of ``kind``: the same for both views, except for the asymmetric byol recipes."""
+    if kind in ("byol", "byol-cifar"):
+        return f"{kind}-view1", f"{kind}-view2"
+    if kind not in RECIPES:
+        raise ValueError(f"unknown augmentation {kind!r}")
+    return kind, kind
 
 
 class PILGaussianBlur:
@@ -67,6 +87,8 @@ def per_image_transform(kind: str, size: int, min_scale: float = 0.2) -> T.Compo
     ops += gray + color if r.gray_first else color + gray
     if r.blur_p > 0:
         ops.append(T.RandomApply([PILGaussianBlur(r.blur_sigma)], p=r.blur_p))
+    if r.solarize_p > 0:
+        ops.append(T.RandomSolarize(threshold=128, p=r.solarize_p))
     ops += [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)]
     return T.Compose(ops)
 
@@ -224,10 +246,11 @@ class AugParams:
     jitter: tuple[torch.Tensor, ...]  # apply, brightness, contrast, saturation, hue, order
     sigma: torch.Tensor  # (n,) blur sigma, 0 = no blur
     flip: torch.Tensor  # (n,) bool
+    solarize: torch.Tensor | None = None  # (n,) bool; None when the recipe never solarizes
 
     def __getitem__(self, sl: slice) -> AugParams:
         return AugParams(self.boxes[sl], self.gray[sl], tuple(t[sl] for t in self.jitter), self.sigma[sl],
-                         self.flip[sl])
+                         self.flip[sl], None if self.solarize is None else self.solarize[sl])
 
 
 def sample_params(
@@ -243,7 +266,8 @@ def sample_params(
     if r.blur_p > 0:
         sigma = _uniform(n, *r.blur_sigma, generator) * (torch.rand(n, generator=generator) < r.blur_p)
     flip = torch.rand(n, generator=generator) < 0.5
-    return AugParams(boxes, gray, jitter, sigma, flip)
+    solarize = torch.rand(n, generator=generator) < r.solarize_p if r.solarize_p > 0 else None
+    return AugParams(boxes, gray, jitter, sigma, flip, solarize)
 
 
 def apply_params(images: torch.Tensor, p: AugParams, size: int, kind: str = "v2") -> torch.Tensor:
@@ -273,6 +297,9 @@ def apply_params(images: torch.Tensor, p: AugParams, size: int, kind: str = "v2"
     x = jitter_step(gray_step(x)) if r.gray_first else gray_step(jitter_step(x))
     if (p.sigma > 0).any():
         x = gaussian_blur(x, p.sigma)
+    if p.solarize is not None:
+        sol = p.solarize.to(dev).view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD)
+        x = torch.where(sol, 1.0 - x, x)
     x = torch.where(p.flip.to(dev).view(-1, 1, 1, 1), x.flip(-1), x)
     mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)

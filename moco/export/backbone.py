@@ -19,6 +19,7 @@ from torch import nn
 
 from moco.config import Config, from_dict
 from moco.models.resnet import ARCHS, ResNet, build_resnet
+from moco.models.vit import VITS, ViT, build_vit
 from moco.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_state_strict
 
 PREFIXES = ("module.encoder_q.", "encoder_q.", "module.")
@@ -59,7 +60,7 @@ def _strip(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
 
 
-def load_backbone_and_config(path: str | Path) -> tuple[ResNet, Config]:
+def load_backbone_and_config(path: str | Path) -> tuple[ResNet | ViT, Config]:
     """The query backbone (``fc`` = Identity, plain BatchNorm, eval mode) and a config describing it.
 
     For foreign checkpoints the config is the ``cifar10-demo`` or defaults with the inferred
@@ -82,12 +83,13 @@ def load_backbone_and_config(path: str | Path) -> tuple[ResNet, Config]:
     if not state:
         raise CheckpointError(f"{path} holds no encoder_q weights")
     m = cfg.model
-    net = build_resnet(m.arch, m.width, m.cifar_stem)
+    net: ResNet | ViT = (build_vit(m.arch, cfg.data.image_size, m.patch_size) if m.arch in VITS
+                         else build_resnet(m.arch, m.width, m.cifar_stem))
     net.fc = nn.Identity()
     load_state_strict(net, state, path, "backbone")
     return net.eval(), cfg
 
 
-def load_backbone(path: str | Path) -> ResNet:
+def load_backbone(path: str | Path) -> ResNet | ViT:
     """``moco.load_backbone(path)``: the pretrained backbone, ready for ``forward_features`` or fine-tuning."""
     return load_backbone_and_config(path)[0]

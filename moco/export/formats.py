@@ -7,6 +7,9 @@
   does (``stem.conv1``, ``res2``-``res5``, ``shortcut``, ``convN.norm``), as numpy arrays in a
   pickle with ``matching_heuristics``, for R50-C4/FPN transfer.
 * ``safetensors``: the torchvision state dict in the safetensors format.
+
+ViT backbones (MoCo v3) export as a torchvision ``VisionTransformer`` state dict without ``heads``
+(``torchvision.models.vit_b_16()`` for ViT-Base/16 at 224 px, once ``heads = nn.Identity()``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     state = torchvision_state_dict(checkpoint)
+    vit = "class_token" in state
+    if vit and fmt == "detectron2":
+        raise ValueError("the detectron2 format is for ResNet backbones; export a ViT as torchvision or safetensors")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -58,6 +64,7 @@ def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     else:
         from safetensors.torch import save_file
 
-        save_file(state, str(tmp), metadata={"source": str(checkpoint), "format": "torchvision-resnet"})
+        save_file(state, str(tmp), metadata={"source": str(checkpoint),
+                                                "format": "torchvision-vit" if vit else "torchvision-resnet"})
     tmp.replace(out)
     return out

@@ -11,20 +11,30 @@ from moco.config import Config
 from moco.methods.end_to_end import EndToEnd, batch_nce
 from moco.methods.memory_bank import MemoryBank, update_bank
 from moco.methods.moco import MoCo, batch_shuffle, batch_unshuffle, build_head, info_nce, update_momentum
-from moco.models.resnet import ResNet, build_resnet, feature_dim
+from moco.methods.moco_v3 import MoCoV3, build_mlp
+from moco.models import build_backbone, feature_dim
+from moco.models.resnet import ResNet
+from moco.models.vit import VITS, ViT
 
 
-def build_encoder(cfg: Config) -> ResNet:
-    """The backbone with its projection head as ``fc`` (fc -> dim for v1, MLP for v2)."""
+def build_encoder(cfg: Config) -> ResNet | ViT:
+    """The backbone with its projection head as ``fc``: fc -> dim (v1), MLP (v2), or v3's BN MLP
+    (2 layers after a ResNet, 3 after a ViT)."""
     m = cfg.model
-    enc = build_resnet(m.arch, m.width, m.cifar_stem, num_classes=m.dim, bn_splits=m.bn_splits)
-    enc.fc = build_head(feature_dim(enc), m.dim, mlp=m.head == "mlp")
+    enc = build_backbone(cfg)
+    if m.head == "v3":
+        enc.fc = build_mlp(3 if m.arch in VITS else 2, feature_dim(enc), m.mlp_dim, m.dim)
+    else:
+        enc.fc = build_head(feature_dim(enc), m.dim, mlp=m.head == "mlp")
     return enc
 
 
-def build_moco(cfg: Config, n_images: int = 0) -> MoCo | EndToEnd | MemoryBank:
+def build_moco(cfg: Config, n_images: int = 0) -> MoCo | EndToEnd | MemoryBank | MoCoV3:
     """The model ``cfg.method.dictionary`` names; a memory bank needs ``n_images`` (one entry per image)."""
     me = cfg.method
+    if me.dictionary == "v3":  # the predictor: 2 layers, no BN after the last
+        return MoCoV3(build_encoder(cfg), build_mlp(2, cfg.model.dim, cfg.model.mlp_dim, cfg.model.dim, False),
+                      me.T, me.m)
     if me.dictionary == "end_to_end":
         return EndToEnd(build_encoder(cfg), me.T, me.shuffle_bn)
     if me.dictionary == "memory_bank":
@@ -35,6 +45,6 @@ def build_moco(cfg: Config, n_images: int = 0) -> MoCo | EndToEnd | MemoryBank:
 
 
 __all__ = [
-    "EndToEnd", "MemoryBank", "MoCo", "batch_nce", "batch_shuffle", "batch_unshuffle", "build_encoder", "build_head",
-    "build_moco", "info_nce", "update_bank", "update_momentum",
+    "EndToEnd", "MemoryBank", "MoCo", "MoCoV3", "batch_nce", "batch_shuffle", "batch_unshuffle", "build_encoder",
+    "build_head", "build_mlp", "build_moco", "info_nce", "update_bank", "update_momentum",
 ]

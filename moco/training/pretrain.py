@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from moco.config import Config, ConfigError, dump_yaml, from_dict, validate
-from moco.data.augment import apply_params, per_image_transform, sample_params
+from moco.data.augment import apply_params, per_image_transform, sample_params, view_recipes
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.folder import DataError, ImageList, find_split, load_rgb, scan_images
 from moco.evaluation.knn import autocast, evaluate_knn
@@ -46,6 +46,7 @@ from moco.training.distributed import (
     init_distributed,
 )
 from moco.training.logging import MetricsLogger, plot_curves, read_metrics
+from moco.training.optim import base_lr, build_optimizer, momentum_at
 from moco.training.schedule import scheduled_lr
 
 log = logging.getLogger("moco")
@@ -68,7 +69,7 @@ def pick_device(name: str) -> torch.device:
 def lr_at(cfg: Config, epoch: float) -> float:
     """Learning rate at a fractional epoch: linear warm-up, then cosine or step decay."""
     o = cfg.optim
-    return scheduled_lr(o.lr, epoch, o.epochs, o.schedule, o.milestones, o.warmup_epochs)
+    return scheduled_lr(base_lr(cfg), epoch, o.epochs, o.schedule, o.milestones, o.warmup_epochs)
 
 
 def cache_side(cfg: Config) -> int:
@@ -108,7 +109,8 @@ class TwoViews(torch.utils.data.Dataset):
 
     def __init__(self, images: ImageList, cfg: Config, strict: bool) -> None:
         self.images, self.strict = images, strict
-        self.transform = per_image_transform(cfg.data.augmentation, cfg.data.image_size, cfg.data.crop_min_scale)
+        d = cfg.data
+        self.transforms = [per_image_transform(k, d.image_size, d.crop_min_scale) for k in view_recipes(d.augmentation)]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -123,7 +125,7 @@ class TwoViews(torch.utils.data.Dataset):
                 if self.strict:
                     raise DataError(f"unreadable image: {path} ({type(e).__name__}: {e})") from None
                 log.warning("skipping unreadable image %s (%s)", path, e)
-        return self.transform(img), self.transform(img)
+        return self.transforms[0](img), self.transforms[1](img)
 
 
 def cached_batches(
@@ -141,13 +143,13 @@ def cached_batches(
     b = gb // dinfo.world_size
     lo, hi = dinfo.rank * b, (dinfo.rank + 1) * b
     d = cfg.data
+    kinds = view_recipes(d.augmentation)
     for i in range(start, len(perm) // gb):
         idx = perm[i * gb + lo : i * gb + hi]
         x = data.batch(idx).to(device, non_blocking=True)
         h, w = x.shape[-2:]
-        views = [sample_params(gb, h, w, d.augmentation, d.crop_min_scale, gen)[lo:hi] for _ in range(2)]
-        yield apply_params(x, views[0], d.image_size, d.augmentation), \
-            apply_params(x, views[1], d.image_size, d.augmentation), idx
+        views = [sample_params(gb, h, w, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
+        yield apply_params(x, views[0], d.image_size, kinds[0]), apply_params(x, views[1], d.image_size, kinds[1]), idx
 
 
 def per_image_batches(
@@ -175,11 +177,10 @@ def memory_format(cfg: Config) -> torch.memory_format:
 def build_training(
     cfg: Config, device: torch.device, n_images: int = 0,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
-    """The model on ``device`` (channels_last if configured), its SGD optimiser and the fp16 grad scaler.
+    """The model on ``device`` (channels_last if configured), its optimiser and the fp16 grad scaler.
     ``n_images`` sizes the memory bank, when ``method.dictionary`` is one."""
     model = build_moco(cfg, n_images).to(device, memory_format=memory_format(cfg))
-    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
     return model, optimizer, scaler
 
@@ -359,7 +360,9 @@ def _pretrain(
     if main:
         me = cfg.method
         dictionary = {"moco": f"K={me.K}, m={me.m}", "end_to_end": f"end-to-end, K={b - 1} (the batch)",
-                      "memory_bank": f"memory bank of {n_images}, K={me.K}, bank_m={me.bank_m}"}[me.dictionary]
+                      "memory_bank": f"memory bank of {n_images}, K={me.K}, bank_m={me.bank_m}",
+                      "v3": f"MoCo v3, keys of the batch, m={me.m}{' -> 1 (cosine)' * (me.m_schedule == 'cosine')}"
+                      }[me.dictionary]
         log.info(
             "pretraining %s (width %d) on %d images from %s: %d epochs x %d steps, batch %d%s, %s, T=%s, %s on %s",
             cfg.model.arch, cfg.model.width, n_images, train_dir, cfg.optim.epochs, steps_per_epoch, b,
@@ -392,6 +395,8 @@ def _pretrain(
                 lr = lr_at(cfg, epoch + epoch_step / steps_per_epoch)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
+                if hasattr(model, "m"):  # the key encoder's momentum (v3: cosine up to 1)
+                    model.m = momentum_at(cfg, epoch + epoch_step / steps_per_epoch)
                 im_q = im_q.contiguous(memory_format=fmt)
                 im_k = im_k.contiguous(memory_format=fmt)
                 loss, logits = train_step(net, optimizer, scaler, im_q, im_k, gen, cfg.train.precision, device,

@@ -1,0 +1,79 @@
+"""Optimisers for pretraining: SGD (v1/v2), LARS and AdamW (v3), and the momentum schedule of v3."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from moco.config import Config
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al. 2017) as in the MoCo v3 code: SGD with momentum whose update of each weight
+    matrix is rescaled by ``trust_coefficient * |w| / |g + wd * w|``. Weight decay and the rescaling
+    apply only to parameters with more than one dimension: biases and norm parameters get neither."""
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
+                 trust_coefficient: float = 0.001) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      trust_coefficient=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                dp = p.grad
+                if p.ndim > 1:
+                    dp = dp.add(p, alpha=g["weight_decay"])
+                    param_norm, update_norm = torch.norm(p), torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(param_norm > 0.0,
+                                    torch.where(update_norm > 0, g["trust_coefficient"] * param_norm / update_norm,
+                                                one), one)
+                    dp = dp.mul(q)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(g["momentum"]).add_(dp)
+                p.add_(mu, alpha=-g["lr"])
+        return loss
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Everything back-propagation trains: the query encoder (and v3's predictor); never the key encoder,
+    a frozen patch projection or a fixed position embedding."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = trainable_parameters(model)
+    lr = base_lr(cfg)
+    if o.optimizer == "lars":
+        return LARS(params, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def base_lr(cfg: Config) -> float:
+    """``optim.lr``, times batch / 256 when ``optim.scale_lr`` (the v3 recipes' lr = base_lr x batch / 256)."""
+    o = cfg.optim
+    return o.lr * o.batch_size / 256 if o.scale_lr else o.lr
+
+
+def momentum_at(cfg: Config, epoch: float) -> float:
+    """The key encoder's momentum at a fractional epoch: constant, or v3's cosine from m0 up to 1."""
+    me = cfg.method
+    if me.m_schedule == "cosine":
+        return 1.0 - (1.0 - me.m) * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.optim.epochs))
+    return me.m
