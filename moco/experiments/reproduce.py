@@ -373,8 +373,13 @@ def setting_config(budget: Budget, setting: Setting, extra: list[str]) -> Config
 
 
 def run_dir(runs: Path, cfg: Config, data: Path) -> Path:
-    """Where a run lives: named by a hash of everything that defines it, so that experiments share runs."""
-    key = json.dumps({"config": cfg.to_dict(), "data": str(data.resolve())}, sort_keys=True)
+    """Where a run lives: named by a hash of everything that defines it, so that experiments share runs.
+
+    Only settings that differ from the defaults enter the hash, so a setting added to the config later
+    (with a default that keeps the old behaviour) does not orphan finished runs."""
+    default = Config().to_dict()
+    diff = {f"{sec}.{k}": v for sec, d in cfg.to_dict().items() for k, v in d.items() if default[sec].get(k) != v}
+    key = json.dumps({"config": diff, "data": str(data.resolve())}, sort_keys=True)
     return runs / hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
