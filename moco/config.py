@@ -52,7 +52,8 @@ class DataConfig:
     augmentation: str = "v1"  # v1, v2 (adds blur, jitter p=0.8), cifar (v2 without blur),
     # byol (v3: blur 1.0 / 0.1 and solarize 0 / 0.2 in the two views) or byol-cifar (byol without blur)
     crop_min_scale: float = 0.2
-    pipeline: str = "cached"  # cached: decode once to uint8, batched tensor aug; per_image: PIL in workers
+    pipeline: str = "cached"  # cached: decode once to uint8, batched tensor aug; per_image: PIL in workers;
+    # device: workers read files, the training device decodes JPEGs (nvJPEG on CUDA) and augments the batch
     cache_size: int = 0  # side of cached images; 0 = image_size for <=64 px, else 1.15 * image_size
     cache_dir: str = ""  # default: $MOCO_CACHE or ~/.cache/momentum-contrast
     workers: int = 2
@@ -357,7 +358,8 @@ def validate(cfg: Config) -> None:
     _check(d.augmentation in ("v1", "v2", "cifar", "byol", "byol-cifar"),
            f"data.augmentation must be v1, v2, cifar, byol or byol-cifar, got {d.augmentation!r}")
     _check(0.0 < d.crop_min_scale <= 1.0, f"data.crop_min_scale must be in (0, 1], got {d.crop_min_scale}")
-    _check(d.pipeline in ("cached", "per_image"), f"data.pipeline must be 'cached' or 'per_image', got {d.pipeline!r}")
+    _check(d.pipeline in ("cached", "per_image", "device"),
+           f"data.pipeline must be 'cached', 'per_image' or 'device', got {d.pipeline!r}")
     _check(d.cache_size >= 0, f"data.cache_size must be >= 0, got {d.cache_size}")
     _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
     _check(d.max_images >= 0, f"data.max_images must be >= 0, got {d.max_images}")

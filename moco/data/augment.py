@@ -104,29 +104,31 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.T
 
 
 def sample_crop_boxes(
-    n: int, height: int, width: int, scale: tuple[float, float] = (0.2, 1.0),
+    n: int, height: int | torch.Tensor, width: int | torch.Tensor, scale: tuple[float, float] = (0.2, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None, tries: int = 10,
 ) -> torch.Tensor:
-    """``RandomResizedCrop.get_params`` for ``n`` images at once: (n, 4) boxes x1, y1, x2, y2 in pixels."""
-    area = height * width
-    target = area * _uniform(n * tries, *scale, generator).view(n, tries)
+    """``RandomResizedCrop.get_params`` for ``n`` images at once: (n, 4) boxes x1, y1, x2, y2 in pixels.
+
+    ``height``/``width`` are one size for all images or (n,) tensors of each image's size; the random
+    draws do not depend on the sizes, so the stream of draws is the same either way.
+    """
+    H = torch.as_tensor(height, dtype=torch.float32).expand(n)
+    W = torch.as_tensor(width, dtype=torch.float32).expand(n)
+    target = (H * W).view(n, 1) * _uniform(n * tries, *scale, generator).view(n, tries)
     logr = _uniform(n * tries, math.log(ratio[0]), math.log(ratio[1]), generator).view(n, tries)
     aspect = torch.exp(logr)
     w = torch.sqrt(target * aspect).round()
     h = torch.sqrt(target / aspect).round()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    ok = (w > 0) & (w <= W.view(n, 1)) & (h > 0) & (h <= H.view(n, 1))
     first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
     # Fallback (no try fits): the central crop with the ratio clamped, as torchvision does.
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fw, fh = round(height * ratio[1]), height
-    else:
-        fw, fh = width, height
+    in_ratio = W / H
+    fw = torch.where(in_ratio > ratio[1], (H * ratio[1]).round(), W)
+    fh = torch.where(in_ratio < ratio[0], (W / ratio[0]).round(), H)
     rows = torch.arange(n)
-    cw = torch.where(first >= 0, w[rows, first.clamp(min=0)], torch.tensor(float(fw)))
-    ch = torch.where(first >= 0, h[rows, first.clamp(min=0)], torch.tensor(float(fh)))
+    cw = torch.where(first >= 0, w[rows, first.clamp(min=0)], fw)
+    ch = torch.where(first >= 0, h[rows, first.clamp(min=0)], fh)
+    height, width = H, W
     u = torch.rand(n, 2, generator=generator)
     # torch.randint(0, H - h + 1) in torchvision: a uniform integer offset.
     y1 = torch.where(first >= 0, torch.floor(u[:, 0] * (height - ch + 1)), ((height - ch) / 2).round())
@@ -254,7 +256,7 @@ class AugParams:
 
 
 def sample_params(
-    n: int, height: int, width: int, kind: str = "v2", min_scale: float = 0.2,
+    n: int, height: int | torch.Tensor, width: int | torch.Tensor, kind: str = "v2", min_scale: float = 0.2,
     generator: torch.Generator | None = None,
 ) -> AugParams:
     """Draw the random parameters of ``kind``'s recipe for ``n`` images (on the CPU)."""
@@ -270,17 +272,32 @@ def sample_params(
     return AugParams(boxes, gray, jitter, sigma, flip, solarize)
 
 
-def apply_params(images: torch.Tensor, p: AugParams, size: int, kind: str = "v2") -> torch.Tensor:
-    """Augment a (B, 3, H, W) uint8 batch with drawn parameters; returns normalised float32 (B, 3, size, size).
+def crop_resize(images: torch.Tensor | list[torch.Tensor], boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each image to its box and resize to ``size`` (``roi_align``, averaging when it shrinks): float [0, 1].
 
-    The pixel work runs on ``images.device``.
+    ``images`` is a (B, 3, H, W) uint8 batch, or a list of (3, H_i, W_i) uint8 images of different sizes
+    (cropped one by one with the same op, so the results are identical for equal sizes).
+    """
+    if isinstance(images, torch.Tensor):
+        n, dev = images.shape[0], images.device
+        rois = torch.cat([torch.arange(n, dtype=boxes.dtype).view(-1, 1), boxes], dim=1).to(dev)
+        x = roi_align(images.float().div_(255), rois, output_size=(size, size), spatial_scale=1.0,
+                      sampling_ratio=-1, aligned=True)
+    else:
+        dev = images[0].device
+        rois = torch.cat([torch.zeros(len(images), 1, dtype=boxes.dtype), boxes], dim=1).to(dev)
+        x = torch.cat([roi_align(img[None].float().div_(255), rois[i : i + 1], output_size=(size, size),
+                                 spatial_scale=1.0, sampling_ratio=-1, aligned=True) for i, img in enumerate(images)])
+    return x.clamp_(0, 1)
+
+
+def apply_params(images: torch.Tensor | list[torch.Tensor], p: AugParams, size: int, kind: str = "v2") -> torch.Tensor:
+    """Augment a (B, 3, H, W) uint8 batch (or a list of uint8 images of any sizes) with drawn parameters;
+    returns normalised float32 (B, 3, size, size). The pixel work runs on the images' device.
     """
     r = RECIPES[kind]
-    n, dev = images.shape[0], images.device
-    rois = torch.cat([torch.arange(n, dtype=p.boxes.dtype).view(-1, 1), p.boxes], dim=1).to(dev)
-    x = images.float().div_(255)
-    x = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    x = x.clamp_(0, 1)
+    x = crop_resize(images, p.boxes, size)
+    dev = x.device
 
     def gray_step(x: torch.Tensor) -> torch.Tensor:
         return torch.where(p.gray.to(dev).view(-1, 1, 1, 1), rgb_to_gray(x).expand_as(x), x)

@@ -22,6 +22,7 @@ import torch
 from moco.config import Config, ConfigError, dump_yaml, from_dict, validate
 from moco.data.augment import apply_params, per_image_transform, sample_params, view_recipes
 from moco.data.cache import DecodedImages, decode_images
+from moco.data.encoded import EncodedFiles, collate, decode_on_device
 from moco.data.folder import DataError, ImageList, find_split, load_rgb, scan_images
 from moco.evaluation.knn import autocast, evaluate_knn
 from moco.methods import build_moco
@@ -168,6 +169,33 @@ def per_image_batches(
     )
     for (im_q, im_k), idx in zip(loader, batches):
         yield im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True), torch.tensor(idx)
+
+
+def device_batches(
+    ds: EncodedFiles, perm: torch.Tensor, start: int, cfg: Config, gen: torch.Generator, device: torch.device,
+    dinfo: DistInfo = SINGLE_PROCESS,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Decode-on-device pipeline: workers read this process's files, the device decodes and augments.
+
+    As in ``cached_batches``, the augmentation draws are made for the whole global batch (they do not
+    depend on the image sizes, which only this process knows for its slice).
+    """
+    gb = cfg.optim.batch_size
+    b = gb // dinfo.world_size
+    lo, hi = dinfo.rank * b, (dinfo.rank + 1) * b
+    d = cfg.data
+    kinds = view_recipes(d.augmentation)
+    batches = [perm[i * gb + lo : i * gb + hi].tolist() for i in range(start, len(perm) // gb)]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=d.workers, collate_fn=collate,
+                                         pin_memory=device.type == "cuda", persistent_workers=False)
+    for items, idx in loader:
+        imgs = decode_on_device(items, device, [str(ds.images.paths[i]) for i in idx.tolist()])
+        heights, widths = torch.ones(gb), torch.ones(gb)
+        heights[lo:hi] = torch.tensor([float(im.shape[1]) for im in imgs])
+        widths[lo:hi] = torch.tensor([float(im.shape[2]) for im in imgs])
+        views = [sample_params(gb, heights, widths, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
+        yield apply_params(imgs, views[0], d.image_size, kinds[0]), apply_params(imgs, views[1], d.image_size,
+                                                                                 kinds[1]), idx
 
 
 def memory_format(cfg: Config) -> torch.memory_format:
@@ -335,7 +363,8 @@ def _pretrain(
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
 
-    ds = TwoViews(images, cfg, cfg.data.strict) if decoded is None else None
+    ds = TwoViews(images, cfg, cfg.data.strict) if cfg.data.pipeline == "per_image" else None
+    encoded = EncodedFiles(images, cfg.data.strict) if cfg.data.pipeline == "device" else None
     metrics = MetricsLogger(out) if main else None
     stop = StopFlag()
     stop.install()
@@ -376,6 +405,8 @@ def _pretrain(
             perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(epoch_seed))
             if decoded is not None:
                 batches = cached_batches(decoded, perm, epoch_step, cfg, gen, device, dinfo)
+            elif encoded is not None:
+                batches = device_batches(encoded, perm, epoch_step, cfg, gen, device, dinfo)
             else:
                 assert ds is not None
                 batches = per_image_batches(ds, perm, epoch_step, cfg, epoch_seed, device, dinfo)

@@ -1,0 +1,94 @@
+"""Decode-on-device pipeline, for data too large to cache: workers only read files; the training device
+decodes the JPEGs of a whole batch at once (``torchvision.io.decode_jpeg``, nvJPEG on CUDA) and the
+batched augmentation crops and colours them there.
+
+Files that are not JPEG (PNG, WebP, ...) or not RGB are decoded by the worker with PIL instead, so any
+folder works. Unreadable files are skipped with a warning (the next image takes their place), or stop
+the run with ``data.strict``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from moco.data.folder import DataError, ImageList, load_rgb
+
+log = logging.getLogger("moco")
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class EncodedFiles(torch.utils.data.Dataset):
+    """Item ``i``: (encoded JPEG bytes as a 1-D uint8 tensor, or a decoded (3, H, W) uint8 image) and ``i``."""
+
+    def __init__(self, images: ImageList, strict: bool = False) -> None:
+        self.images, self.strict = images, strict
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _read(self, i: int) -> torch.Tensor:
+        path = self.images.root / self.images.paths[i]
+        data = path.read_bytes()
+        if data[:3] == JPEG_MAGIC and _is_rgb_jpeg(data):
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        img = load_rgb(path)  # PIL: every other format and mode, converted to RGB
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        for j in range(len(self.images)):
+            k = (i + j) % len(self.images)
+            try:
+                return self._read(k), k
+            except Exception as e:  # noqa: BLE001
+                path = self.images.root / self.images.paths[k]
+                if self.strict:
+                    raise DataError(f"unreadable image: {path} ({type(e).__name__}: {e})") from None
+                log.warning("skipping unreadable image %s (%s)", path, e)
+        raise DataError(f"no readable image in {self.images.root}")
+
+
+def _is_rgb_jpeg(data: bytes) -> bool:
+    """True for a 3-component baseline/progressive JPEG (grayscale and CMYK go through PIL instead)."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker in (0xC0, 0xC1, 0xC2):  # start of frame: ..., number of components at offset 9
+            return data[i + 9] == 3
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return False
+
+
+def collate(items: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    return [t for t, _ in items], torch.tensor([i for _, i in items])
+
+
+def decode_on_device(
+    items: list[torch.Tensor], device: torch.device, names: list[str] | None = None
+) -> list[torch.Tensor]:
+    """(3, H, W) uint8 images on ``device``: the JPEG byte tensors decoded there in one batched call,
+    worker-decoded images moved there. A JPEG that cannot be decoded (named by ``names``) is replaced
+    by a gray image, with a warning."""
+    jpeg = [i for i, t in enumerate(items) if t.dim() == 1]
+    out: list[torch.Tensor | None] = [None if t.dim() == 1 else t.to(device, non_blocking=True) for t in items]
+    if jpeg:
+        try:
+            decoded = decode_jpeg([items[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad file fails the batch: decode one by one to find it
+            decoded = []
+            for i in jpeg:
+                try:
+                    decoded.append(decode_jpeg(items[i], mode=ImageReadMode.RGB, device=device))
+                except RuntimeError as e:
+                    name = names[i] if names else f"item {i} of the batch"
+                    log.warning("could not decode %s (%s); a gray image takes its place", name, e)
+                    decoded.append(torch.full((3, 8, 8), 128, dtype=torch.uint8, device=device))
+        for i, img in zip(jpeg, decoded):
+            out[i] = img
+    return [t for t in out if t is not None]
