@@ -81,6 +81,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: str = "bf16"  # bf16, fp16 (CUDA only) or fp32
     channels_last: bool = True
+    compile: bool = False  # torch.compile the encoders (slow first steps; pays off on long runs)
     log_every: int = 20  # steps between metrics.jsonl records
     checkpoint_every: int = 10  # epochs between kept checkpoint_{epoch:04d}.pt files
     knn_every: int = 1  # epochs between kNN monitor runs (when labelled data is available)

@@ -45,6 +45,8 @@ def test_momentum_experiment_writes_report_and_skips_finished_runs(tiny_data, tm
         assert f"| {m.strip()} |" in text
     assert "| 59.0 |" in text and "Seed-to-seed difference" in text  # paper column and computed verdicts
     assert (out / "momentum.png").stat().st_size > 1000
+    index = (out.parent / "README.md").read_text()
+    assert "[Momentum of the key encoder](momentum/report.md)" in index and "| m=0.999 |" in index
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert len(rows) == 6 and all(0 <= r["knn_top1"] <= 100 for r in rows)
     # m = 0.99 and the seed repeat differ only in the seed

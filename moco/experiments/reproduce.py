@@ -439,6 +439,7 @@ def write_report(name: str, exp: Experiment, settings: list[Setting], results: d
                  command: str, budget: str, base: Config, n_images: int) -> Path:
     from moco import __version__
 
+    verdicts = exp.verdicts(settings, results)
     exp.plot(settings, results, out)
     pngs = sorted(p.name for p in out.glob("*.png"))
     b = BUDGETS[budget]
@@ -453,7 +454,7 @@ def write_report(name: str, exp: Experiment, settings: list[Setting], results: d
         "## The paper", "", exp.claim, "",
         "## Results", "", *_table(settings, results), "",
         *(f"![{p}]({p})" for p in pngs), "",
-        "## Against the paper", "", *(f"- {v}" for v in exp.verdicts(settings, results)),
+        "## Against the paper", "", *(f"- {v}" for v in verdicts),
     ]
     if budget == "small":
         lines.append("- Scale: the paper measures ImageNet linear accuracy after 200 epochs of a ResNet-50; this is "
@@ -465,8 +466,30 @@ def write_report(name: str, exp: Experiment, settings: list[Setting], results: d
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(
-        {"experiment": name, "budget": budget, "command": command,
-         "rows": [{k: v for k, v in results[s.name].items() if k != "metrics"} for s in settings]}, indent=2))
+        {"experiment": name, "title": exp.title, "budget": budget, "command": command, "verdicts": verdicts,
+         "rows": [{k: v for k, v in results[s.name].items() if k != "metrics"} | {"paper": s.paper}
+                  for s in settings]}, indent=2))
+    write_index(out.parent)
+    return path
+
+
+def write_index(root: Path) -> Path:
+    """``root/README.md``: every report under ``root`` with its command and verdicts, in one page."""
+    lines = ["# Reproducing the paper: reports", "",
+             "Written by `moco reproduce` after each experiment (do not edit by hand). One folder per experiment, "
+             "each with `report.md`, plots and `results.json`.", ""]
+    for name in EXPERIMENTS:
+        f = root / name / "results.json"
+        if not f.is_file():
+            continue
+        r = json.loads(f.read_text())
+        lines += [f"## [{r['title']}]({name}/report.md)", "", f"`{r['command']}`", "",
+                  "| setting | kNN top-1 (%) | pretext acc@1 (%) | paper |", "|---|---|---|---|",
+                  *(f"| {row['setting']} | {row['knn_top1']:.2f} | {row['pretext_acc1']:.1f} | "
+                    f"{row.get('paper') or '-'} |" for row in r["rows"]),
+                  "", *(f"- {v}" for v in r["verdicts"]), ""]
+    path = root / "README.md"
+    path.write_text("\n".join(lines))
     return path
 
 

@@ -209,6 +209,10 @@ def build_training(
     ``n_images`` sizes the memory bank, when ``method.dictionary`` is one."""
     model = build_moco(cfg, n_images).to(device, memory_format=memory_format(cfg))
     optimizer = build_optimizer(cfg, model)
+    if cfg.train.compile:  # in place: parameter names (checkpoints, exports) stay the same
+        for name in ("encoder_q", "encoder_k", "predictor"):
+            if hasattr(model, name):
+                getattr(model, name).compile()
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
     return model, optimizer, scaler
 
