@@ -24,7 +24,8 @@ import torch
 from moco.config import resolve
 from moco.data.cache import decode_images
 from moco.data.folder import find_split, scan_images
-from moco.training.pretrain import build_training, cached_batches, memory_format, train_step
+from moco.data.pipelines import cached_batches
+from moco.training.pretrain import build_training, memory_format, train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_loop import reference_images_per_sec  # noqa: E402

@@ -12,8 +12,8 @@ from moco.config import resolve
 from moco.data.cache import decode_images
 from moco.data.encoded import EncodedFiles, decode_on_device
 from moco.data.folder import scan_images
+from moco.data.pipelines import cached_batches, device_batches
 from moco.training.distributed import DistInfo
-from moco.training.pretrain import cached_batches, device_batches
 
 
 def jpeg_folder(root, sizes, seed=0):

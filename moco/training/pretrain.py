@@ -12,7 +12,6 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,10 @@ from typing import Any
 import torch
 
 from moco.config import Config, ConfigError, dump_yaml, from_dict, validate
-from moco.data.augment import apply_params, per_image_transform, sample_params, view_recipes
 from moco.data.cache import DecodedImages, decode_images
-from moco.data.encoded import EncodedFiles, collate, decode_on_device
-from moco.data.folder import DataError, ImageList, find_split, load_rgb, scan_images
+from moco.data.encoded import EncodedFiles
+from moco.data.folder import DataError, ImageList, find_split, scan_images
+from moco.data.pipelines import TwoViews, cached_batches, device_batches, per_image_batches
 from moco.evaluation.knn import autocast, evaluate_knn
 from moco.methods import build_moco
 from moco.training.checkpoint import (
@@ -36,7 +35,6 @@ from moco.training.checkpoint import (
     require_moco_checkpoint,
 )
 from moco.training.distributed import (
-    SINGLE_PROCESS,
     DistInfo,
     all_reduce_mean,
     any_rank,
@@ -103,99 +101,6 @@ class StopFlag:
     def restore(self) -> None:
         for s, h in self.previous.items():
             signal.signal(s, h)
-
-
-class TwoViews(torch.utils.data.Dataset):
-    """Per-image pipeline: two independently augmented PIL views of each image."""
-
-    def __init__(self, images: ImageList, cfg: Config, strict: bool) -> None:
-        self.images, self.strict = images, strict
-        d = cfg.data
-        self.transforms = [per_image_transform(k, d.image_size, d.crop_min_scale) for k in view_recipes(d.augmentation)]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        for j in range(len(self.images)):  # skip unreadable files (or fail in strict mode)
-            path = self.images.root / self.images.paths[(i + j) % len(self.images)]
-            try:
-                img = load_rgb(path)
-                break
-            except Exception as e:  # noqa: BLE001
-                if self.strict:
-                    raise DataError(f"unreadable image: {path} ({type(e).__name__}: {e})") from None
-                log.warning("skipping unreadable image %s (%s)", path, e)
-        return self.transforms[0](img), self.transforms[1](img)
-
-
-def cached_batches(
-    data: DecodedImages, perm: torch.Tensor, start: int, cfg: Config, gen: torch.Generator, device: torch.device,
-    dinfo: DistInfo = SINGLE_PROCESS,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Two augmented views of each of this process's batches, from step ``start`` of the epoch order ``perm``,
-    with the images' dataset indices (the memory bank needs them).
-
-    The augmentation parameters are drawn for the whole global batch on every process (cheap, and the
-    same stream everywhere), and each process applies its slice: so N processes see exactly the images
-    and views that one process with the same global batch would.
-    """
-    gb = cfg.optim.batch_size
-    b = gb // dinfo.world_size
-    lo, hi = dinfo.rank * b, (dinfo.rank + 1) * b
-    d = cfg.data
-    kinds = view_recipes(d.augmentation)
-    for i in range(start, len(perm) // gb):
-        idx = perm[i * gb + lo : i * gb + hi]
-        x = data.batch(idx).to(device, non_blocking=True)
-        h, w = x.shape[-2:]
-        views = [sample_params(gb, h, w, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
-        yield apply_params(x, views[0], d.image_size, kinds[0]), apply_params(x, views[1], d.image_size, kinds[1]), idx
-
-
-def per_image_batches(
-    ds: TwoViews, perm: torch.Tensor, start: int, cfg: Config, epoch_seed: int, device: torch.device,
-    dinfo: DistInfo = SINGLE_PROCESS,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per-image pipeline: this process's slice of each global batch, loaded and augmented in workers,
-    with the images' dataset indices."""
-    gb = cfg.optim.batch_size
-    b = gb // dinfo.world_size
-    lo = dinfo.rank * b
-    batches = [perm[i * gb + lo : i * gb + lo + b].tolist() for i in range(start, len(perm) // gb)]
-    loader = torch.utils.data.DataLoader(
-        ds, batch_sampler=batches, num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(epoch_seed + 7919 * dinfo.rank), persistent_workers=False,
-    )
-    for (im_q, im_k), idx in zip(loader, batches):
-        yield im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True), torch.tensor(idx)
-
-
-def device_batches(
-    ds: EncodedFiles, perm: torch.Tensor, start: int, cfg: Config, gen: torch.Generator, device: torch.device,
-    dinfo: DistInfo = SINGLE_PROCESS,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Decode-on-device pipeline: workers read this process's files, the device decodes and augments.
-
-    As in ``cached_batches``, the augmentation draws are made for the whole global batch (they do not
-    depend on the image sizes, which only this process knows for its slice).
-    """
-    gb = cfg.optim.batch_size
-    b = gb // dinfo.world_size
-    lo, hi = dinfo.rank * b, (dinfo.rank + 1) * b
-    d = cfg.data
-    kinds = view_recipes(d.augmentation)
-    batches = [perm[i * gb + lo : i * gb + hi].tolist() for i in range(start, len(perm) // gb)]
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=d.workers, collate_fn=collate,
-                                         pin_memory=device.type == "cuda", persistent_workers=False)
-    for items, idx in loader:
-        imgs = decode_on_device(items, device, [str(ds.images.paths[i]) for i in idx.tolist()])
-        heights, widths = torch.ones(gb), torch.ones(gb)
-        heights[lo:hi] = torch.tensor([float(im.shape[1]) for im in imgs])
-        widths[lo:hi] = torch.tensor([float(im.shape[2]) for im in imgs])
-        views = [sample_params(gb, heights, widths, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
-        yield apply_params(imgs, views[0], d.image_size, kinds[0]), apply_params(imgs, views[1], d.image_size,
-                                                                                 kinds[1]), idx
 
 
 def memory_format(cfg: Config) -> torch.memory_format:
