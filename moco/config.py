@@ -27,7 +27,7 @@ class ModelConfig:
     cifar_stem: bool = False  # ResNets: 3x3 stride-1 conv1 and no max-pool (CIFAR demo)
     head: str = "linear"  # linear (v1), mlp (v2) or v3 (MLP with BN: 2 layers for ResNets, 3 for ViTs)
     dim: int = 128
-    mlp_dim: int = 4096  # hidden width of the v3 projector and predictor
+    mlp_dim: int = 0  # hidden width of the MLP heads; 0 = the backbone's feature dim (v2), 4096 (v3)
     bn_splits: int = 1  # SplitBatchNorm groups for single-device shuffle BN; 1 = plain BN
     patch_size: int = 16  # ViTs
     stop_grad_conv1: bool = False  # ViTs: freeze the random patch projection (MoCo v3)
@@ -329,7 +329,7 @@ def validate(cfg: Config) -> None:
     _check(m.width >= 1, f"model.width must be >= 1, got {m.width}")
     _check(m.head in ("linear", "mlp", "v3"), f"model.head must be 'linear', 'mlp' or 'v3', got {m.head!r}")
     _check(m.dim >= 1, f"model.dim must be >= 1, got {m.dim}")
-    _check(m.mlp_dim >= 1, f"model.mlp_dim must be >= 1, got {m.mlp_dim}")
+    _check(m.mlp_dim >= 0, f"model.mlp_dim must be >= 0 (0 = automatic), got {m.mlp_dim}")
     if m.arch in VITS:
         _check(m.patch_size >= 1 and d.image_size % m.patch_size == 0,
                f"data.image_size ({d.image_size}) must be a multiple of model.patch_size ({m.patch_size})")

@@ -23,9 +23,9 @@ def build_encoder(cfg: Config) -> ResNet | ViT:
     m = cfg.model
     enc = build_backbone(cfg)
     if m.head == "v3":
-        enc.fc = build_mlp(3 if m.arch in VITS else 2, feature_dim(enc), m.mlp_dim, m.dim)
+        enc.fc = build_mlp(3 if m.arch in VITS else 2, feature_dim(enc), m.mlp_dim or 4096, m.dim)
     else:
-        enc.fc = build_head(feature_dim(enc), m.dim, mlp=m.head == "mlp")
+        enc.fc = build_head(feature_dim(enc), m.dim, mlp=m.head == "mlp", hidden=m.mlp_dim or None)
     return enc
 
 
@@ -33,7 +33,7 @@ def build_moco(cfg: Config, n_images: int = 0) -> MoCo | EndToEnd | MemoryBank |
     """The model ``cfg.method.dictionary`` names; a memory bank needs ``n_images`` (one entry per image)."""
     me = cfg.method
     if me.dictionary == "v3":  # the predictor: 2 layers, no BN after the last
-        return MoCoV3(build_encoder(cfg), build_mlp(2, cfg.model.dim, cfg.model.mlp_dim, cfg.model.dim, False),
+        return MoCoV3(build_encoder(cfg), build_mlp(2, cfg.model.dim, cfg.model.mlp_dim or 4096, cfg.model.dim, False),
                       me.T, me.m)
     if me.dictionary == "end_to_end":
         return EndToEnd(build_encoder(cfg), me.T, me.shuffle_bn)

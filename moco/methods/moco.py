@@ -146,8 +146,9 @@ class MoCo(nn.Module):
         return loss, logits
 
 
-def build_head(in_dim: int, dim: int, mlp: bool) -> nn.Module:
-    """v1: fc -> dim. v2: fc(in, in) - ReLU - fc(in, dim)."""
+def build_head(in_dim: int, dim: int, mlp: bool, hidden: int | None = None) -> nn.Module:
+    """v1: fc -> dim. v2: fc(in, hidden) - ReLU - fc(hidden, dim), hidden = in by default (the authors')."""
     if mlp:
-        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, dim))
+        hidden = hidden or in_dim
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
     return nn.Linear(in_dim, dim)

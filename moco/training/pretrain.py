@@ -160,7 +160,9 @@ def prepare_out(out: Path, resume: str | None, overwrite: bool) -> Path | None:
 def check_compatible(saved: Config, cfg: Config, path: Path) -> None:
     """Structural settings must match the checkpoint's; schedule, BN splits (e.g. for another process count)
     and logging may change on resume."""
-    for section, keys in (("model", ("arch", "width", "cifar_stem", "head", "dim")), ("method", ("dictionary", "K"))):
+    structural = (("model", ("arch", "width", "cifar_stem", "head", "dim", "mlp_dim", "patch_size")),
+                  ("method", ("dictionary", "K")))
+    for section, keys in structural:
         a, b = getattr(saved, section), getattr(cfg, section)
         for k in keys:
             if getattr(a, k) != getattr(b, k):
