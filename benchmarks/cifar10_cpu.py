@@ -1,6 +1,7 @@
 """The main job, timed: `moco pretrain --preset cifar10-cpu` then `moco knn`, against a random network.
 
-    python benchmarks/cifar10_cpu.py [--data ../shared/datasets/cifar10] [--out runs/bench-cifar10-cpu]
+    python benchmarks/cifar10_cpu.py [--preset cifar10-cpu] [--data ../shared/datasets/cifar10]
+                                     [--out runs/bench-PRESET] [--json benchmarks/results/PRESET.json]
                                      [--set key=value ...]
 
 Runs the real commands as subprocesses (wall time includes start-up, decoding and the final kNN),
@@ -25,14 +26,14 @@ import torch
 ROOT = Path(__file__).resolve().parent
 
 
-def random_init_knn(data: Path, overrides: list[str]) -> float:
+def random_init_knn(data: Path, preset: str, overrides: list[str]) -> float:
     from moco.config import resolve
     from moco.data.cache import decode_images
     from moco.data.folder import scan_images
     from moco.evaluation.knn import evaluate_knn
     from moco.methods import build_moco
 
-    cfg = resolve("cifar10-cpu", overrides=overrides)
+    cfg = resolve(preset, overrides=overrides)
     torch.manual_seed(cfg.train.seed)
     net = build_moco(cfg).encoder_q.to(memory_format=torch.channels_last)
     side = cfg.data.image_size
@@ -44,16 +45,18 @@ def random_init_knn(data: Path, overrides: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent.parent / "shared" / "datasets" / "cifar10"))
-    ap.add_argument("--out", default="runs/bench-cifar10-cpu")
+    ap.add_argument("--preset", default="cifar10-cpu")
+    ap.add_argument("--out", help="run directory (default: runs/bench-PRESET)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--json", default=str(ROOT / "results" / "cifar10_cpu.json"))
+    ap.add_argument("--json", help="result file (default: benchmarks/results/PRESET with _ for -.json)")
     a = ap.parse_args()
-    data, out = Path(a.data), Path(a.out)
+    data, out = Path(a.data), Path(a.out or f"runs/bench-{a.preset}")
+    a.json = a.json or str(ROOT / "results" / f"{a.preset.replace('-', '_')}.json")
     shutil.rmtree(out, ignore_errors=True)
     moco = [sys.executable, "-m", "moco"]
     sets = [x for s in a.set for x in ("--set", s)]
     t0 = time.perf_counter()
-    subprocess.run(moco + ["pretrain", "--preset", "cifar10-cpu", "--data", str(data / "train"), "--out", str(out),
+    subprocess.run(moco + ["pretrain", "--preset", a.preset, "--data", str(data / "train"), "--out", str(out),
                            "--no-progress", "--no-knn", *sets], check=True)
     t_pretrain = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -64,10 +67,10 @@ def main() -> None:
     knn = json.loads((out / "knn.json").read_text())
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if r.get("type") == "epoch"]
-    rand = random_init_knn(data, a.set)
+    rand = random_init_knn(data, a.preset, a.set)
     ips = sum(r["images_per_sec"] for r in epochs) / len(epochs)
     result = {
-        "command": f"moco pretrain --preset cifar10-cpu --data {data / 'train'} --no-knn {' '.join(sets)}".strip()
+        "command": f"moco pretrain --preset {a.preset} --data {data / 'train'} --no-knn {' '.join(sets)}".strip()
         + " && moco knn --checkpoint .../checkpoint_last.pt --train .../train --test .../test",
         "knn_top1": knn["top1"], "knn_top5": knn["top5"], "random_init_knn_top1": rand,
         "pretrain_wall_s": t_pretrain, "knn_wall_s": t_knn, "total_wall_s": t_pretrain + t_knn,
