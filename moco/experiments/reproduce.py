@@ -482,7 +482,13 @@ def write_index(root: Path) -> Path:
         f = root / name / "results.json"
         if not f.is_file():
             continue
-        r = json.loads(f.read_text())
+        try:
+            r = json.loads(f.read_text())
+            r.setdefault("title", EXPERIMENTS[name].title)
+            r.setdefault("verdicts", [])
+        except (OSError, ValueError) as e:  # a torn or foreign file must not stop an experiment
+            log.warning("index: skipping %s (%s)", f, e)
+            continue
         lines += [f"## [{r['title']}]({name}/report.md)", "", f"`{r['command']}`", "",
                   "| setting | kNN top-1 (%) | pretext acc@1 (%) | paper |", "|---|---|---|---|",
                   *(f"| {row['setting']} | {row['knn_top1']:.2f} | {row['pretext_acc1']:.1f} | "
