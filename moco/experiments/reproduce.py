@@ -539,7 +539,7 @@ def reproduce(name: str, data: Path, out: Path, runs: Path, budget: str = "small
             log.warning("%s stopped during %r; rerun the same command to continue (finished settings are kept)",
                         name, s.name)
             return None
-        results[s.name] = r
+        results[s.name] = {**r, "setting": s.name}  # a shared run may have been made under another name
     n = results[settings[0].name].get("n_images", 0)
     path = write_report(name, exp, settings, results, out, command_line(name, data, out, runs, budget, extra),
                         budget, base, n)
