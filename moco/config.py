@@ -161,14 +161,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # MoCo v3 sized for a 2-core CPU: the cpu preset's quarter-width ResNet-18 (a ViT-Tiny/4 runs ~20x
     # slower here), 2-layer BN projector and predictor, symmetric loss, BYOL-style asymmetric augmentation
     # without blur (as CIFAR recipes do). LARS at lr 2.0 x batch/256: the authors' per-step update size
-    # (trust ratio x lr) for a run of only ~1200 steps; 6 epochs of ~130 s fit 15 minutes (a v3 step
+    # (trust ratio x lr) for a run of only ~1000 steps; 5 epochs of ~150 s fit 15 minutes (a v3 step
     # encodes 4 views, twice the work of a v2 step).
     "cifar10-v3-cpu": {
         "model": {"arch": "resnet18", "width": 16, "cifar_stem": True, "head": "v3", "dim": 128, "mlp_dim": 1024,
                   "bn_splits": 1},
         "method": {"dictionary": "v3", "m": 0.99, "m_schedule": "cosine", "T": 0.2},
         "data": {"image_size": 32, "augmentation": "byol-cifar", "crop_min_scale": 0.08},
-        "optim": {"epochs": 6, "batch_size": 256, "lr": 2.0, "scale_lr": True, "optimizer": "lars",
+        "optim": {"epochs": 5, "batch_size": 256, "lr": 2.0, "scale_lr": True, "optimizer": "lars",
                   "weight_decay": 1e-5, "schedule": "cosine", "warmup_epochs": 0.5},
         "train": {"knn_every": 0},
     },

@@ -183,6 +183,11 @@ def _verdict_momentum(settings: list[Setting], results: dict[str, dict]) -> list
                f"{'a clear failure, as in the paper' if fails else 'not the failure the paper reports'}; "
                f"loss spread over the last half of training {m0['loss_spread']:.3f} against "
                f"{m99['loss_spread']:.3f} at m=0.99 (the paper: the training loss oscillates).")
+    for m, r in sorted(by.items()):
+        chance = math.log(r.get("K", 4096) + 1)
+        if r["loss_spread"] < 0.02 and abs(r["loss"] - chance) < 0.05:
+            out.append(f"m={m:g}: the loss ends flat at {r['loss']:.3f} = log(K+1), every logit equal: the "
+                       "representation collapsed rather than oscillated.")
     out.append(f"Best m here: {best:g} (paper: 0.999, with 0.9999 as good; 0.9 is 3.8 points worse).")
     return out
 
@@ -335,9 +340,13 @@ EXPERIMENTS: dict[str, Experiment] = {
         "held); the memory bank is worse at every K; MoCo is best at large K (60.6 against 58.0 for the memory "
         "bank at K=65536).",
         _mechanisms, _verdict_mechanisms, _plot_mechanisms,
-        ["End-to-end: K = batch (the batch's other keys are the K-1 negatives), lr scaled linearly with the batch.",
+        ["End-to-end: K = batch (the batch's other keys are the K-1 negatives), lr scaled linearly with the batch. "
+         "At batch 1024 an epoch is only 48 steps, at 4x the lr.",
          "Memory bank (Wu et al.): positive = the image's own bank entry, K random entries as negatives, "
-         "entries updated with momentum 0.5 after each step; only one view is encoded per step, so it is cheaper."],
+         "entries updated with momentum 0.5 after each step; only one view is encoded per step, so it is cheaper. "
+         "The bank starts random and an entry is rewritten only when its image is visited, so through the whole "
+         "first epoch every positive is a random vector: a short run trains towards noise, which is why the "
+         "memory bank can end below a random network at this budget. Wu et al. train 200 epochs."],
     ),
     "momentum": Experiment(
         "Momentum of the key encoder",
@@ -543,7 +552,8 @@ def reproduce(name: str, data: Path, out: Path, runs: Path, budget: str = "small
             log.warning("%s stopped during %r; rerun the same command to continue (finished settings are kept)",
                         name, s.name)
             return None
-        results[s.name] = {**r, "setting": s.name}  # a shared run may have been made under another name
+        # a shared run may have been made under another name
+        results[s.name] = {**r, "setting": s.name, "K": c.method.K}
     n = results[settings[0].name].get("n_images", 0)
     path = write_report(name, exp, settings, results, out, command_line(name, data, out, runs, budget, extra),
                         budget, base, n)
