@@ -158,8 +158,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # frozen random patch projection.
     "imagenet-v3-vit-s": _v3_vit("vit_small"),
     "imagenet-v3-vit-b": _v3_vit("vit_base"),
-    # MoCo v3 sized for a 2-core CPU: the cpu preset's quarter-width ResNet-18 (a ViT-Tiny/4 runs ~20x
-    # slower here), 2-layer BN projector and predictor, symmetric loss, BYOL-style asymmetric augmentation
+    # MoCo v3 sized for a 2-core CPU: the cpu preset's quarter-width ResNet-18 (a ViT-Tiny/4, 12 blocks
+    # of width 192 over 65 tokens, is far heavier per image), 2-layer BN projector and predictor, symmetric loss, BYOL-style asymmetric augmentation
     # without blur (as CIFAR recipes do). LARS at lr 2.0 x batch/256: the authors' per-step update size
     # (trust ratio x lr) for a run of only ~1000 steps; 5 epochs of ~150 s fit 15 minutes (a v3 step
     # encodes 4 views, twice the work of a v2 step).
