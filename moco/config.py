@@ -159,10 +159,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenet-v3-vit-s": _v3_vit("vit_small"),
     "imagenet-v3-vit-b": _v3_vit("vit_base"),
     # MoCo v3 sized for a 2-core CPU: the cpu preset's quarter-width ResNet-18 (a ViT-Tiny/4, 12 blocks
-    # of width 192 over 65 tokens, is far heavier per image), 2-layer BN projector and predictor, symmetric loss, BYOL-style asymmetric augmentation
-    # without blur (as CIFAR recipes do). LARS at lr 2.0 x batch/256: the authors' per-step update size
-    # (trust ratio x lr) for a run of only ~1000 steps; 5 epochs of ~150 s fit 15 minutes (a v3 step
-    # encodes 4 views, twice the work of a v2 step).
+    # of width 192 over 65 tokens, is far heavier per image), 2-layer BN projector and predictor,
+    # symmetric loss, BYOL-style asymmetric augmentation without blur (as CIFAR recipes do).
+    # LARS at lr 2.0 x batch/256: a large per-step update (trust ratio x lr) for a run of only ~1000
+    # steps; 5 epochs of ~145 s fit 15 minutes (a v3 step encodes 4 views, twice a v2 step's work).
     "cifar10-v3-cpu": {
         "model": {"arch": "resnet18", "width": 16, "cifar_stem": True, "head": "v3", "dim": 128, "mlp_dim": 1024,
                   "bn_splits": 1},

@@ -17,15 +17,20 @@ from moco.models.resnet import ResNet
 from moco.models.vit import VITS, ViT
 
 
+def mlp_hidden(cfg: Config) -> int | None:
+    """Hidden width of the MLP heads: ``model.mlp_dim``, or by default 4096 for v3 and the feature dim for v2."""
+    return cfg.model.mlp_dim or (4096 if cfg.model.head == "v3" else None)
+
+
 def build_encoder(cfg: Config) -> ResNet | ViT:
     """The backbone with its projection head as ``fc``: fc -> dim (v1), MLP (v2), or v3's BN MLP
     (2 layers after a ResNet, 3 after a ViT)."""
     m = cfg.model
     enc = build_backbone(cfg)
     if m.head == "v3":
-        enc.fc = build_mlp(3 if m.arch in VITS else 2, feature_dim(enc), m.mlp_dim or 4096, m.dim)
+        enc.fc = build_mlp(3 if m.arch in VITS else 2, feature_dim(enc), mlp_hidden(cfg), m.dim)
     else:
-        enc.fc = build_head(feature_dim(enc), m.dim, mlp=m.head == "mlp", hidden=m.mlp_dim or None)
+        enc.fc = build_head(feature_dim(enc), m.dim, mlp=m.head == "mlp", hidden=mlp_hidden(cfg))
     return enc
 
 
@@ -33,13 +38,11 @@ def build_moco(cfg: Config, n_images: int = 0) -> MoCo | EndToEnd | MemoryBank |
     """The model ``cfg.method.dictionary`` names; a memory bank needs ``n_images`` (one entry per image)."""
     me = cfg.method
     if me.dictionary == "v3":  # the predictor: 2 layers, no BN after the last
-        return MoCoV3(build_encoder(cfg), build_mlp(2, cfg.model.dim, cfg.model.mlp_dim or 4096, cfg.model.dim, False),
+        return MoCoV3(build_encoder(cfg), build_mlp(2, cfg.model.dim, mlp_hidden(cfg), cfg.model.dim, False),
                       me.T, me.m)
     if me.dictionary == "end_to_end":
         return EndToEnd(build_encoder(cfg), me.T, me.shuffle_bn)
-    if me.dictionary == "memory_bank":
-        if n_images < 1:
-            raise ValueError("method.dictionary=memory_bank needs the number of training images")
+    if me.dictionary == "memory_bank":  # MemoryBank refuses n_images < 1
         return MemoryBank(build_encoder(cfg), cfg.model.dim, n_images, me.K, me.T, me.bank_m)
     return MoCo(build_encoder(cfg), cfg.model.dim, me.K, me.m, me.T, me.symmetric, me.shuffle_bn)
 
