@@ -3,8 +3,9 @@
     python benchmarks/linear_cpu.py --checkpoint runs/bench-cifar10-cpu/checkpoint_last.pt
                                     [--data ../shared/datasets/cifar10]
 
-Both backbones get the same protocol (moco linear's defaults: 100 epochs, lr 30, cached center features)
-and the same kNN (k=200, t=0.1). Prints a table and writes benchmarks/results/linear_cpu.json.
+Both backbones get the same protocols (moco linear's defaults: 100 epochs, step schedule, at each
+learning rate; cached center features, or flip + pad-crop with V cached augmented views) and the same
+kNN (k=200, t=0.1). Prints a table and writes benchmarks/results/linear_cpu.json.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--data", default=str(ROOT.parent.parent / "shared" / "datasets" / "cifar10"))
-    ap.add_argument("--lrs", default="30,0.3", help="comma-separated learning rates (30 is the paper's)")
+    ap.add_argument("--protocols", default="30,0.3,0.3:aug10",
+                    help="comma-separated LR or LR:augV (flip + pad-crop, V cached augmented views); "
+                         "30 is the paper's lr")
     ap.add_argument("--json", default=str(ROOT / "results" / "linear_cpu.json"))
     a = ap.parse_args()
     data = Path(a.data)
@@ -49,19 +52,28 @@ def main() -> None:
         net = net.to(memory_format=torch.channels_last)
         knn = evaluate_knn(net, train, test, size, dev)
         rows[name] = {"knn_top1": knn["top1"], "linear": {}}
-        for lr in (float(x) for x in a.lrs.split(",")):
+        for spec in a.protocols.split(","):
+            lr, _, aug = spec.partition(":aug")
+            lc = LinearConfig(lr=float(lr), augment=bool(aug), cached_views=int(aug or 0))
             t0 = time.perf_counter()
-            lin, _ = linear_eval(net, train, test, size, dev, LinearConfig(lr=lr), progress=False)
-            rows[name]["linear"][str(lr)] = {"top1": lin["top1"], "top5": lin["top5"],
-                                             "seconds": time.perf_counter() - t0}
+            lin, _ = linear_eval(net, train, test, size, dev, lc, progress=False)
+            rows[name]["linear"][spec] = {"top1": lin["top1"], "top5": lin["top5"], "lr": lc.lr,
+                                          "augment": lc.augment, "cached_views": lc.cached_views,
+                                          "seconds": time.perf_counter() - t0}
     lrs = list(rows["pretrained"]["linear"])
-    print("\n| backbone | kNN top-1 | " + " | ".join(f"linear top-1, lr {lr}" for lr in lrs) + " |")
+
+    def title(spec: str) -> str:
+        lr, _, aug = spec.partition(":aug")
+        return f"linear top-1, lr {lr}" + (f", flip+crop ({aug} cached views)" if aug else "")
+
+    print("\n| backbone | kNN top-1 | " + " | ".join(title(lr) for lr in lrs) + " |")
     print("|---|---|" + "---|" * len(lrs))
     for name, r in rows.items():
         lin = " | ".join(f"{r['linear'][lr]['top1']:.2f}% ({r['linear'][lr]['seconds']:.0f} s)" for lr in lrs)
         print(f"| {name} | {r['knn_top1']:.2f}% | {lin} |")
     out = {"checkpoint": a.checkpoint, "protocol": vars(LinearConfig()), "rows": rows,
-           "command": f"python benchmarks/linear_cpu.py --checkpoint {a.checkpoint}", "date": time.strftime("%Y-%m-%d")}
+           "command": f"python benchmarks/linear_cpu.py --checkpoint {a.checkpoint} --protocols {a.protocols}",
+           "date": time.strftime("%Y-%m-%d")}
     Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {a.json}")
 

@@ -104,7 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     li.add_argument("--batch-size", type=int, default=256)
     li.add_argument("--schedule", choices=["step", "cosine"], default="step", help="step: x0.1 at 60%% and 80%%")
     li.add_argument("--augment", action="store_true",
-                    help="re-encode augmented images every epoch (slow); default: cached center-crop features")
+                    help="train on augmented images (flip + pad-crop at <= 64 px, else random resized crop + "
+                         "flip); re-encoded every epoch unless --cached-views; default: cached center-crop features")
+    li.add_argument("--cached-views", type=int, default=0, metavar="V",
+                    help="with --augment: encode V augmented passes over --train once and cycle through them "
+                         "(V feature passes instead of one per epoch; e.g. 10)")
     li.add_argument("--save", help="where to save the classifier (default: linear_classifier.pt beside the checkpoint)")
     li.add_argument("--json", help="write the result as JSON to this file")
 
@@ -265,13 +269,16 @@ def _linear(a: argparse.Namespace) -> int:
 
     from moco.evaluation.linear import LinearConfig, linear_eval
 
-    if a.epochs < 1 or a.lr <= 0 or a.batch_size < 1 or a.weight_decay < 0:
-        raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0 and --weight-decay >= 0")
+    if a.epochs < 1 or a.lr <= 0 or a.batch_size < 1 or a.weight_decay < 0 or a.cached_views < 0:
+        raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0, --weight-decay >= 0 and "
+                          "--cached-views >= 0")
+    if a.cached_views and not a.augment:
+        raise ConfigError("--cached-views needs --augment (without it the center-crop features are cached)")
     backbone, size, device, _, decode = _eval_setup(a)
     train, test = decode(a.train), decode(a.test)
     lc = LinearConfig(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
                       schedule=a.schedule, milestones=[round(a.epochs * 0.6), round(a.epochs * 0.8)],
-                      augment=a.augment)
+                      augment=a.augment, cached_views=a.cached_views)
     res, clf = linear_eval(backbone, train, test, size, device, lc, a.precision, progress=not a.no_progress)
     save = Path(a.save) if a.save else Path(a.checkpoint).with_name("linear_classifier.pt")
     torch.save({"weight": clf.weight.data, "bias": clf.bias.data, "classes": train.images.classes, **res}, save)

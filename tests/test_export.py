@@ -13,7 +13,7 @@ from moco.config import resolve
 from moco.data.augment import eval_batch
 from moco.data.cache import decode_images
 from moco.data.folder import scan_images
-from moco.evaluation.linear import LinearConfig, linear_eval
+from moco.evaluation.linear import LinearConfig, augmented_features, linear_eval, train_augment
 from moco.export import detectron2_name, export_backbone, infer_resnet, load_backbone, load_backbone_and_config
 from moco.methods import build_moco
 from moco.training.checkpoint import FORMAT
@@ -109,13 +109,30 @@ def test_linear_protocol_keeps_backbone_and_learns(tmp_path, tiny_data):
     train = decode_images(scan_images(tiny_data / "train"), 16, workers=0, progress=False)
     test = decode_images(scan_images(tiny_data / "test"), 16, workers=0, progress=False)
     dev = torch.device("cpu")
-    for augment in (False, True):
-        lc = LinearConfig(epochs=30, lr=0.1, batch_size=16, augment=augment)
+    for augment, views in ((False, 0), (True, 0), (True, 3)):
+        lc = LinearConfig(epochs=30, lr=0.1, batch_size=16, augment=augment, cached_views=views)
         res, clf = linear_eval(backbone, train, test, 16, dev, lc, progress=False)
         assert res["top1"] >= 75.0  # the two classes differ in colour
+        assert res["cached_views"] == views
         assert clf.weight.shape == (2, 64)
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical, BN statistics included
+
+
+def test_cached_augmented_views_are_fresh_augmentations_in_dataset_order(tmp_path, tiny_data):
+    fake_checkpoint(tmp_path / "ck.pt", "model.width=8")
+    backbone = load_backbone(tmp_path / "ck.pt").eval()
+    train = decode_images(scan_images(tiny_data / "train"), 16, workers=0, progress=False)
+    dev = torch.device("cpu")
+    g = torch.Generator().manual_seed(3)
+    v1 = augmented_features(backbone, train, 16, dev, "fp32", g, batch_size=5)
+    v2 = augmented_features(backbone, train, 16, dev, "fp32", g, batch_size=5)
+    assert v1.shape == (len(train.array), 64) and not torch.allclose(v1, v2)  # a new draw per view
+    g = torch.Generator().manual_seed(3)  # batch by batch: the same draws, the same images, in order
+    idx = torch.arange(5)
+    with torch.no_grad():
+        direct = backbone.forward_features(train_augment(train.batch(idx), 16, g))
+    assert torch.allclose(v1[:5], direct, atol=1e-5)
 
 
 def test_linear_cli_writes_json_and_classifier(tmp_path, tiny_data, capsys):
@@ -129,6 +146,9 @@ def test_linear_cli_writes_json_and_classifier(tmp_path, tiny_data, capsys):
     res = json.loads((tmp_path / "lin.json").read_text())
     assert {"top1", "top5", "n_train", "n_test"} <= res.keys()
     assert torch.load(tmp_path / "linear_classifier.pt", weights_only=True)["weight"].shape == (2, 64)
+    code = main(["linear", "--checkpoint", str(tmp_path / "ck.pt"), "--train", str(tiny_data / "train"), "--test",
+                 str(tiny_data / "test"), "--cached-views", "4", "--no-progress", "--workers", "0"])
+    assert code != 0 and "--cached-views needs --augment" in capsys.readouterr().err
 
 
 def test_embed_matches_direct_forward(tmp_path, tiny_data):

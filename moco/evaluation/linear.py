@@ -35,6 +35,7 @@ class LinearConfig:
     schedule: str = "step"  # step (x0.1 at milestones) or cosine
     milestones: list[int] = field(default_factory=lambda: [60, 80])
     augment: bool = False
+    cached_views: int = 0  # with augment: encode this many augmented passes once and cycle them; 0 = every epoch
     seed: int = 0
 
     def lr_at(self, epoch: int) -> float:
@@ -62,6 +63,20 @@ def train_augment(images: torch.Tensor, size: int, generator: torch.Generator) -
     return (x - mean) / std
 
 
+def augmented_features(
+    backbone: nn.Module, train: DecodedImages, image_size: int, device: torch.device, precision: str,
+    generator: torch.Generator, batch_size: int = 512,
+) -> torch.Tensor:
+    """Pooled features (float32, CPU, in dataset order) of one augmented pass over ``train``."""
+    feats = []
+    for i in range(0, len(train.array), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(train.array)))
+        x = train_augment(train.batch(idx).to(device), image_size, generator)
+        with torch.no_grad(), autocast(device, precision):
+            feats.append(backbone.forward_features(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+    return torch.cat(feats)
+
+
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices
     correct = top == labels.view(-1, 1)
@@ -86,17 +101,24 @@ def linear_eval(
     y_train = torch.tensor(train.images.labels)
     y_test = torch.tensor(test.images.labels)
     f_test = extract_features(backbone, test, image_size, device, precision, normalize=False, progress=progress)
-    f_train = None
+    g = torch.Generator().manual_seed(lc.seed)
+    f_train: list[torch.Tensor] = []  # cached training features: one pass, or one per augmented view
     if not lc.augment:
-        f_train = extract_features(backbone, train, image_size, device, precision, normalize=False,
-                                   progress=progress)
+        f_train = [extract_features(backbone, train, image_size, device, precision, normalize=False,
+                                    progress=progress)]
+    else:
+        views = range(lc.cached_views)
+        if progress and lc.cached_views:
+            from tqdm import tqdm
+
+            views = tqdm(views, desc="augmented views", unit="view", leave=False, disable=None)
+        f_train = [augmented_features(backbone, train, image_size, device, precision, g) for _ in views]
     dim = f_test.shape[1]
     torch.manual_seed(lc.seed)
     clf = nn.Linear(dim, num_classes).to(device)
     clf.weight.data.normal_(mean=0.0, std=0.01)  # the authors' initialisation
     clf.bias.data.zero_()
     opt = torch.optim.SGD(clf.parameters(), lr=lc.lr, momentum=lc.momentum, weight_decay=lc.weight_decay)
-    g = torch.Generator().manual_seed(lc.seed)
     n = len(y_train)
     epochs = range(lc.epochs)
     if progress:
@@ -109,8 +131,8 @@ def linear_eval(
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, lc.batch_size):
             idx = perm[i : i + lc.batch_size]
-            if f_train is not None:
-                feats = f_train[idx].to(device)
+            if f_train:
+                feats = f_train[epoch % len(f_train)][idx].to(device)
             else:
                 x = train_augment(train.batch(idx).to(device), image_size, g)
                 with torch.no_grad(), autocast(device, precision):
@@ -128,5 +150,6 @@ def linear_eval(
         raise RuntimeError(f"the backbone changed during linear evaluation ({changed[0]})")
     return {
         "top1": top1, "top5": top5, "n_train": n, "n_test": len(y_test), "feature_dim": dim,
-        "epochs": lc.epochs, "lr": lc.lr, "augment": lc.augment, "seconds": time.perf_counter() - t0,
+        "epochs": lc.epochs, "lr": lc.lr, "augment": lc.augment,
+        "cached_views": lc.cached_views if lc.augment else 0, "seconds": time.perf_counter() - t0,
     }, clf.cpu()
