@@ -5,7 +5,7 @@ workers, fp32, NCHW tensors, SplitBatchNorm by reshaping, a Python loop for the 
 queue written with slicing (K must be a multiple of the batch). It is our own code, kept here so every
 speed ratio is measured in the same run on the same machine.
 
-    python benchmarks/reference_loop.py [--preset cifar10-cpu] [--steps 10]
+    python benchmarks/reference_loop.py [--preset cifar10-cpu] [--steps 10] [--device cuda --workers 16]
 """
 
 from __future__ import annotations
@@ -90,13 +90,13 @@ class ModelMoCo(nn.Module):
             self._momentum_update_key_encoder()
         q = F.normalize(self.encoder_q(im_q), dim=1)
         with torch.no_grad():
-            idx_shuffle = torch.randperm(im_k.shape[0])
+            idx_shuffle = torch.randperm(im_k.shape[0], device=im_k.device)
             k = F.normalize(self.encoder_k(im_k[idx_shuffle]), dim=1)
             k = k[torch.argsort(idx_shuffle)]
         l_pos = torch.einsum("nc,nc->n", [q, k]).unsqueeze(-1)
         l_neg = torch.einsum("nc,ck->nk", [q, self.queue.clone().detach()])
         logits = torch.cat([l_pos, l_neg], dim=1) / self.T
-        loss = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long))
+        loss = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
         self._dequeue_and_enqueue(k)
         return loss
 
@@ -114,30 +114,48 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 def reference_images_per_sec(preset: str, overrides: list[str], data: str, steps: int, warmup: int = 2,
-                             workers: int = 2) -> float:
-    """Images/s of the plain loop (data loading included), after ``warmup`` steps."""
+                             workers: int = 2, device: str = "cpu", synthetic: bool = False) -> float:
+    """Images/s of the plain loop (data loading included), after ``warmup`` steps.
+
+    ``data`` is an image folder (or a folder with a ``train`` split). ``synthetic`` times the model
+    step alone on one random batch already on ``device`` (no loading, no augmentation).
+    """
     cfg = resolve(preset, overrides=overrides)
+    dev = torch.device(device)
     torch.manual_seed(0)
-    model = ModelMoCo(cfg).train()
+    model = ModelMoCo(cfg).train().to(dev)
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                           weight_decay=cfg.optim.weight_decay)
-    train_dir, _ = find_split(Path(data))
-    images = scan_images(train_dir, max_images=cfg.optim.batch_size * (steps + warmup + 1))
-    tf = per_image_transform(cfg.data.augmentation, cfg.data.image_size, cfg.data.crop_min_scale)
-    loader = torch.utils.data.DataLoader(PairDataset(images, tf), batch_size=cfg.optim.batch_size, shuffle=True,
-                                         num_workers=workers, drop_last=True)
+    b, size = cfg.optim.batch_size, cfg.data.image_size
+    if synthetic:
+        x = torch.randn(2, b, 3, size, size, device=dev)
+        loader = ((x[0], x[1]) for _ in range(steps + warmup))
+    else:
+        root = Path(data)
+        train_dir = find_split(root)[0] if (root / "train").is_dir() else root
+        images = scan_images(train_dir, max_images=b * (steps + warmup + 1))
+        tf = per_image_transform(cfg.data.augmentation, size, cfg.data.crop_min_scale)
+        loader = torch.utils.data.DataLoader(PairDataset(images, tf), batch_size=b, shuffle=True,
+                                             num_workers=workers, drop_last=True, pin_memory=dev.type == "cuda")
     t = None
     for i, (im_1, im_2) in enumerate(loader):
         if i == warmup:
+            _sync(dev)
             t = time.perf_counter()
-        loss = model(im_1, im_2)
+        loss = model(im_1.to(dev, non_blocking=True), im_2.to(dev, non_blocking=True))
         opt.zero_grad()
         loss.backward()
         opt.step()
         if i + 1 == warmup + steps:
             break
     assert t is not None
-    return cfg.optim.batch_size * steps / (time.perf_counter() - t)
+    _sync(dev)
+    return b * steps / (time.perf_counter() - t)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def reference_train(preset: str, overrides: list[str], data: str, seconds: float, workers: int = 2,
@@ -192,8 +210,12 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--data", default=str(ROOT.parent.parent / "shared" / "datasets" / "cifar10"))
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--synthetic", action="store_true", help="model step only, on one random batch")
     a = ap.parse_args()
-    ips = reference_images_per_sec(a.preset, a.set, a.data, a.steps)
+    ips = reference_images_per_sec(a.preset, a.set, a.data, a.steps, workers=a.workers, device=a.device,
+                                   synthetic=a.synthetic)
     print(f"reference loop, {a.preset} {' '.join(a.set)}: {ips:.1f} images/s")
 
 

@@ -28,31 +28,37 @@ from moco.data.pipelines import cached_batches
 from moco.training.pretrain import build_training, memory_format, train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_loop import reference_images_per_sec  # noqa: E402
+from reference_loop import _sync, reference_images_per_sec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 
 
-def measure(preset: str, overrides: list[str], data, steps: int, warmup: int) -> dict:
+def measure(preset: str, overrides: list[str], data, steps: int, warmup: int, device: str = "cpu",
+            batches=None) -> dict:
+    """Images/s of our training step fed by the cached pipeline over ``data`` (a DecodedImages), or by
+    ``batches(cfg, gen, device)`` when given (another pipeline), after ``warmup`` steps."""
     cfg = resolve(preset, overrides=overrides)
-    device = torch.device("cpu")
+    device = torch.device(device)
     torch.manual_seed(0)
     model, opt, scaler = build_training(cfg, device)
     gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(data.array), generator=gen)
     fmt = memory_format(cfg)
-    times = []
-    batches = cached_batches(data, perm, 0, cfg, gen, device)
-    t = time.perf_counter()
-    for i, (im_q, im_k, _) in enumerate(batches):
+    if batches is None:
+        source = cached_batches(data, torch.randperm(len(data.array), generator=gen), 0, cfg, gen, device)
+    else:
+        source = batches(cfg, gen, device)
+    t = None
+    for i, (im_q, im_k, _) in enumerate(source):
+        if i == warmup:
+            _sync(device)
+            t = time.perf_counter()
         train_step(model, opt, scaler, im_q.contiguous(memory_format=fmt), im_k.contiguous(memory_format=fmt), gen,
                    cfg.train.precision, device)
-        now = time.perf_counter()
-        times.append(now - t)
-        t = now
         if i + 1 >= warmup + steps:
             break
-    dt = sum(times[warmup:]) / steps
+    assert t is not None, "not enough batches for warmup + steps"
+    _sync(device)
+    dt = (time.perf_counter() - t) / steps
     return {"preset": preset, "overrides": overrides, "batch_size": cfg.optim.batch_size,
             "images_per_sec": cfg.optim.batch_size / dt, "sec_per_step": dt}
 
