@@ -49,6 +49,7 @@ class MethodConfig:
 @dataclass
 class DataConfig:
     image_size: int = 224
+    train_size: int = 0  # side of the training views (0 = image_size); evaluation always uses image_size
     augmentation: str = "v1"  # v1, v2 (adds blur, jitter p=0.8), cifar (v2 without blur),
     # byol (v3: blur 1.0 / 0.1 and solarize 0 / 0.2 in the two views) or byol-cifar (byol without blur)
     crop_min_scale: float = 0.2
@@ -335,6 +336,8 @@ def validate(cfg: Config) -> None:
     if m.arch in VITS:
         _check(m.patch_size >= 1 and d.image_size % m.patch_size == 0,
                f"data.image_size ({d.image_size}) must be a multiple of model.patch_size ({m.patch_size})")
+        _check(d.train_size in (0, d.image_size), "data.train_size must equal data.image_size (or be 0) for ViTs: "
+               "their position embedding is built for image_size")
     _check((me.dictionary == "v3") == (m.head == "v3"),
            f"method.dictionary=v3 and model.head=v3 go together (got dictionary {me.dictionary!r}, head {m.head!r})")
     _check(me.m_schedule in ("constant", "cosine"),
@@ -354,6 +357,8 @@ def validate(cfg: Config) -> None:
            f"method.K ({me.K}) must be >= the keys enqueued per step ({keys_per_step}: batch size"
            f"{' x 2 for the symmetric loss' if me.symmetric else ''})")
     _check(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
+    _check(d.train_size == 0 or d.train_size >= 8, f"data.train_size must be 0 (= image_size) or >= 8, "
+           f"got {d.train_size}")
     _check(d.augmentation in ("v1", "v2", "cifar", "byol", "byol-cifar"),
            f"data.augmentation must be v1, v2, cifar, byol or byol-cifar, got {d.augmentation!r}")
     _check(0.0 < d.crop_min_scale <= 1.0, f"data.crop_min_scale must be in (0, 1], got {d.crop_min_scale}")

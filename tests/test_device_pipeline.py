@@ -94,3 +94,25 @@ def test_pretrain_with_device_pipeline(tmp_path, workers):
     cfg = tiny_config(tmp_path, "data.pipeline=device", f"data.workers={workers}", "optim.epochs=1")
     res = pretrain(cfg, root, tmp_path / "run", progress=False, knn=False)
     assert np.isfinite(res["loss"]) and res["epoch"] == 1
+
+
+def test_train_size_sets_the_views_of_every_pipeline_and_not_evaluation(tmp_path):
+    from moco.config import ConfigError
+    from moco.data.pipelines import TwoViews
+
+    root = jpeg_folder(tmp_path / "d", [(16, 16)] * 4)
+    cfg = resolve("cifar10-cpu", overrides=["data.image_size=16", "data.train_size=12", "optim.batch_size=4",
+                                            "model.bn_splits=2", "data.workers=0", f"data.cache_dir={tmp_path / 'c'}"])
+    images = scan_images(root)
+    perm, gen, cpu = torch.arange(len(images)), torch.Generator().manual_seed(0), torch.device("cpu")
+    decoded = decode_images(images, 16, cfg.data.cache_dir, 0, progress=False)
+    assert decoded.array.shape[1:3] == (16, 16)  # the cache (and so evaluation) stays at image_size
+    for v1, v2, _ in [next(cached_batches(decoded, perm, 0, cfg, gen, cpu)),
+                      next(device_batches(EncodedFiles(images), perm, 0, cfg, gen, cpu))]:
+        assert v1.shape == v2.shape == (4, 3, 12, 12)
+    a, b = TwoViews(images, cfg, strict=True)[0]
+    assert a.shape == b.shape == (3, 12, 12)
+    with pytest.raises(ConfigError, match="train_size"):
+        resolve("cifar10-cpu", overrides=["data.train_size=4"])
+    with pytest.raises(ConfigError, match="ViTs"):
+        resolve("cifar10-v3-cpu", overrides=["model.arch=vit_tiny", "model.patch_size=4", "data.train_size=16"])
