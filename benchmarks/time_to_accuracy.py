@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -74,7 +75,8 @@ def main() -> None:
         mem = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-"
         print(f"| {r['loop']} | {r['knn_top1']:.2f} | {r['wall_s']:.0f} | {r['epochs']} | "
               f"{r['images_per_sec']:.0f} | {mem} |")
-    result = {"budget_s": a.budget, "rows": rows, "reference": stats, "ours_source": a.ours_json,
+    result = {"budget_s": a.budget, "rows": rows, "reference": stats,
+              "ours_source": os.path.relpath(a.ours_json, ROOT.parent),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d")}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
