@@ -68,13 +68,21 @@ def augmented_features(
     generator: torch.Generator, batch_size: int = 512,
 ) -> torch.Tensor:
     """Pooled features (float32, CPU, in dataset order) of one augmented pass over ``train``."""
-    feats = []
-    for i in range(0, len(train.array), batch_size):
-        idx = torch.arange(i, min(i + batch_size, len(train.array)))
-        x = train_augment(train.batch(idx).to(device), image_size, generator)
-        with torch.no_grad(), autocast(device, precision):
-            feats.append(backbone.forward_features(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(feats)
+    n = len(train.array)
+    return torch.cat([
+        _augmented_batch_features(backbone, train, torch.arange(i, min(i + batch_size, n)), image_size, device,
+                                  precision, generator).cpu()
+        for i in range(0, n, batch_size)
+    ])
+
+
+def _augmented_batch_features(
+    backbone: nn.Module, train: DecodedImages, idx: torch.Tensor, image_size: int, device: torch.device,
+    precision: str, generator: torch.Generator,
+) -> torch.Tensor:
+    x = train_augment(train.batch(idx).to(device), image_size, generator)
+    with torch.no_grad(), autocast(device, precision):
+        return backbone.forward_features(x.contiguous(memory_format=torch.channels_last)).float()
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -134,10 +142,7 @@ def linear_eval(
             if f_train:
                 feats = f_train[epoch % len(f_train)][idx].to(device)
             else:
-                x = train_augment(train.batch(idx).to(device), image_size, g)
-                with torch.no_grad(), autocast(device, precision):
-                    feats = backbone.forward_features(x.contiguous(memory_format=torch.channels_last))
-                feats = feats.float()
+                feats = _augmented_batch_features(backbone, train, idx, image_size, device, precision, g)
             loss = F.cross_entropy(clf(feats), y_train[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
