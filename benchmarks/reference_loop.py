@@ -140,7 +140,7 @@ def reference_images_per_sec(preset: str, overrides: list[str], data: str, steps
     t = None
     for i, (im_1, im_2) in enumerate(loader):
         if i == warmup:
-            _sync(dev)
+            sync_device(dev)
             t = time.perf_counter()
         loss = model(im_1.to(dev, non_blocking=True), im_2.to(dev, non_blocking=True))
         opt.zero_grad()
@@ -149,11 +149,11 @@ def reference_images_per_sec(preset: str, overrides: list[str], data: str, steps
         if i + 1 == warmup + steps:
             break
     assert t is not None
-    _sync(dev)
+    sync_device(dev)
     return b * steps / (time.perf_counter() - t)
 
 
-def _sync(dev: torch.device) -> None:
+def sync_device(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
 

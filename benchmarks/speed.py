@@ -28,7 +28,7 @@ from moco.data.pipelines import cached_batches
 from moco.training.pretrain import build_training, memory_format, train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_loop import _sync, reference_images_per_sec  # noqa: E402
+from reference_loop import reference_images_per_sec, sync_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 
@@ -50,14 +50,14 @@ def measure(preset: str, overrides: list[str], data, steps: int, warmup: int, de
     t = None
     for i, (im_q, im_k, _) in enumerate(source):
         if i == warmup:
-            _sync(device)
+            sync_device(device)
             t = time.perf_counter()
         train_step(model, opt, scaler, im_q.contiguous(memory_format=fmt), im_k.contiguous(memory_format=fmt), gen,
                    cfg.train.precision, device)
         if i + 1 >= warmup + steps:
             break
     assert t is not None, "not enough batches for warmup + steps"
-    _sync(device)
+    sync_device(device)
     dt = (time.perf_counter() - t) / steps
     return {"preset": preset, "overrides": overrides, "batch_size": cfg.optim.batch_size,
             "images_per_sec": cfg.optim.batch_size / dt, "sec_per_step": dt}
