@@ -110,8 +110,9 @@ def random_images(n: int, size: int) -> DecodedImages:
 
 
 def throughput(case: str, cifar: DecodedImages, jpegs: ImageList, device: str, steps: int, workers: int,
-               log) -> dict:
+               log, extra: list[str]) -> dict:
     preset, ov, size = CASES[case]
+    ov = ov + extra
     cfg = resolve(preset, overrides=ov)
     b = cfg.optim.batch_size
     ov_w = ov + [f"data.workers={workers}"]
@@ -219,12 +220,10 @@ def main() -> None:
     jpegs = make_jpeg_folder(cifar, Path(os.environ.get("TMPDIR", "/tmp")) / "moco-gpu-check-jpegs",
                              16 * (steps + 3) if a.quick else 256 * (steps + 3))
     log(f"data ready: {len(cifar.array)} decoded CIFAR-10 images, {len(jpegs)} 256-px JPEGs")
+    quick = ["optim.batch_size=16", "model.arch=resnet18", "model.width=8"] if a.quick else []
     for case in CASES:
-        ov_quick = ["optim.batch_size=16", "model.arch=resnet18", "model.width=8"] if a.quick else []
-        if a.quick:
-            CASES[case] = (CASES[case][0], CASES[case][1] + ov_quick, CASES[case][2])
         try:
-            result["throughput"][case] = throughput(case, cifar, jpegs, a.device, steps, a.workers, log)
+            result["throughput"][case] = throughput(case, cifar, jpegs, a.device, steps, a.workers, log, quick)
         except Exception as e:  # noqa: BLE001 - record the failure, go on with the next check
             result["throughput"][case] = {"error": f"{type(e).__name__}: {e}"}
             log(f"{case}: failed: {e}")
