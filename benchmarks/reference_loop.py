@@ -126,7 +126,7 @@ def reference_images_per_sec(preset: str, overrides: list[str], data: str, steps
     model = ModelMoCo(cfg).train().to(dev)
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                           weight_decay=cfg.optim.weight_decay)
-    b, size = cfg.optim.batch_size, cfg.data.train_size or cfg.data.image_size
+    b, size = cfg.optim.batch_size, cfg.data.view_size
     if synthetic:
         x = torch.randn(2, b, 3, size, size, device=dev)
         loader = ((x[0], x[1]) for _ in range(steps + warmup))
@@ -175,8 +175,7 @@ def reference_train(preset: str, overrides: list[str], data: str, seconds: float
                           weight_decay=cfg.optim.weight_decay)
     train_dir, _ = find_split(Path(data))
     images = scan_images(train_dir)
-    tf = per_image_transform(cfg.data.augmentation, cfg.data.train_size or cfg.data.image_size,
-                             cfg.data.crop_min_scale)
+    tf = per_image_transform(cfg.data.augmentation, cfg.data.view_size, cfg.data.crop_min_scale)
     loader = torch.utils.data.DataLoader(PairDataset(images, tf), batch_size=cfg.optim.batch_size, shuffle=True,
                                          num_workers=workers, drop_last=True, persistent_workers=workers > 0)
     deadline = t_start + seconds

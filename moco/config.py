@@ -61,6 +61,11 @@ class DataConfig:
     max_images: int = 0  # 0 = all; else a deterministic subset
     strict: bool = False  # fail on the first unreadable image instead of skipping it
 
+    @property
+    def view_size(self) -> int:
+        """Side of the training views: ``train_size``, or ``image_size`` when that is 0."""
+        return self.train_size or self.image_size
+
 
 @dataclass
 class OptimConfig:

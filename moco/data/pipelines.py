@@ -32,7 +32,7 @@ class TwoViews(torch.utils.data.Dataset):
     def __init__(self, images: ImageList, cfg: Config, strict: bool) -> None:
         self.images, self.strict = images, strict
         d = cfg.data
-        self.transforms = [per_image_transform(k, d.train_size or d.image_size, d.crop_min_scale)
+        self.transforms = [per_image_transform(k, d.view_size, d.crop_min_scale)
                            for k in view_recipes(d.augmentation)]
 
     def __len__(self) -> int:
@@ -72,8 +72,7 @@ def cached_batches(
         x = data.batch(idx).to(device, non_blocking=True)
         h, w = x.shape[-2:]
         views = [sample_params(gb, h, w, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
-        size = d.train_size or d.image_size
-        yield apply_params(x, views[0], size, kinds[0]), apply_params(x, views[1], size, kinds[1]), idx
+        yield apply_params(x, views[0], d.view_size, kinds[0]), apply_params(x, views[1], d.view_size, kinds[1]), idx
 
 
 def per_image_batches(
@@ -117,5 +116,5 @@ def device_batches(
         heights[lo:hi] = torch.tensor([float(im.shape[1]) for im in imgs])
         widths[lo:hi] = torch.tensor([float(im.shape[2]) for im in imgs])
         views = [sample_params(gb, heights, widths, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
-        size = d.train_size or d.image_size
-        yield apply_params(imgs, views[0], size, kinds[0]), apply_params(imgs, views[1], size, kinds[1]), idx
+        q, k = (apply_params(imgs, v, d.view_size, kind) for v, kind in zip(views, kinds))
+        yield q, k, idx
