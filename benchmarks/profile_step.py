@@ -47,8 +47,8 @@ def profiled_step(model, opt, data, idx, cfg, gen, fmt, t: dict[str, float]) -> 
     h, w = x.shape[-2:]
     p1 = sample_params(len(idx), h, w, d.augmentation, d.crop_min_scale, gen)
     p2 = sample_params(len(idx), h, w, d.augmentation, d.crop_min_scale, gen)
-    im_q = apply_params(x, p1, d.image_size, d.augmentation).contiguous(memory_format=fmt)
-    im_k = apply_params(x, p2, d.image_size, d.augmentation).contiguous(memory_format=fmt)
+    im_q = apply_params(x, p1, d.view_size, d.augmentation).contiguous(memory_format=fmt)
+    im_k = apply_params(x, p2, d.view_size, d.augmentation).contiguous(memory_format=fmt)
     t0 = lap("augmentation (2 views)", t0)
     with autocast(device, cfg.train.precision):
         with torch.no_grad():
