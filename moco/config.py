@@ -50,6 +50,9 @@ class MethodConfig:
 class DataConfig:
     image_size: int = 224
     train_size: int = 0  # side of the training views (0 = image_size); evaluation always uses image_size
+    ramp_size: int = 0  # progressive resizing: training views start at this side (0 = off) and grow
+    ramp_epochs: list[int] = field(default_factory=lambda: [0, 0])  # ... linearly from epoch [0] to [1] up to
+    # view_size, in steps of 4 px (FFCV's low-res-first schedule: cheap early epochs, full size at the end)
     augmentation: str = "v1"  # v1, v2 (adds blur, jitter p=0.8), cifar (v2 without blur),
     # byol (v3: blur 1.0 / 0.1 and solarize 0 / 0.2 in the two views) or byol-cifar (byol without blur)
     crop_min_scale: float = 0.2
@@ -65,6 +68,16 @@ class DataConfig:
     def view_size(self) -> int:
         """Side of the training views: ``train_size``, or ``image_size`` when that is 0."""
         return self.train_size or self.image_size
+
+    def view_size_at(self, epoch: int) -> int:
+        """Side of the training views in (0-based) ``epoch``: ``view_size``, or with progressive resizing
+        ``ramp_size`` until ``ramp_epochs[0]``, then linearly up to ``view_size`` at ``ramp_epochs[1]``,
+        rounded down to a multiple of 4 px."""
+        lo, (start, end) = self.ramp_size, self.ramp_epochs
+        if not lo or epoch >= end:
+            return self.view_size
+        frac = max(epoch - start, 0) / max(end - start, 1)
+        return max(lo, int(lo + frac * (self.view_size - lo)) // 4 * 4)
 
 
 @dataclass
@@ -346,6 +359,8 @@ def validate(cfg: Config) -> None:
                f"data.image_size ({d.image_size}) must be a multiple of model.patch_size ({m.patch_size})")
         _check(d.train_size in (0, d.image_size), "data.train_size must equal data.image_size (or be 0) for ViTs: "
                "their position embedding is built for image_size")
+        _check(d.ramp_size == 0, "data.ramp_size must be 0 for ViTs: their position embedding is built for "
+               "image_size")
     _check((me.dictionary == "v3") == (m.head == "v3"),
            f"method.dictionary=v3 and model.head=v3 go together (got dictionary {me.dictionary!r}, head {m.head!r})")
     _check(me.m_schedule in ("constant", "cosine"),
@@ -367,6 +382,11 @@ def validate(cfg: Config) -> None:
     _check(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
     _check(d.train_size == 0 or d.train_size >= 8, f"data.train_size must be 0 (= image_size) or >= 8, "
            f"got {d.train_size}")
+    _check(d.ramp_size == 0 or 8 <= d.ramp_size <= d.view_size,
+           f"data.ramp_size must be 0 (off) or between 8 and the training view side ({d.view_size}), "
+           f"got {d.ramp_size}")
+    _check(len(d.ramp_epochs) == 2 and 0 <= d.ramp_epochs[0] <= d.ramp_epochs[1],
+           f"data.ramp_epochs must be [start, end] with 0 <= start <= end, got {d.ramp_epochs}")
     _check(d.augmentation in ("v1", "v2", "cifar", "byol", "byol-cifar"),
            f"data.augmentation must be v1, v2, cifar, byol or byol-cifar, got {d.augmentation!r}")
     _check(0.0 < d.crop_min_scale <= 1.0, f"data.crop_min_scale must be in (0, 1], got {d.crop_min_scale}")

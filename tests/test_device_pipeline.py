@@ -116,3 +116,37 @@ def test_train_size_sets_the_views_of_every_pipeline_and_not_evaluation(tmp_path
         resolve("cifar10-cpu", overrides=["data.train_size=4"])
     with pytest.raises(ConfigError, match="ViTs"):
         resolve("cifar10-v3-cpu", overrides=["model.arch=vit_tiny", "model.patch_size=4", "data.train_size=16"])
+
+
+def test_progressive_resizing_schedule_and_its_limits():
+    from moco.config import ConfigError
+
+    cfg = resolve("cifar10-cpu", overrides=["data.ramp_size=16", "data.ramp_epochs=[0,10]", "optim.epochs=14"])
+    assert [cfg.data.view_size_at(e) for e in range(14)] == [16, 16, 16, 20, 20, 24, 24, 24, 28, 28, 32, 32, 32, 32]
+    late = resolve("cifar10-cpu", overrides=["data.ramp_size=16", "data.ramp_epochs=[2,4]", "data.train_size=24"])
+    assert [late.data.view_size_at(e) for e in range(6)] == [16, 16, 16, 20, 24, 24]  # up to train_size
+    assert [resolve("cifar10-cpu").data.view_size_at(e) for e in range(3)] == [32, 32, 32]  # off by default
+    for bad, match in [(["data.ramp_size=40"], "ramp_size"), (["data.ramp_size=4"], "ramp_size"),
+                       (["data.ramp_size=16", "data.ramp_epochs=[5,2]"], "ramp_epochs"),
+                       (["data.ramp_epochs=[1]"], "ramp_epochs")]:
+        with pytest.raises(ConfigError, match=match):
+            resolve("cifar10-cpu", overrides=bad)
+    with pytest.raises(ConfigError, match="ViTs"):
+        resolve("cifar10-v3-cpu", overrides=["model.arch=vit_tiny", "model.patch_size=4", "data.ramp_size=16"])
+
+
+def test_pipelines_make_views_of_the_epochs_size(tmp_path):
+    from moco.data.pipelines import TwoViews
+
+    root = jpeg_folder(tmp_path / "d", [(16, 16)] * 4)
+    cfg = resolve("cifar10-cpu", overrides=["data.image_size=16", "optim.batch_size=4", "model.bn_splits=2",
+                                            "data.workers=0", f"data.cache_dir={tmp_path / 'c'}"])
+    images = scan_images(root)
+    perm, gen, cpu = torch.arange(len(images)), torch.Generator().manual_seed(0), torch.device("cpu")
+    decoded = decode_images(images, 16, cfg.data.cache_dir, 0, progress=False)
+    for v1, v2, _ in [next(cached_batches(decoded, perm, 0, cfg, gen, cpu, size=8)),
+                      next(device_batches(EncodedFiles(images), perm, 0, cfg, gen, cpu, size=8))]:
+        assert v1.shape == v2.shape == (4, 3, 8, 8)
+    ds = TwoViews(images, cfg, strict=True)
+    ds.set_size(12)
+    assert ds[0][0].shape == ds[0][1].shape == (3, 12, 12)

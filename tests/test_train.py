@@ -121,3 +121,15 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path):
         atomic_save({"v": Boom()}, path)
     assert load_checkpoint(path)["v"].item() == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ck.pt.tmp")]
+
+
+def test_progressive_resizing_run_records_sizes_and_resumes_exactly(tmp_path, tiny_data):
+    ramp = ("data.ramp_size=8", "data.ramp_epochs=[0,2]")  # epochs of 8, 12 and 16 px views
+    pretrain(tiny_config(tmp_path, *ramp), tiny_data, tmp_path / "full", progress=False, knn=False)
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["view_size"] for r in records if r["type"] == "epoch"] == [8, 12, 16]
+    pretrain(tiny_config(tmp_path, *ramp), tiny_data, tmp_path / "part", progress=False, knn=False, max_steps=8)
+    pretrain(tiny_config(tmp_path, *ramp), tiny_data, tmp_path / "part", resume="auto", progress=False, knn=False)
+    a = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")
+    b = load_checkpoint(tmp_path / "part" / "checkpoint_last.pt")
+    assert states_equal(a["model"], b["model"])

@@ -30,10 +30,13 @@ class TwoViews(torch.utils.data.Dataset):
     """Per-image pipeline: two independently augmented PIL views of each image."""
 
     def __init__(self, images: ImageList, cfg: Config, strict: bool) -> None:
-        self.images, self.strict = images, strict
-        d = cfg.data
-        self.transforms = [per_image_transform(k, d.view_size, d.crop_min_scale)
-                           for k in view_recipes(d.augmentation)]
+        self.images, self.strict, self.data_cfg = images, strict, cfg.data
+        self.set_size(cfg.data.view_size)
+
+    def set_size(self, size: int) -> None:
+        """Make views of side ``size`` from now on (progressive resizing; workers are made per epoch)."""
+        d = self.data_cfg
+        self.transforms = [per_image_transform(k, size, d.crop_min_scale) for k in view_recipes(d.augmentation)]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -53,10 +56,11 @@ class TwoViews(torch.utils.data.Dataset):
 
 def cached_batches(
     data: DecodedImages, perm: torch.Tensor, start: int, cfg: Config, gen: torch.Generator, device: torch.device,
-    dinfo: DistInfo = SINGLE_PROCESS,
+    dinfo: DistInfo = SINGLE_PROCESS, size: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Two augmented views of each of this process's batches, from step ``start`` of the epoch order ``perm``,
-    with the images' dataset indices (the memory bank needs them).
+    """Two augmented views (of side ``size``, default ``data.view_size``) of each of this process's batches,
+    from step ``start`` of the epoch order ``perm``, with the images' dataset indices (the memory bank
+    needs them).
 
     The augmentation parameters are drawn for the whole global batch on every process (cheap, and the
     same stream everywhere), and each process applies its slice: so N processes see exactly the images
@@ -66,13 +70,14 @@ def cached_batches(
     b = gb // dinfo.world_size
     lo, hi = dinfo.rank * b, (dinfo.rank + 1) * b
     d = cfg.data
+    side = size or d.view_size
     kinds = view_recipes(d.augmentation)
     for i in range(start, len(perm) // gb):
         idx = perm[i * gb + lo : i * gb + hi]
         x = data.batch(idx).to(device, non_blocking=True)
         h, w = x.shape[-2:]
         views = [sample_params(gb, h, w, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
-        yield apply_params(x, views[0], d.view_size, kinds[0]), apply_params(x, views[1], d.view_size, kinds[1]), idx
+        yield apply_params(x, views[0], side, kinds[0]), apply_params(x, views[1], side, kinds[1]), idx
 
 
 def per_image_batches(
@@ -95,9 +100,10 @@ def per_image_batches(
 
 def device_batches(
     ds: EncodedFiles, perm: torch.Tensor, start: int, cfg: Config, gen: torch.Generator, device: torch.device,
-    dinfo: DistInfo = SINGLE_PROCESS,
+    dinfo: DistInfo = SINGLE_PROCESS, size: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Decode-on-device pipeline: workers read this process's files, the device decodes and augments.
+    """Decode-on-device pipeline: workers read this process's files, the device decodes and augments
+    (views of side ``size``, default ``data.view_size``).
 
     As in ``cached_batches``, the augmentation draws are made for the whole global batch (they do not
     depend on the image sizes, which only this process knows for its slice).
@@ -116,5 +122,5 @@ def device_batches(
         heights[lo:hi] = torch.tensor([float(im.shape[1]) for im in imgs])
         widths[lo:hi] = torch.tensor([float(im.shape[2]) for im in imgs])
         views = [sample_params(gb, heights, widths, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
-        q, k = (apply_params(imgs, v, d.view_size, kind) for v, kind in zip(views, kinds))
+        q, k = (apply_params(imgs, v, size or d.view_size, kind) for v, kind in zip(views, kinds))
         yield q, k, idx

@@ -310,16 +310,22 @@ def _pretrain(
             dictionary, me.T, cfg.train.precision, device,
         )
     last: dict[str, Any] = history[-1] if history else {}
+    last_side = 0
     try:
         while epoch < cfg.optim.epochs:
             epoch_seed = cfg.train.seed * 100_003 + epoch
             perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(epoch_seed))
+            side = cfg.data.view_size_at(epoch)
+            if main and cfg.data.ramp_size and side != last_side:
+                log.info("epoch %d: training views of %d px (progressive resizing)", epoch + 1, side)
+            last_side = side
             if decoded is not None:
-                batches = cached_batches(decoded, perm, epoch_step, cfg, gen, device, dinfo)
+                batches = cached_batches(decoded, perm, epoch_step, cfg, gen, device, dinfo, side)
             elif encoded is not None:
-                batches = device_batches(encoded, perm, epoch_step, cfg, gen, device, dinfo)
+                batches = device_batches(encoded, perm, epoch_step, cfg, gen, device, dinfo, side)
             else:
                 assert ds is not None
+                ds.set_size(side)
                 batches = per_image_batches(ds, perm, epoch_step, cfg, epoch_seed, device, dinfo)
             model.train()
             t_epoch = time.perf_counter()
@@ -393,7 +399,7 @@ def _pretrain(
             last = {
                 "type": "epoch", "epoch": epoch, "step": step, "loss": all_reduce_mean(loss_sum / n_done).item(),
                 "pretext_acc1": all_reduce_mean(acc_sum / n_done).item(), "lr": lr_at(cfg, epoch),
-                "images_per_sec": n_sum * b / max(elapsed, 1e-9), "epoch_time": elapsed,
+                "images_per_sec": n_sum * b / max(elapsed, 1e-9), "epoch_time": elapsed, "view_size": side,
             }
             if knn_sets and (
                 (cfg.train.knn_every and epoch % cfg.train.knn_every == 0) or epoch == cfg.optim.epochs
