@@ -158,7 +158,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Sized for a 2-core CPU: the demo recipe on a quarter-width R18 with the v2 MLP head (+2 kNN points
     # at 3 epochs in our runs), batch 256, 10 epochs of ~77 s. Changes measured over the full 10 epochs
     # (README, "The main job") all did no better: T 0.07, K 256/1024/16384, crop scale 0.08 or 0.5, 2 or 16
-    # BN groups, lr 0.03 or 0.12, batch 128, cosine m, progressive resizing; m=0.95 collapses. 3-epoch
+    # BN groups, lr 0.03 or 0.12, wd 1e-4, batch 128, cosine m, progressive resizing; m=0.95 collapses. 3-epoch
     # trials mislead here (seed spread 1.5 points; a smaller K or milder crop wins early and loses by
     # epoch 10); zero-init residual BNs lost 4 points at 3 epochs. 15 epochs give 53.7%.
     "cifar10-cpu": {
