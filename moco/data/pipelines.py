@@ -112,6 +112,7 @@ def device_batches(
     b = gb // dinfo.world_size
     lo, hi = dinfo.rank * b, (dinfo.rank + 1) * b
     d = cfg.data
+    side = size or d.view_size
     kinds = view_recipes(d.augmentation)
     batches = [perm[i * gb + lo : i * gb + hi].tolist() for i in range(start, len(perm) // gb)]
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=d.workers, collate_fn=collate,
@@ -122,5 +123,5 @@ def device_batches(
         heights[lo:hi] = torch.tensor([float(im.shape[1]) for im in imgs])
         widths[lo:hi] = torch.tensor([float(im.shape[2]) for im in imgs])
         views = [sample_params(gb, heights, widths, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
-        q, k = (apply_params(imgs, v, size or d.view_size, kind) for v, kind in zip(views, kinds))
+        q, k = (apply_params(imgs, v, side, kind) for v, kind in zip(views, kinds))
         yield q, k, idx
