@@ -358,10 +358,9 @@ def validate(cfg: Config) -> None:
     if m.arch in VITS:
         _check(m.patch_size >= 1 and d.image_size % m.patch_size == 0,
                f"data.image_size ({d.image_size}) must be a multiple of model.patch_size ({m.patch_size})")
-        _check(d.train_size in (0, d.image_size), "data.train_size must equal data.image_size (or be 0) for ViTs: "
-               "their position embedding is built for image_size")
-        _check(d.ramp_size == 0, "data.ramp_size must be 0 for ViTs: their position embedding is built for "
-               "image_size")
+        _check(d.train_size in (0, d.image_size) and d.ramp_size == 0, "data.train_size must equal "
+               "data.image_size (or be 0) and data.ramp_size must be 0 for ViTs: their position embedding is "
+               "built for image_size")
     _check((me.dictionary == "v3") == (m.head == "v3"),
            f"method.dictionary=v3 and model.head=v3 go together (got dictionary {me.dictionary!r}, head {m.head!r})")
     _check(me.m_schedule in ("constant", "cosine"),
