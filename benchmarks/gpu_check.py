@@ -131,7 +131,8 @@ def throughput(case: str, cifar: DecodedImages, jpegs: ImageList, device: str, s
         ds = EncodedFiles(jpegs)
 
         def batches(cfg, gen, dev):
-            return device_batches(ds, torch.randperm(len(jpegs), generator=gen), 0, cfg, gen, dev)
+            return device_batches(ds, torch.randperm(len(jpegs), generator=gen), 0, cfg.data, cfg.optim.batch_size,
+                                  gen, dev)
 
         row["ours_real"] = measure(preset, ov_w + ["data.pipeline=device"], None, steps, 2, device,
                                    batches=batches)["images_per_sec"]

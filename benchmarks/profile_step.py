@@ -1,6 +1,6 @@
 """Where the time of one pretraining step goes: data, augmentation, forward, backward, momentum, queue, optimizer.
 
-Times the parts of our step (the same calls as ``moco.training.pretrain``) one after another with
+Times the parts of our step (the same calls as ``moco.training.loop``) one after another with
 ``time.perf_counter`` on the CPU (every op there is synchronous), over several steps of the real
 cached CIFAR-10 data, and prints each part's share. Optionally also prints torch.profiler's top ops.
 
@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from moco.config import resolve
+from moco.core.precision import autocast, memory_format
 from moco.data.augment import apply_params, sample_params
 from moco.data.cache import decode_images
 from moco.data.folder import find_split, scan_images
 from moco.methods.moco import batch_shuffle, batch_unshuffle, info_nce, update_momentum
-from moco.training.pretrain import autocast, build_training, memory_format
+from moco.training.run import build_training
 
 ROOT = Path(__file__).resolve().parent
 
@@ -86,7 +87,7 @@ def main() -> None:
     torch.manual_seed(0)
     model, opt, _ = build_training(cfg, torch.device("cpu"))
     model.train()
-    fmt = memory_format(cfg)
+    fmt = memory_format(cfg.train.channels_last)
     gen = torch.Generator().manual_seed(0)
     b = cfg.optim.batch_size
     t: dict[str, float] = defaultdict(float)

@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 
 from moco.config import resolve
+from moco.core.precision import memory_format
 from moco.data.cache import decode_images
 from moco.data.folder import find_split, scan_images
 from moco.data.pipelines import cached_batches
-from moco.training.pretrain import build_training, memory_format, train_step
+from moco.training.loop import train_step
+from moco.training.run import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_loop import reference_images_per_sec, sync_device  # noqa: E402
@@ -42,9 +44,10 @@ def measure(preset: str, overrides: list[str], data, steps: int, warmup: int, de
     torch.manual_seed(0)
     model, opt, scaler = build_training(cfg, device)
     gen = torch.Generator().manual_seed(0)
-    fmt = memory_format(cfg)
+    fmt = memory_format(cfg.train.channels_last)
     if batches is None:
-        source = cached_batches(data, torch.randperm(len(data.array), generator=gen), 0, cfg, gen, device)
+        source = cached_batches(data, torch.randperm(len(data.array), generator=gen), 0, cfg.data,
+                                cfg.optim.batch_size, gen, device)
     else:
         source = batches(cfg, gen, device)
     t = None

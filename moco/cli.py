@@ -1,4 +1,4 @@
-"""The ``moco`` command: pretrain, knn, linear, embed, neighbors, export, info, reproduce.
+"""The ``moco`` command: pretrain, knn, linear, embed, neighbors, export, info, presets, reproduce.
 
 Errors in the user's input (config, data, checkpoints) end with one line on
 stderr and exit status 2 (config) or 1 (data, checkpoint, training), never a
@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from moco.config import PRESETS, ConfigError
+from moco.core.errors import CheckpointError, ConfigError, DataError, TrainingError
+from moco.presets import PRESETS
 
 log = logging.getLogger("moco")
 
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--data", help="image folder to pretrain on (see below)")
     pt.add_argument("--out", help="run directory (default: runs/PRESET)")
     pt.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
-                    help=f"recipe to start from: {', '.join(PRESETS)} (default: cifar10-cpu)")
+                    help=f"recipe to start from: {', '.join(PRESETS)} (default: cifar10-cpu; see `moco presets`)")
     pt.add_argument("--config", help="YAML file of settings, e.g. {method: {K: 4096}}")
     pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one setting, e.g. --set method.m=0.99 (repeatable)")
@@ -138,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=["torchvision", "detectron2", "safetensors"])
     ex.add_argument("--out", required=True)
 
-    from moco.experiments.reproduce import BUDGETS, EXPERIMENTS
+    from moco.experiments import BUDGETS, EXPERIMENTS
 
     rp = sub.add_parser(
         "reproduce", help="re-run one of the paper's comparisons and write a report",
@@ -162,6 +163,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="override a setting of the budget's recipe for every run, e.g. --set data.max_images=10000")
     rp.add_argument("--dry-run", action="store_true", help="list the settings and their run folders, run nothing")
     rp.add_argument("--no-progress", action="store_true")
+
+    ps = sub.add_parser("presets", help="list the shipped presets, or print one as a YAML file to copy",
+                        epilog="examples:\n  moco presets\n  moco presets cifar10-cpu > my.yaml   # edit, then "
+                               "moco pretrain --config my.yaml", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ps.add_argument("name", nargs="?", choices=sorted(PRESETS), metavar="NAME", help="print this preset's file")
 
     inf = sub.add_parser("info", help="what a checkpoint holds: config, epoch, step, metrics")
     inf.add_argument("checkpoint")
@@ -194,7 +200,7 @@ def _launch(nproc: int, argv: list[str]) -> int:
 
 def _pretrain(a: argparse.Namespace) -> int:
     from moco.config import dump_yaml, from_dict, resolve
-    from moco.training.checkpoint import latest_checkpoint, load_checkpoint, require_moco_checkpoint
+    from moco.core.checkpoint_files import latest_checkpoint, load_checkpoint, require_moco_checkpoint
     from moco.training.pretrain import pretrain
 
     flags: dict[str, Any] = {
@@ -221,11 +227,10 @@ def _pretrain(a: argparse.Namespace) -> int:
         raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 exists")
     res = pretrain(cfg, data, out, resume=a.resume, overwrite=a.overwrite, knn_train=a.knn_train,
                    knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn)
-    if res.get("stopped"):
+    if res.stopped:
         return 130
-    summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items() if k != "type"}
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"out": str(out), **summary}))
+        print(json.dumps(res.summary()))
     return 0
 
 
@@ -233,16 +238,17 @@ def _eval_setup(a: argparse.Namespace):
     """Backbone on its device, image size, device, and a function decoding a folder for evaluation."""
     import torch
 
+    from moco.core.precision import pick_device
     from moco.data.cache import decode_images
     from moco.data.folder import scan_images
+    from moco.data.sides import cache_side
     from moco.export.backbone import load_backbone_and_config
-    from moco.training.pretrain import pick_device
 
     backbone, cfg = load_backbone_and_config(a.checkpoint)
     size = a.image_size or cfg.data.image_size
     device = pick_device(a.device)
     backbone = backbone.to(device, memory_format=torch.channels_last)
-    side = size if size <= 64 else int(round(size * 1.15))
+    side = cache_side(size)
 
     def decode(folder: str):
         return decode_images(scan_images(folder), side, workers=a.workers, progress=not a.no_progress)
@@ -326,7 +332,9 @@ def _export(a: argparse.Namespace) -> int:
 
 
 def _info(a: argparse.Namespace) -> int:
-    from moco.training.checkpoint import load_checkpoint, require_moco_checkpoint
+    from moco.config import from_dict
+    from moco.core.checkpoint_files import load_checkpoint, require_moco_checkpoint
+    from moco.methods import describe
 
     ck = require_moco_checkpoint(load_checkpoint(a.checkpoint), a.checkpoint)
     cfg = ck["config"]
@@ -338,7 +346,7 @@ def _info(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(info, indent=2))
         return 0
-    m, me = cfg["model"], cfg["method"]
+    m = cfg["model"]
     print(f"checkpoint  {a.checkpoint}")
     state = f"epoch {ck['epoch']}/{cfg['optim']['epochs']}, step {ck['step']}"
     if ck.get("epoch_step"):
@@ -346,12 +354,9 @@ def _info(a: argparse.Namespace) -> int:
     print(f"progress    {state}")
     print(f"model       {m['arch']} width {m['width']}{' cifar stem' if m['cifar_stem'] else ''}, "
           f"{m['head']} head -> {m['dim']}, BN splits {m['bn_splits']}")
-    dictionary = me.get("dictionary", "moco")
-    if dictionary == "v3":
-        print(f"method      MoCo v3: m={me['m']} ({me.get('m_schedule', 'constant')}) T={me['T']}")
-    else:
-        print(f"method      {dictionary}: K={me['K']} m={me['m']} T={me['T']} symmetric={me['symmetric']} "
-              f"shuffle_bn={me['shuffle_bn']}")
+    c = from_dict(cfg).method
+    print(f"method      {c.dictionary}: {describe(from_dict(cfg), ck.get('n_images') or 0)}, T={c.T}"
+          f"{', symmetric' * c.symmetric}{', no shuffle BN' * (not c.shuffle_bn)}")
     print(f"optim       batch {cfg['optim']['batch_size']}, lr {cfg['optim']['lr']}, {cfg['optim']['schedule']}")
     if ck.get("n_images"):
         print(f"data        {ck['n_images']} images, {cfg['data']['image_size']} px, {cfg['data']['augmentation']} aug")
@@ -361,9 +366,21 @@ def _info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _presets(a: argparse.Namespace) -> int:
+    from moco.presets import describe, preset_path
+
+    if a.name:
+        print(preset_path(a.name).read_text(), end="")
+        return 0
+    width = max(map(len, PRESETS))
+    for name in sorted(PRESETS):
+        print(f"{name:{width}s}  {describe(name)}")
+    print(f"\nfiles: {preset_path('x').parent}; copy one, edit it and pass it with --config")
+    return 0
+
+
 def _reproduce(a: argparse.Namespace) -> int:
-    from moco.data.folder import DataError
-    from moco.experiments.reproduce import reproduce
+    from moco.experiments import reproduce
 
     data = Path(a.data) if a.data else default_data()
     if data is None:
@@ -387,13 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "pretrain" and args.nproc and "WORLD_SIZE" not in os.environ:
         return _launch(args.nproc, argv)
-    from moco.data.folder import DataError
-    from moco.training.checkpoint import CheckpointError
-    from moco.training.pretrain import TrainingError
-
     try:
         commands = {"pretrain": _pretrain, "knn": _knn, "linear": _linear, "embed": _embed,
-                    "neighbors": _neighbors, "export": _export, "info": _info, "reproduce": _reproduce}
+                    "neighbors": _neighbors, "export": _export, "info": _info, "reproduce": _reproduce,
+                    "presets": _presets}
         return commands[args.command](args)
     except ConfigError as e:
         print(f"moco: error: {e}", file=sys.stderr)

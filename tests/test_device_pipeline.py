@@ -9,11 +9,12 @@ from conftest import tiny_config
 from PIL import Image
 
 from moco.config import resolve
+from moco.core.distributed import DistInfo
 from moco.data.cache import decode_images
 from moco.data.encoded import EncodedFiles, decode_on_device
 from moco.data.folder import scan_images
 from moco.data.pipelines import cached_batches, device_batches
-from moco.training.distributed import DistInfo
+from moco.schedules import view_size_at
 
 
 def jpeg_folder(root, sizes, seed=0):
@@ -61,9 +62,10 @@ def test_device_views_match_the_cached_pipeline(tmp_path):
                                             f"data.cache_dir={tmp_path / 'c'}"])
     images = scan_images(root)
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    cached = list(cached_batches(decode_images(images, 16, cfg.data.cache_dir, 0, progress=False), perm, 0, cfg,
+    d, b = cfg.data, cfg.optim.batch_size
+    cached = list(cached_batches(decode_images(images, 16, cfg.data.cache_dir, 0, progress=False), perm, 0, d, b,
                                  torch.Generator().manual_seed(1), torch.device("cpu")))
-    device = list(device_batches(EncodedFiles(images), perm, 0, cfg, torch.Generator().manual_seed(1),
+    device = list(device_batches(EncodedFiles(images), perm, 0, d, b, torch.Generator().manual_seed(1),
                                  torch.device("cpu")))
     assert len(cached) == len(device) == 2
     for (a1, a2, ai), (b1, b2, bi) in zip(cached, device):
@@ -77,9 +79,10 @@ def test_device_pipeline_slices_the_global_batch_like_cached(tmp_path):
                                             "model.bn_splits=2"])
     images = scan_images(root)
     perm = torch.arange(len(images))
-    one = list(device_batches(EncodedFiles(images), perm, 0, cfg, torch.Generator().manual_seed(3),
+    d, b = cfg.data, cfg.optim.batch_size
+    one = list(device_batches(EncodedFiles(images), perm, 0, d, b, torch.Generator().manual_seed(3),
                               torch.device("cpu")))
-    halves = [list(device_batches(EncodedFiles(images), perm, 0, cfg, torch.Generator().manual_seed(3),
+    halves = [list(device_batches(EncodedFiles(images), perm, 0, d, b, torch.Generator().manual_seed(3),
                                   torch.device("cpu"), DistInfo(rank=r, world_size=2))) for r in range(2)]
     for step in range(2):
         joined = torch.cat([halves[0][step][0], halves[1][step][0]])
@@ -93,7 +96,7 @@ def test_pretrain_with_device_pipeline(tmp_path, workers):
     root = jpeg_folder(tmp_path / "data" / "train", [(16, 16), (24, 20), (18, 30)] * 4)
     cfg = tiny_config(tmp_path, "data.pipeline=device", f"data.workers={workers}", "optim.epochs=1")
     res = pretrain(cfg, root, tmp_path / "run", progress=False, knn=False)
-    assert np.isfinite(res["loss"]) and res["epoch"] == 1
+    assert np.isfinite(res.metrics["loss"]) and res.epoch == 1
 
 
 def test_train_size_sets_the_views_of_every_pipeline_and_not_evaluation(tmp_path):
@@ -107,10 +110,10 @@ def test_train_size_sets_the_views_of_every_pipeline_and_not_evaluation(tmp_path
     perm, gen, cpu = torch.arange(len(images)), torch.Generator().manual_seed(0), torch.device("cpu")
     decoded = decode_images(images, 16, cfg.data.cache_dir, 0, progress=False)
     assert decoded.array.shape[1:3] == (16, 16)  # the cache (and so evaluation) stays at image_size
-    for v1, v2, _ in [next(cached_batches(decoded, perm, 0, cfg, gen, cpu)),
-                      next(device_batches(EncodedFiles(images), perm, 0, cfg, gen, cpu))]:
+    for v1, v2, _ in [next(cached_batches(decoded, perm, 0, cfg.data, cfg.optim.batch_size, gen, cpu)),
+                      next(device_batches(EncodedFiles(images), perm, 0, cfg.data, cfg.optim.batch_size, gen, cpu))]:
         assert v1.shape == v2.shape == (4, 3, 12, 12)
-    a, b = TwoViews(images, cfg, strict=True)[0]
+    a, b = TwoViews(images, cfg.data, strict=True)[0]
     assert a.shape == b.shape == (3, 12, 12)
     with pytest.raises(ConfigError, match="train_size"):
         resolve("cifar10-cpu", overrides=["data.train_size=4"])
@@ -122,10 +125,10 @@ def test_progressive_resizing_schedule_and_its_limits():
     from moco.config import ConfigError
 
     cfg = resolve("cifar10-cpu", overrides=["data.ramp_size=16", "data.ramp_epochs=[0,10]", "optim.epochs=14"])
-    assert [cfg.data.view_size_at(e) for e in range(14)] == [16, 16, 16, 20, 20, 24, 24, 24, 28, 28, 32, 32, 32, 32]
+    assert [view_size_at(cfg.data, e) for e in range(14)] == [16, 16, 16, 20, 20, 24, 24, 24, 28, 28, 32, 32, 32, 32]
     late = resolve("cifar10-cpu", overrides=["data.ramp_size=16", "data.ramp_epochs=[2,4]", "data.train_size=24"])
-    assert [late.data.view_size_at(e) for e in range(6)] == [16, 16, 16, 20, 24, 24]  # up to train_size
-    assert [resolve("cifar10-cpu").data.view_size_at(e) for e in range(3)] == [32, 32, 32]  # off by default
+    assert [view_size_at(late.data, e) for e in range(6)] == [16, 16, 16, 20, 24, 24]  # up to train_size
+    assert [view_size_at(resolve("cifar10-cpu").data, e) for e in range(3)] == [32, 32, 32]  # off by default
     for bad, match in [(["data.ramp_size=40"], "ramp_size"), (["data.ramp_size=4"], "ramp_size"),
                        (["data.ramp_size=16", "data.ramp_epochs=[5,2]"], "ramp_epochs"),
                        (["data.ramp_epochs=[1]"], "ramp_epochs")]:
@@ -144,9 +147,10 @@ def test_pipelines_make_views_of_the_epochs_size(tmp_path):
     images = scan_images(root)
     perm, gen, cpu = torch.arange(len(images)), torch.Generator().manual_seed(0), torch.device("cpu")
     decoded = decode_images(images, 16, cfg.data.cache_dir, 0, progress=False)
-    for v1, v2, _ in [next(cached_batches(decoded, perm, 0, cfg, gen, cpu, size=8)),
-                      next(device_batches(EncodedFiles(images), perm, 0, cfg, gen, cpu, size=8))]:
+    d, b = cfg.data, cfg.optim.batch_size
+    for v1, v2, _ in [next(cached_batches(decoded, perm, 0, d, b, gen, cpu, size=8)),
+                      next(device_batches(EncodedFiles(images), perm, 0, d, b, gen, cpu, size=8))]:
         assert v1.shape == v2.shape == (4, 3, 8, 8)
-    ds = TwoViews(images, cfg, strict=True)
+    ds = TwoViews(images, cfg.data, strict=True)
     ds.set_size(12)
     assert ds[0][0].shape == ds[0][1].shape == (3, 12, 12)

@@ -142,7 +142,7 @@ def test_pretrain_runs_and_resumes_with_each_dictionary(tiny_data, tmp_path, dic
     full = pretrain(cfg, tiny_data, tmp_path / "full", progress=False, knn=False)
     pretrain(cfg, tiny_data, tmp_path / "split", progress=False, knn=False, max_steps=1)
     resumed = pretrain(cfg, tiny_data, tmp_path / "split", resume="auto", progress=False, knn=False)
-    assert math.isfinite(full["loss"]) and resumed["loss"] == pytest.approx(full["loss"], abs=0)
+    assert math.isfinite(full.metrics["loss"]) and resumed.metrics["loss"] == pytest.approx(full.metrics["loss"], abs=0)
     a = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "split" / "checkpoint_last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

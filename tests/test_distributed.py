@@ -85,8 +85,9 @@ def test_two_processes_match_one_process(tmp_path, tiny_data):
 def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    from moco.training.distributed import concat_all_gather, init_distributed
-    from moco.training.pretrain import build_training, train_step
+    from moco.core.distributed import concat_all_gather, init_distributed
+    from moco.training.loop import train_step
+    from moco.training.run import build_training
 
     dinfo, device = init_distributed("cpu")
     cfg = tiny_config(Path(tmp), *COMMON)

@@ -37,4 +37,4 @@ def test_pretraining_beats_random_init(tmp_path):
     test = decode_images(scan_images(data / "test"), 32, workers=0, progress=False)
     before = evaluate_knn(random_net, train, test, 32, torch.device("cpu"))["top1"]
     res = pretrain(cfg, data, tmp_path / "run", progress=False)
-    assert res["knn_top1"] >= before + 5.0, (before, res["knn_top1"])
+    assert res.metrics["knn_top1"] >= before + 5.0, (before, res.metrics["knn_top1"])

@@ -6,7 +6,7 @@ import pytest
 
 from moco.cli import main
 from moco.config import ConfigError
-from moco.experiments.reproduce import BUDGETS, EXPERIMENTS, reproduce, run_dir, setting_config
+from moco.experiments import BUDGETS, EXPERIMENTS, reproduce, run_dir, setting_config
 
 
 def tiny(tmp_path) -> list[str]:
@@ -68,3 +68,19 @@ def test_reproduce_cli_errors_and_dry_run(tiny_data, tmp_path, capsys):
     assert main(["reproduce", "momentum", "--data", str(tiny_data), "--set", "method.q=1", "--dry-run"]) == 2
     with pytest.raises(ConfigError, match="unknown experiment"):
         reproduce("nope", tiny_data, tmp_path, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["mechanisms", "momentum", "queue-size", "shuffle-bn", "symmetric"])
+def test_verdicts_find_settings_by_role_not_by_name_or_position(name):
+    from moco.config import resolve
+
+    budget = BUDGETS["small"]
+    exp = EXPERIMENTS[name]
+    settings = exp.settings(resolve(budget.preset, overrides=budget.overrides))
+    results = {s.name: {"knn_top1": 30.0 + i, "pretext_acc1": 10.0 + 2 * i, "loss": 5.0, "loss_spread": 0.1,
+                        "train_time": 100.0 + i, "K": 4096} for i, s in enumerate(settings)}
+    before = exp.verdicts(settings, results)
+    renamed = [type(s)(**{**vars(s), "name": f"#{i} {s.name}"}) for i, s in enumerate(settings)][::-1]
+    moved = {f"#{i} {s.name}": results[s.name] for i, s in enumerate(settings)}
+    assert exp.verdicts(renamed, moved) == before  # other display names, reversed order: the same sentences
+    assert sum(s.role == "baseline" for s in settings) == 1 and sum(s.role == "seed" for s in settings) == 1

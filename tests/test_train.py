@@ -7,9 +7,11 @@ import torch
 from conftest import tiny_config
 
 from moco.config import ConfigError
+from moco.core.errors import TrainingError
 from moco.data.folder import DataError
+from moco.schedules import lr_at
 from moco.training.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from moco.training.pretrain import TrainingError, lr_at, pretrain
+from moco.training.pretrain import pretrain
 
 
 def states_equal(a: dict, b: dict) -> bool:
@@ -31,7 +33,7 @@ def test_run_directory_and_metrics(tmp_path, tiny_data, tiny_cfg):
         assert {"epoch", "step", "loss", "pretext_acc1", "lr", "images_per_sec"} <= r.keys()
     # data/ has a test split beside train: the kNN monitor ran at the last epoch (knn_every=0)
     assert "knn_top1" in epochs[-1] and "knn_top1" not in epochs[0]
-    assert res["epoch"] == 3 and res["step"] == 3 * (48 // 8)
+    assert res.epoch == 3 and res.step == 3 * (48 // 8)
     ck = load_checkpoint(out / "checkpoint_last.pt")
     assert {"encoder_q.conv1.weight", "encoder_k.conv1.weight", "queue", "queue_ptr"} <= ck["model"].keys()
     assert ck["epoch"] == 3 and ck["optimizer"]["state"]
@@ -41,7 +43,7 @@ def test_run_directory_and_metrics(tmp_path, tiny_data, tiny_cfg):
 def test_resume_continues_exactly(tmp_path, tiny_data, tiny_cfg, stop_at):
     pretrain(tiny_cfg, tiny_data, tmp_path / "full", progress=False)
     part = pretrain(tiny_cfg, tiny_data, tmp_path / "part", progress=False, max_steps=stop_at)
-    assert part["stopped"]
+    assert part.stopped
     ck = load_checkpoint(tmp_path / "part" / "checkpoint_last.pt")
     assert ck["step"] == stop_at
     pretrain(tiny_cfg, tiny_data, tmp_path / "part", resume="auto", progress=False)

@@ -16,9 +16,11 @@ from moco.export import export_backbone, load_backbone_and_config
 from moco.methods import MoCoV3, build_mlp, build_moco
 from moco.models.resnet import build_resnet
 from moco.models.vit import build_vit, sincos_pos_embed
+from moco.optim import LARS, build_optimizer
+from moco.schedules import momentum_at
 from moco.training.checkpoint import FORMAT
-from moco.training.optim import LARS, build_optimizer, momentum_at
-from moco.training.pretrain import build_training, train_step
+from moco.training.loop import train_step
+from moco.training.run import build_training
 
 
 def tiny_v3(T: float = 0.5) -> MoCoV3:
@@ -188,5 +190,5 @@ def test_v3_pretrain_resumes_exactly(tiny_data, tmp_path):
     pretrain(cfg, tiny_data, tmp_path / "split", resume="auto", progress=False, knn=False)
     a = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "split" / "checkpoint_last.pt", weights_only=True)["model"]
-    assert math.isfinite(full["loss"]) and all(torch.equal(a[k], b[k]) for k in a)
+    assert math.isfinite(full.metrics["loss"]) and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.startswith("predictor.") for k in a)

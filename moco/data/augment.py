@@ -14,7 +14,8 @@ Recipes (method doc, "The recipes"):
   asymmetric views: blur p=1.0 in the first and p=0.1 plus solarize p=0.2 in the second.
 - ``byol-cifar``: byol without blur, for 32-px images (as CIFAR recipes of v3 do).
 
-A two-view recipe names one per-view recipe for each view (``view_recipes``).
+A two-view recipe (``data.augmentation``, the registry ``AUGMENTATIONS``) names one per-view recipe for
+each view. How evaluation sizes images is :mod:`moco.data.sides`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 from torchvision.ops import roi_align
+
+from moco.data import sides
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -54,14 +57,21 @@ RECIPES = {
 }
 SOLARIZE_THRESHOLD = 128 / 255  # torchvision's RandomSolarize(threshold=128) on 8-bit images
 
+AUGMENTATIONS: dict[str, tuple[str, str]] = {
+    "v1": ("v1", "v1"),
+    "v2": ("v2", "v2"),
+    "cifar": ("cifar", "cifar"),
+    "byol": ("byol-view1", "byol-view2"),  # asymmetric: blur 1.0 / 0.1, solarize 0 / 0.2
+    "byol-cifar": ("byol-cifar-view1", "byol-cifar-view2"),
+}
+"""``data.augmentation`` -> the per-view recipes (``RECIPES``) of its two views."""
+
 
 def view_recipes(kind: str) -> tuple[str, str]:
     """The per-view recipes of ``kind``: the same for both views, except for the asymmetric byol recipes."""
-    if kind in ("byol", "byol-cifar"):
-        return f"{kind}-view1", f"{kind}-view2"
-    if kind not in RECIPES:
+    if kind not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {kind!r}")
-    return kind, kind
+    return AUGMENTATIONS[kind]
 
 
 class PILGaussianBlur:
@@ -94,9 +104,8 @@ def per_image_transform(kind: str, size: int, min_scale: float = 0.2) -> T.Compo
 
 
 def eval_transform(size: int) -> T.Compose:
-    """Resize + center crop for evaluation (32-px images pass through unchanged)."""
-    resize = size if size <= 64 else int(round(size / 0.875))
-    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
+    """Resize + center crop for evaluation (small images pass through unchanged)."""
+    return T.Compose([T.Resize(sides.eval_resize(size)), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.Tensor:
@@ -341,7 +350,7 @@ def eval_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     x = images.float().div_(255)
     if x.shape[-1] != size or x.shape[-2] != size:
         # images are cached as center squares; center-crop the same fraction eval_transform would
-        crop = x.shape[-1] if size <= 64 else int(round(x.shape[-1] * 0.875))
+        crop = sides.center_crop(x.shape[-1], size)
         off = (x.shape[-1] - crop) // 2
         x = x[..., off : off + crop, off : off + crop]
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from moco.core.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-class DataError(ValueError):
-    """Bad input data (missing folder, no images, unreadable file in strict mode)."""
+__all__ = ["IMAGE_EXTENSIONS", "DataError", "ImageList", "find_split", "load_rgb", "scan_images"]
 
 
 @dataclass

@@ -7,7 +7,6 @@ for its class with weight ``exp(sim / t)``.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,17 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moco.core.precision import autocast
 from moco.data.augment import eval_batch
 from moco.data.cache import DecodedImages
 from moco.data.folder import DataError
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on ``device``; a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def iterate_batches(data: DecodedImages, batch_size: int) -> Iterator[torch.Tensor]:

@@ -18,11 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from moco.core.precision import autocast
 from moco.data.augment import MEAN, STD, sample_crop_boxes
 from moco.data.cache import DecodedImages
 from moco.data.folder import DataError
-from moco.evaluation.knn import autocast, extract_features
-from moco.training.schedule import scheduled_lr
+from moco.data.sides import is_small
+from moco.evaluation.knn import extract_features
+from moco.schedules import scheduled_lr
 
 
 @dataclass
@@ -46,7 +48,7 @@ def train_augment(images: torch.Tensor, size: int, generator: torch.Generator) -
     """Linear-protocol training augmentation of a uint8 batch -> normalised float (B, 3, size, size)."""
     n, _, h, w = images.shape
     x = images.float().div_(255)
-    if size <= 64:  # CIFAR style: 4-px zero padding, random 32-px crop
+    if is_small(size):  # CIFAR style: 4-px zero padding, random 32-px crop
         x = F.pad(x, (4, 4, 4, 4))
         off = torch.randint(0, 9 + (w - size), (n, 2), generator=generator).float()
         boxes = torch.cat([off, off + size], dim=1)

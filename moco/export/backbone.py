@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from moco.config import Config, from_dict
+from moco.core.checkpoint_files import FORMAT, load_checkpoint, load_state_strict
+from moco.core.errors import CheckpointError
 from moco.models.resnet import ARCHS, ResNet, build_resnet
 from moco.models.vit import VITS, ViT, build_vit
-from moco.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_state_strict
 
 PREFIXES = ("module.encoder_q.", "encoder_q.", "module.")
 

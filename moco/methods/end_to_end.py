@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moco.core.distributed import concat_all_gather, rank, world_size
+from moco.methods.encoder import build_encoder
 from moco.methods.moco import batch_shuffle, batch_unshuffle
-from moco.training.distributed import concat_all_gather, rank, world_size
+from moco.schema import Config
 
 
 def batch_nce(q: torch.Tensor, k: torch.Tensor, T: float, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,3 +57,14 @@ class EndToEnd(nn.Module):
             k_all = concat_all_gather(k.detach())
             k, offset = torch.cat([k_all[: r * n], k, k_all[(r + 1) * n :]]), r * n
         return batch_nce(q, k, self.T, offset)
+
+    def set_momentum(self, m: float) -> None:
+        """No key encoder: nothing follows a momentum."""
+
+
+def build(cfg: Config, n_images: int) -> EndToEnd:
+    return EndToEnd(build_encoder(cfg), cfg.method.T, cfg.method.shuffle_bn)
+
+
+def describe(cfg: Config, n_images: int) -> str:
+    return f"end-to-end, K={cfg.optim.batch_size - 1} (the batch)"

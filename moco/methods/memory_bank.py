@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moco.core.distributed import concat_all_gather
+from moco.methods.encoder import build_encoder
 from moco.methods.moco import info_nce
-from moco.training.distributed import concat_all_gather
+from moco.schema import Config
 
 
 @torch.no_grad()
@@ -49,3 +51,17 @@ class MemoryBank(nn.Module):
         loss, logits = info_nce(q, self.bank[index], self.bank[neg], self.T)
         update_bank(self.bank, concat_all_gather(index), concat_all_gather(q.detach()), self.bank_m)
         return loss, logits
+
+    def set_momentum(self, m: float) -> None:
+        """No key encoder: the bank's own momentum is ``bank_m``, fixed."""
+
+
+def build(cfg: Config, n_images: int) -> MemoryBank:
+    """A bank of one entry per training image (MemoryBank refuses ``n_images`` < 1)."""
+    me = cfg.method
+    return MemoryBank(build_encoder(cfg), cfg.model.dim, n_images, me.K, me.T, me.bank_m)
+
+
+def describe(cfg: Config, n_images: int) -> str:
+    me = cfg.method
+    return f"memory bank of {n_images}, K={me.K}, bank_m={me.bank_m}"

@@ -19,7 +19,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from moco.training.distributed import concat_all_gather, world_size
+from moco.core.distributed import concat_all_gather, world_size
+from moco.methods.encoder import build_encoder
+from moco.schema import Config
 
 
 @torch.no_grad()
@@ -145,10 +147,16 @@ class MoCo(nn.Module):
         self._dequeue_and_enqueue(keys)
         return loss, logits
 
+    def set_momentum(self, m: float) -> None:
+        """The key encoder's momentum for the next steps (the training loop follows ``method.m_schedule``)."""
+        self.m = m
 
-def build_head(in_dim: int, dim: int, mlp: bool, hidden: int | None = None) -> nn.Module:
-    """v1: fc -> dim. v2: fc(in, hidden) - ReLU - fc(hidden, dim), hidden = in by default (the authors')."""
-    if mlp:
-        hidden = hidden or in_dim
-        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
-    return nn.Linear(in_dim, dim)
+
+def build(cfg: Config, n_images: int) -> MoCo:
+    """MoCo as ``cfg`` describes it (``n_images`` is not needed: the queue does not depend on the data)."""
+    me = cfg.method
+    return MoCo(build_encoder(cfg), cfg.model.dim, me.K, me.m, me.T, me.symmetric, me.shuffle_bn)
+
+
+def describe(cfg: Config, n_images: int) -> str:
+    return f"K={cfg.method.K}, m={cfg.method.m}"

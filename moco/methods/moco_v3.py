@@ -14,24 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moco.core.distributed import concat_all_gather, rank, world_size
+from moco.methods.encoder import build_encoder, build_mlp, mlp_hidden
 from moco.methods.end_to_end import batch_nce
 from moco.methods.moco import update_momentum
-from moco.training.distributed import concat_all_gather, rank, world_size
-
-
-def build_mlp(num_layers: int, in_dim: int, mlp_dim: int, out_dim: int, last_bn: bool = True) -> nn.Sequential:
-    """The authors' MLP: Linear(no bias) - BN - ReLU between layers; a BN without affine after the last if
-    ``last_bn``."""
-    layers: list[nn.Module] = []
-    for i in range(num_layers):
-        d1 = in_dim if i == 0 else mlp_dim
-        d2 = out_dim if i == num_layers - 1 else mlp_dim
-        layers.append(nn.Linear(d1, d2, bias=False))
-        if i < num_layers - 1:
-            layers += [nn.BatchNorm1d(d2), nn.ReLU(inplace=True)]
-        elif last_bn:
-            layers.append(nn.BatchNorm1d(d2, affine=False))
-    return nn.Sequential(*layers)
+from moco.schema import Config
 
 
 class MoCoV3(nn.Module):
@@ -63,3 +50,19 @@ class MoCoV3(nn.Module):
         loss_12, logits = self.contrastive_loss(q1, k2)
         loss_21, _ = self.contrastive_loss(q2, k1)
         return loss_12 + loss_21, logits
+
+    def set_momentum(self, m: float) -> None:
+        """The key encoder's momentum for the next steps (cosine from m0 up to 1 in the v3 recipes)."""
+        self.m = m
+
+
+def build(cfg: Config, n_images: int) -> MoCoV3:
+    """MoCo v3 with the authors' predictor: 2 layers, no BN after the last."""
+    me = cfg.method
+    return MoCoV3(build_encoder(cfg), build_mlp(2, cfg.model.dim, mlp_hidden(cfg), cfg.model.dim, False),
+                  me.T, me.m)
+
+
+def describe(cfg: Config, n_images: int) -> str:
+    me = cfg.method
+    return f"MoCo v3, keys of the batch, m={me.m}{' -> 1 (cosine)' * (me.m_schedule == 'cosine')}"

@@ -11,7 +11,7 @@ from moco.models.resnet import feature_dim as _resnet_feature_dim
 from moco.models.vit import VITS, ViT, build_vit
 
 if TYPE_CHECKING:
-    from moco.config import Config
+    from moco.schema import Config
 
 
 def build_backbone(cfg: Config, num_classes: int | None = None) -> ResNet | ViT:

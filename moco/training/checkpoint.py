@@ -1,114 +1,94 @@
-"""Checkpoints: atomic writes, safe loads, and clear errors for anything that is not ours.
+"""The training state, and how it turns into a checkpoint and back.
 
-A checkpoint is a plain dict of tensors and Python values (loadable with
-``torch.load(weights_only=True)``, so opening one never runs code):
-``format``, ``config``, ``epoch`` (completed epochs), ``step`` (global step),
-``epoch_step`` (steps done in an unfinished epoch), ``model`` (both encoders,
-queue and queue pointer), ``optimizer``, ``rng``, ``metrics`` and ``history``.
+A checkpoint is a plain dict of tensors and Python values (loadable with ``torch.load(weights_only=True)``,
+so opening one never runs code): ``format``, ``config``, ``epoch`` (completed epochs), ``step`` (global
+step), ``epoch_step`` (steps done in an unfinished epoch), ``model`` (both encoders, queue and queue
+pointer), ``optimizer``, ``rng``, ``metrics`` and ``history``. File handling (atomic writes, safe loads) is
+:mod:`moco.core.checkpoint_files`, re-exported here.
 """
 
 from __future__ import annotations
 
-import os
-import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-FORMAT = "momentum-contrast/1"
+from moco.core.checkpoint_files import (
+    FORMAT,
+    atomic_save,
+    latest_checkpoint,
+    load_checkpoint,
+    load_state_strict,
+    require_moco_checkpoint,
+)
+from moco.core.errors import CheckpointError
+from moco.schema import Config
+
+__all__ = [
+    "FORMAT", "CheckpointError", "TrainState", "atomic_save", "check_compatible", "latest_checkpoint",
+    "load_checkpoint", "load_state_strict", "require_moco_checkpoint",
+]
+
+# Settings a checkpoint's weights depend on; everything else (schedule, BN splits for another process
+# count, logging) may change on resume.
+STRUCTURAL = (("model", ("arch", "width", "cifar_stem", "head", "dim", "mlp_dim", "patch_size")),
+              ("method", ("dictionary", "K")))
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, damaged, foreign or incompatible."""
+def check_compatible(saved: Config, cfg: Config, path: Path) -> None:
+    """Refuse to resume a checkpoint whose structural settings differ from this run's."""
+    for section, keys in STRUCTURAL:
+        a, b = getattr(saved, section), getattr(cfg, section)
+        for k in keys:
+            if getattr(a, k) != getattr(b, k):
+                raise CheckpointError(
+                    f"{path} was made with {section}.{k}={getattr(a, k)!r}, this run asks for {getattr(b, k)!r}"
+                )
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename over ``path``.
+@dataclass
+class TrainState:
+    """Everything training changes, and the counters that place it in the run: what a checkpoint holds."""
 
-    A crash or a full disk at any moment leaves either the old file or the new
-    one, never a torn file; on failure the error names the path.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    gen: torch.Generator  # augmentation and shuffle-BN draws, the same on every rank
+    epoch: int = 0  # completed epochs
+    step: int = 0  # global steps
+    epoch_step: int = 0  # steps done in the unfinished epoch
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """The last completed epoch's record ({} before the first)."""
+        return self.history[-1] if self.history else {}
+
+    def to_checkpoint(self, cfg: Config, n_images: int, world_size: int) -> dict[str, Any]:
+        """The checkpoint dict, with the global random state as it is now."""
+        ckpt = {
+            "format": FORMAT, "config": cfg.to_dict(), "epoch": self.epoch, "step": self.step,
+            "epoch_step": self.epoch_step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": {"aug": self.gen.get_state(), "torch": torch.get_rng_state()},
+            "metrics": self.last, "history": self.history, "n_images": n_images, "world_size": world_size,
+        }
+        if self.scaler.is_enabled():
+            ckpt["scaler"] = self.scaler.state_dict()
+        return ckpt
+
+    def restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Load a checkpoint dict made by :meth:`to_checkpoint` (the global random state included)."""
+        load_state_strict(self.model, ckpt["model"], path, "model")
         try:
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}") from None
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``) or raise :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(
-                f"{path} holds Python objects that a safe load refuses to run; only plain tensor "
-                "checkpoints are loaded"
-            ) from None
-        raise CheckpointError(
-            f"not a readable PyTorch checkpoint (truncated or another format): {path} [{first[:120]}]"
-        ) from None
-    except Exception as e:  # unpickling errors of many kinds
-        raise CheckpointError(f"not a readable PyTorch checkpoint: {path} [{type(e).__name__}]") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} is not a momentum-contrast checkpoint (holds a {type(obj).__name__})")
-    return obj
-
-
-def require_moco_checkpoint(obj: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    if obj.get("format") != FORMAT or "model" not in obj or "config" not in obj:
-        raise CheckpointError(f"{path} is not a momentum-contrast checkpoint (no {FORMAT!r} format tag)")
-    return obj
-
-
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
-    """``load_state_dict(strict=True)`` with a short summary instead of a key dump on mismatch."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shape:
-        parts = []
-        if shape:
-            k = shape[0]
-            parts.append(f"{len(shape)} shape mismatch(es), e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-        raise CheckpointError(f"{path}: the {what} does not match this model ({'; '.join(parts)})")
-    module.load_state_dict(state, strict=True)
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """``checkpoint_last.pt`` in ``out``, else the newest ``checkpoint_NNNN.pt``, else None."""
-    out = Path(out)
-    last = out / "checkpoint_last.pt"
-    if last.is_file():
-        return last
-    numbered = sorted(out.glob("checkpoint_[0-9][0-9][0-9][0-9].pt"))
-    return numbered[-1] if numbered else None
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: optimizer state does not match this model ({e})") from None
+        if "scaler" in ckpt and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.gen.set_state(ckpt["rng"]["aug"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.epoch, self.step, self.epoch_step = ckpt["epoch"], ckpt["step"], ckpt.get("epoch_step", 0)
+        self.history = list(ckpt.get("history", []))

@@ -1,13 +1,14 @@
-"""Optimisers for pretraining: SGD (v1/v2), LARS and AdamW (v3), and the momentum schedule of v3."""
+"""Optimisers for pretraining: SGD (v1/v2), LARS and AdamW (v3), in the registry ``OPTIMIZERS``."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
-from moco.config import Config
+from moco.schedules import base_lr
+from moco.schema import Config, OptimConfig
 
 
 class LARS(torch.optim.Optimizer):
@@ -54,26 +55,16 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+OptimizerBuilder = Callable[[Iterable[nn.Parameter], float, OptimConfig], torch.optim.Optimizer]
+
+OPTIMIZERS: dict[str, OptimizerBuilder] = {
+    "sgd": lambda params, lr, o: torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay),
+    "lars": lambda params, lr, o: LARS(params, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum),
+    "adamw": lambda params, lr, o: torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay),
+}
+"""``optim.optimizer`` -> a function (trainable parameters, base lr, optim settings) -> optimiser."""
+
+
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
-    params = trainable_parameters(model)
-    lr = base_lr(cfg)
-    if o.optimizer == "lars":
-        return LARS(params, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum)
-    if o.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
-
-
-def base_lr(cfg: Config) -> float:
-    """``optim.lr``, times batch / 256 when ``optim.scale_lr`` (the v3 recipes' lr = base_lr x batch / 256)."""
-    o = cfg.optim
-    return o.lr * o.batch_size / 256 if o.scale_lr else o.lr
-
-
-def momentum_at(cfg: Config, epoch: float) -> float:
-    """The key encoder's momentum at a fractional epoch: constant, or v3's cosine from m0 up to 1."""
-    me = cfg.method
-    if me.m_schedule == "cosine":
-        return 1.0 - (1.0 - me.m) * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.optim.epochs))
-    return me.m
+    """The optimiser ``optim.optimizer`` names, over the model's trainable parameters, at the base lr."""
+    return OPTIMIZERS[cfg.optim.optimizer](trainable_parameters(model), base_lr(cfg), cfg.optim)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from moco.config import ConfigError
+from moco.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,55 @@
+"""The encoder every dictionary trains: a backbone with its projection head as ``fc`` (registry ``HEADS``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from moco.models import build_backbone, feature_dim
+from moco.models.vit import VITS
+from moco.schema import Config
+
+
+def build_head(in_dim: int, dim: int, mlp: bool, hidden: int | None = None) -> nn.Module:
+    """v1: fc -> dim. v2: fc(in, hidden) - ReLU - fc(hidden, dim), hidden = in by default (the authors')."""
+    if mlp:
+        hidden = hidden or in_dim
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+    return nn.Linear(in_dim, dim)
+
+
+def build_mlp(num_layers: int, in_dim: int, mlp_dim: int, out_dim: int, last_bn: bool = True) -> nn.Sequential:
+    """MoCo v3's MLP: Linear(no bias) - BN - ReLU between layers; a BN without affine after the last if
+    ``last_bn``."""
+    layers: list[nn.Module] = []
+    for i in range(num_layers):
+        d1 = in_dim if i == 0 else mlp_dim
+        d2 = out_dim if i == num_layers - 1 else mlp_dim
+        layers.append(nn.Linear(d1, d2, bias=False))
+        if i < num_layers - 1:
+            layers += [nn.BatchNorm1d(d2), nn.ReLU(inplace=True)]
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(d2, affine=False))
+    return nn.Sequential(*layers)
+
+
+def mlp_hidden(cfg: Config) -> int | None:
+    """Hidden width of the MLP heads: ``model.mlp_dim``, or by default 4096 for v3 and the feature dim for v2."""
+    return cfg.model.mlp_dim or (4096 if cfg.model.head == "v3" else None)
+
+
+HEADS: dict[str, Callable[[Config, int], nn.Module]] = {
+    "linear": lambda cfg, in_dim: build_head(in_dim, cfg.model.dim, mlp=False),
+    "mlp": lambda cfg, in_dim: build_head(in_dim, cfg.model.dim, mlp=True, hidden=mlp_hidden(cfg)),
+    # v3's projector: 2 layers after a ResNet, 3 after a ViT
+    "v3": lambda cfg, in_dim: build_mlp(3 if cfg.model.arch in VITS else 2, in_dim, mlp_hidden(cfg), cfg.model.dim),
+}
+"""``model.head`` -> a function (config, backbone feature dim) -> projection head."""
+
+
+def build_encoder(cfg: Config) -> nn.Module:
+    """The backbone ``cfg.model`` describes, with the projection head ``model.head`` names as ``fc``."""
+    enc = build_backbone(cfg)
+    enc.fc = HEADS[cfg.model.head](cfg, feature_dim(enc))
+    return enc

@@ -1,0 +1,102 @@
+"""The run's settings as plain dataclasses: one section each for model, method, data, optim and train.
+
+Only the schema and its defaults live here. Presets are YAML files in ``moco/presets``; reading files,
+``--set`` overrides and validation are in :mod:`moco.config`; each choice list (dictionaries, heads,
+augmentations, pipelines, optimisers) belongs to the registry of the module that implements it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"  # resnet18/34/50/101/152, wide_resnet50_2/101_2, vit_tiny/small/base
+    width: int = 64  # ResNets: channels of the first stage; 64 is torchvision's
+    cifar_stem: bool = False  # ResNets: 3x3 stride-1 conv1 and no max-pool (CIFAR demo)
+    head: str = "linear"  # linear (v1), mlp (v2) or v3 (MLP with BN: 2 layers for ResNets, 3 for ViTs)
+    dim: int = 128
+    mlp_dim: int = 0  # hidden width of the MLP heads; 0 = the backbone's feature dim (v2), 4096 (v3)
+    bn_splits: int = 1  # SplitBatchNorm groups for single-device shuffle BN; 1 = plain BN
+    patch_size: int = 16  # ViTs
+    stop_grad_conv1: bool = False  # ViTs: freeze the random patch projection (MoCo v3)
+
+
+@dataclass
+class MethodConfig:
+    K: int = 65536
+    m: float = 0.999
+    T: float = 0.07
+    symmetric: bool = False
+    shuffle_bn: bool = True
+    dictionary: str = "moco"  # moco (queue + momentum encoder), end_to_end (the batch), memory_bank (Wu et al.),
+    # or v3 (MoCo v3: momentum encoder, the batch's keys, predictor, symmetric loss)
+    m_schedule: str = "constant"  # constant, or cosine from m up to 1 (v3)
+    bank_m: float = 0.5  # memory bank: v_i <- normalize(bank_m * v_i + (1 - bank_m) * q_i)
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 224
+    train_size: int = 0  # side of the training views (0 = image_size); evaluation always uses image_size
+    ramp_size: int = 0  # progressive resizing: training views start at this side (0 = off) and grow
+    ramp_epochs: list[int] = field(default_factory=lambda: [0, 0])  # ... linearly from epoch [0] to [1] up to
+    # view_size, in steps of 4 px (FFCV's low-res-first schedule: cheap early epochs, full size at the end)
+    augmentation: str = "v1"  # v1, v2 (adds blur, jitter p=0.8), cifar (v2 without blur),
+    # byol (v3: blur 1.0 / 0.1 and solarize 0 / 0.2 in the two views) or byol-cifar (byol without blur)
+    crop_min_scale: float = 0.2
+    pipeline: str = "cached"  # cached: decode once to uint8, batched tensor aug; per_image: PIL in workers;
+    # device: workers read files, the training device decodes JPEGs (nvJPEG on CUDA) and augments the batch
+    cache_size: int = 0  # side of cached images; 0 = image_size for <=64 px, else 1.15 * image_size
+    cache_dir: str = ""  # default: $MOCO_CACHE or ~/.cache/momentum-contrast
+    workers: int = 2
+    max_images: int = 0  # 0 = all; else a deterministic subset
+    strict: bool = False  # fail on the first unreadable image instead of skipping it
+
+    @property
+    def view_size(self) -> int:
+        """Side of the training views: ``train_size``, or ``image_size`` when that is 0."""
+        return self.train_size or self.image_size
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # step or cosine
+    milestones: list[int] = field(default_factory=lambda: [120, 160])
+    warmup_epochs: float = 0.0
+    optimizer: str = "sgd"  # sgd, lars or adamw
+    scale_lr: bool = False  # lr = optim.lr x batch_size / 256 (the v3 recipes)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "bf16"  # bf16, fp16 (CUDA only) or fp32
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the encoders (slow first steps; pays off on long runs)
+    log_every: int = 20  # steps between metrics.jsonl records
+    checkpoint_every: int = 10  # epochs between kept checkpoint_{epoch:04d}.pt files
+    knn_every: int = 1  # epochs between kNN monitor runs (when labelled data is available)
+    knn_k: int = 200
+    knn_t: float = 0.1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,182 @@
+"""One step, one epoch, and what happens at the end of an epoch (kNN, record, checkpoint, plot).
+
+These are the functions the training loop of :func:`moco.training.pretrain.pretrain` is made of; each
+takes the :class:`~moco.training.run.Run` (fixed) and the :class:`~moco.training.checkpoint.TrainState`
+(changed in place).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from moco.core.distributed import all_reduce_mean
+from moco.core.errors import TrainingError
+from moco.core.precision import autocast, memory_format
+from moco.evaluation.knn import evaluate_knn
+from moco.schedules import lr_at, momentum_at, view_size_at
+from moco.training.checkpoint import TrainState, latest_checkpoint
+from moco.training.logging import plot_curves, read_metrics
+from moco.training.run import Run
+
+log = logging.getLogger("moco")
+
+
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, im_q: torch.Tensor,
+    im_k: torch.Tensor, gen: torch.Generator, precision: str, device: torch.device, index: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step: forward under autocast, backward, optimiser. Returns detached (loss, logits); no host sync."""
+    with autocast(device, precision):
+        loss, logits = model(im_q, im_k, generator=gen, index=index)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+@dataclass
+class EpochTotals:
+    """Running sums of an epoch (on the device, read once at its end) and the clocks of its step records."""
+
+    side: int  # the epoch's training-view side
+    loss: torch.Tensor
+    acc: torch.Tensor
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    t_log: float = 0.0
+    images_log: int = 0
+
+    def __post_init__(self) -> None:
+        self.t_log = self.start
+
+
+def _check_finite(run: Run, state: TrainState, loss: float) -> None:
+    if not math.isfinite(loss):
+        kept = latest_checkpoint(run.out)
+        kept_s = f"The last good checkpoint is kept: {kept}" if kept else "No checkpoint yet."
+        c = run.cfg
+        raise TrainingError(
+            f"loss became {loss} at epoch {state.epoch + 1}, step {state.step}; likely causes: learning rate "
+            f"too high (optim.lr={c.optim.lr}), temperature too low (method.T={c.method.T}) or "
+            f"low precision (train.precision={c.train.precision}). {kept_s}"
+        )
+
+
+def log_step(run: Run, state: TrainState, totals: EpochTotals, loss: torch.Tensor, logits: torch.Tensor,
+             lr: float) -> dict[str, Any]:
+    """A step record (loss and pretext accuracy averaged over ranks) to metrics.jsonl; stops on a non-finite loss."""
+    loss_v = all_reduce_mean(loss).item()
+    _check_finite(run, state, loss_v)
+    acc_v = all_reduce_mean((logits.argmax(1) == 0).float().mean() * 100).item()
+    now = time.perf_counter()
+    rec = {
+        "type": "step", "epoch": state.epoch + 1, "step": state.step,
+        "epoch_float": round(state.epoch + state.epoch_step / run.steps_per_epoch, 4), "loss": loss_v,
+        "pretext_acc1": acc_v, "lr": lr, "images_per_sec": totals.images_log / max(now - totals.t_log, 1e-9),
+    }
+    if run.metrics is not None:
+        run.metrics.write(rec)
+    totals.t_log, totals.images_log = now, 0
+    return rec
+
+
+def _progress_bar(run: Run, state: TrainState):  # noqa: ANN202 - tqdm or None
+    if not run.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=run.steps_per_epoch, initial=state.epoch_step, desc=f"epoch {state.epoch + 1}/"
+                f"{run.cfg.optim.epochs}", unit="step", leave=False, dynamic_ncols=True, disable=None)
+
+
+def train_one_epoch(run: Run, state: TrainState, net: torch.nn.Module) -> EpochTotals:
+    """The steps of epoch ``state.epoch`` from ``state.epoch_step`` on, until its end or a stop.
+
+    ``net`` is the model as it steps (wrapped in DDP under torchrun). Each step sets the scheduled lr and
+    key-encoder momentum, steps, and every ``train.log_every`` steps writes a record.
+    """
+    cfg, b = run.cfg, run.cfg.optim.batch_size
+    epoch_seed = cfg.train.seed * 100_003 + state.epoch
+    perm = torch.randperm(run.n_images, generator=torch.Generator().manual_seed(epoch_seed))
+    side = view_size_at(cfg.data, state.epoch)
+    if run.main and cfg.data.ramp_size and (state.epoch == 0 or view_size_at(cfg.data, state.epoch - 1) != side):
+        log.info("epoch %d: training views of %d px (progressive resizing)", state.epoch + 1, side)
+    batches = run.source.epoch(perm, state.epoch_step, side, epoch_seed)
+    fmt = memory_format(cfg.train.channels_last)
+    state.model.train()
+    totals = EpochTotals(side, torch.zeros((), device=run.device), torch.zeros((), device=run.device))
+    bar = _progress_bar(run, state)
+    for im_q, im_k, index in batches:
+        t = state.epoch + state.epoch_step / run.steps_per_epoch
+        lr = lr_at(cfg, t)
+        for g in state.optimizer.param_groups:
+            g["lr"] = lr
+        state.model.set_momentum(momentum_at(cfg, t))
+        loss, logits = train_step(net, state.optimizer, state.scaler, im_q.contiguous(memory_format=fmt),
+                                  im_k.contiguous(memory_format=fmt), state.gen, cfg.train.precision, run.device,
+                                  index)
+        totals.loss += loss
+        totals.acc += (logits.argmax(1) == 0).float().mean() * 100
+        totals.steps += 1
+        totals.images_log += b
+        state.step += 1
+        state.epoch_step += 1
+        if state.step % cfg.train.log_every == 0 or state.epoch_step == run.steps_per_epoch:
+            rec = log_step(run, state, totals, loss, logits, lr)
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.4f}", ips=f"{rec['images_per_sec']:.0f}")
+        if bar is not None:
+            bar.update(1)
+        if run.should_stop(state):
+            break
+    if bar is not None:
+        bar.close()
+    return totals
+
+
+def knn_due(run: Run, epoch: int) -> bool:
+    """The kNN monitor runs every ``train.knn_every`` epochs and after the last one, given labelled data."""
+    every, epochs = run.cfg.train.knn_every, run.cfg.optim.epochs
+    return run.knn_sets is not None and ((every and epoch % every == 0) or epoch == epochs)
+
+
+def end_of_epoch(run: Run, state: TrainState, totals: EpochTotals) -> dict[str, Any]:
+    """Close the epoch: its record (with kNN when due) to the history and metrics.jsonl, a checkpoint,
+    a log line and curves.png. Returns the record."""
+    cfg = run.cfg
+    state.epoch += 1
+    state.epoch_step = 0
+    elapsed = time.perf_counter() - totals.start
+    n = max(totals.steps, 1)
+    rec: dict[str, Any] = {
+        "type": "epoch", "epoch": state.epoch, "step": state.step, "loss": all_reduce_mean(totals.loss / n).item(),
+        "pretext_acc1": all_reduce_mean(totals.acc / n).item(), "lr": lr_at(cfg, state.epoch),
+        "images_per_sec": totals.steps * cfg.optim.batch_size / max(elapsed, 1e-9), "epoch_time": elapsed,
+        "view_size": totals.side,
+    }
+    if knn_due(run, state.epoch):
+        assert run.knn_sets is not None
+        t0 = time.perf_counter()
+        res = evaluate_knn(state.model.encoder_q, *run.knn_sets, cfg.data.image_size, run.device,
+                           cfg.train.precision, cfg.train.knn_k, cfg.train.knn_t, cfg.train.channels_last)
+        rec.update({"knn_top1": res["top1"], "knn_top5": res["top5"], "knn_time": time.perf_counter() - t0})
+    state.history.append(rec)
+    if run.metrics is not None:
+        run.metrics.write(rec)
+    run.save(state, end_of_epoch=True)
+    if run.main:
+        knn_s = f"  knn top-1 {rec['knn_top1']:.2f}%" if "knn_top1" in rec else ""
+        log.info("epoch %d/%d  loss %.4f  pretext acc %.1f%%  lr %.4f  %.0f img/s  %.0fs%s", state.epoch,
+                 cfg.optim.epochs, rec["loss"], rec["pretext_acc1"], rec["lr"], rec["images_per_sec"], elapsed, knn_s)
+        try:
+            plot_curves(read_metrics(run.out / "metrics.jsonl"), run.out / "curves.png")
+        except Exception as e:  # noqa: BLE001 - a plot must never stop training
+            log.warning("could not draw curves.png: %s", e)
+    return rec

@@ -1,0 +1,216 @@
+"""Setting a run up, once: the run folder, the data and its batch source, the model, and resume.
+
+``set_up`` returns a :class:`Run` (what stays fixed while training) and a :class:`TrainState` (what
+training changes), already restored from a checkpoint when resuming.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moco.config import dump_yaml, from_dict
+from moco.core.checkpoint_files import atomic_save
+from moco.core.distributed import DistInfo, any_rank, barrier, check_same_config
+from moco.core.errors import CheckpointError, ConfigError, DataError
+from moco.core.precision import memory_format, pick_device
+from moco.data.cache import DecodedImages, decode_images
+from moco.data.folder import find_split, scan_images
+from moco.data.pipelines import BatchSource, decode_side, open_source
+from moco.methods import build_moco
+from moco.optim import build_optimizer
+from moco.schema import Config
+from moco.training.checkpoint import (
+    TrainState,
+    check_compatible,
+    latest_checkpoint,
+    load_checkpoint,
+    require_moco_checkpoint,
+)
+from moco.training.logging import MetricsLogger
+
+log = logging.getLogger("moco")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "curves.png")
+KnnSets = tuple[DecodedImages, DecodedImages]
+
+
+@dataclass
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it after every step."""
+
+    signum: int | None = None
+    previous: dict[int, Any] = field(default_factory=dict)
+
+    def install(self) -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: finishing this step and saving a checkpoint", signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class Run:
+    """What stays fixed while a run trains: settings, places, data, and the stop conditions."""
+
+    cfg: Config
+    out: Path
+    train_dir: Path
+    dinfo: DistInfo
+    device: torch.device
+    source: BatchSource
+    knn_sets: KnnSets | None
+    progress: bool
+    max_steps: int | None = None
+    stop: StopFlag = field(default_factory=StopFlag)
+    metrics: MetricsLogger | None = None  # rank 0, while training
+
+    @property
+    def main(self) -> bool:
+        return self.dinfo.is_main
+
+    @property
+    def n_images(self) -> int:
+        return len(self.source.images)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_images // self.cfg.optim.batch_size
+
+    def should_stop(self, state: TrainState) -> bool:
+        """A signal on any rank, or ``max_steps`` reached: every rank stops at the same step."""
+        return any_rank(self.stop.signum is not None, self.device) or (
+            self.max_steps is not None and state.step >= self.max_steps)
+
+    def save(self, state: TrainState, end_of_epoch: bool) -> None:
+        """``checkpoint_last.pt`` (rank 0), and after every ``train.checkpoint_every`` epochs and the last one
+        a kept ``checkpoint_{epoch:04d}.pt``."""
+        if self.main:
+            ckpt = state.to_checkpoint(self.cfg, self.n_images, self.dinfo.world_size)
+            atomic_save(ckpt, self.out / "checkpoint_last.pt")
+            every = self.cfg.train.checkpoint_every
+            if end_of_epoch and every and (state.epoch % every == 0 or state.epoch == self.cfg.optim.epochs):
+                atomic_save(ckpt, self.out / f"checkpoint_{state.epoch:04d}.pt")
+        barrier()
+
+
+def prepare_out(out: Path, resume: str | None, overwrite: bool) -> Path | None:
+    """Create ``out``; refuse to mix runs. Returns the checkpoint to resume from, if any."""
+    out.mkdir(parents=True, exist_ok=True)
+    existing = [f for f in RUN_FILES if (out / f).exists()] + [p.name for p in out.glob("checkpoint_*.pt")]
+    if resume:
+        ckpt = latest_checkpoint(out) if resume == "auto" else Path(resume)
+        if resume != "auto" and not ckpt.is_file():
+            raise CheckpointError(f"checkpoint not found: {ckpt}")
+        if ckpt is None:
+            log.info("no checkpoint in %s yet: starting a new run", out)
+        return ckpt
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a run ({existing[0]}); pass --resume auto to continue it or --overwrite to replace it"
+        )
+    if overwrite:
+        for name in existing:
+            (out / name).unlink(missing_ok=True)
+    return None
+
+
+def build_training(
+    cfg: Config, device: torch.device, n_images: int = 0,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
+    """The model on ``device`` (channels_last if configured), its optimiser and the fp16 grad scaler.
+    ``n_images`` sizes the memory bank, when ``method.dictionary`` is one."""
+    model = build_moco(cfg, n_images).to(device, memory_format=memory_format(cfg.train.channels_last))
+    optimizer = build_optimizer(cfg, model)
+    if cfg.train.compile:  # each part in place: parameter names (checkpoints, exports) stay the same
+        for part in model.children():
+            part.compile()
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
+    return model, optimizer, scaler
+
+
+def knn_sets(
+    cfg: Config, source: BatchSource, knn_train: str | Path | None, knn_test: str | Path | None,
+    test_dir: Path | None, progress: bool,
+) -> KnnSets | None:
+    """The kNN monitor's (memory, test) sets, or None when no labelled test data is available."""
+    test = Path(knn_test) if knn_test else test_dir
+    if test is None:
+        if knn_train:
+            raise ConfigError("--knn-train needs --knn-test too")
+        return None
+    d = cfg.data
+    side = decode_side(d)
+    if knn_train:
+        memory = decode_images(scan_images(knn_train), side, d.cache_dir or None, d.workers, d.strict, progress)
+    elif source.decoded is not None:
+        memory = source.decoded
+    else:
+        memory = decode_images(source.images, side, d.cache_dir or None, d.workers, d.strict, progress)
+    if memory.images.labels is None:
+        log.warning("kNN monitor off: %s has no class sub-folders (labels)", memory.images.root)
+        return None
+    test_set = decode_images(scan_images(test), side, d.cache_dir or None, d.workers, d.strict, progress)
+    if test_set.images.classes != memory.images.classes:
+        log.warning("kNN monitor off: %s and %s have different class folders", memory.images.root, test)
+        return None
+    return memory, test_set
+
+
+def set_up(
+    cfg: Config, data: Path, out: Path, dinfo: DistInfo, dist_device: torch.device | None, *,
+    resume: str | None = None, overwrite: bool = False, knn_train: str | Path | None = None,
+    knn_test: str | Path | None = None, knn: bool = True, progress: bool = True, max_steps: int | None = None,
+) -> tuple[Run, TrainState]:
+    """Check the folder and the checkpoint, open the data, build the model and restore the state."""
+    main = dinfo.is_main
+    device = dist_device or pick_device(cfg.train.device)
+    check_same_config(cfg.to_dict(), device)
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision fp16 needs CUDA; use bf16 on the CPU")
+    ckpt_path = prepare_out(out, resume, overwrite) if main else None
+    barrier()
+    if not main:  # rank 0 has checked and cleaned the folder; the others only look for the checkpoint
+        ckpt_path = (latest_checkpoint(out) if resume == "auto" else Path(resume)) if resume else None
+    ckpt = None
+    if ckpt_path is not None:
+        ckpt = require_moco_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
+        check_compatible(from_dict(ckpt["config"]), cfg, ckpt_path)
+    torch.manual_seed(cfg.train.seed)
+
+    train_dir, test_dir = find_split(data)
+    images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed)
+    gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws, same on all ranks
+    source = open_source(images, cfg.data, cfg.optim.batch_size, gen, device, dinfo, progress)
+    b = cfg.optim.batch_size
+    if len(source.images) // b == 0:
+        raise DataError(f"{train_dir} has {len(source.images)} usable image(s), fewer than one batch of {b}; "
+                        "lower --batch-size")
+    monitor = knn_sets(cfg, source, knn_train, knn_test, test_dir, progress) if knn and main else None
+    run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, max_steps)
+
+    state = TrainState(*build_training(cfg, device, run.n_images), gen=gen)
+    if ckpt is not None:
+        assert ckpt_path is not None
+        state.restore(ckpt, ckpt_path)
+        if main:
+            log.info("resumed from %s at epoch %d, step %d", ckpt_path, state.epoch + (state.epoch_step > 0),
+                     state.step)
+    if main:
+        (out / "config.yaml").write_text(dump_yaml(cfg))
+    return run, state

@@ -1,0 +1,37 @@
+"""The layering contract (pyproject.toml, [tool.importlinter]): imports run one way, from the bottom up.
+
+The contract is checked with import-linter on the real package; a copy of the package with one upward
+import added shows the check is not vacuous.
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+importlinter_cli = pytest.importorskip("importlinter.cli", reason="import-linter is a dev dependency")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lint(root: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.chdir(root)
+    monkeypatch.syspath_prepend(str(root))
+    for name in [m for m in sys.modules if m == "moco" or m.startswith("moco.")]:
+        monkeypatch.delitem(sys.modules, name)
+    return importlinter_cli.lint_imports(config_filename=str(root / "pyproject.toml"), no_cache=True, no_logo=True)
+
+
+def test_the_package_keeps_its_layers(monkeypatch):
+    assert lint(ROOT, monkeypatch) == 0
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "moco", copy / "moco", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    schedules = copy / "moco" / "schedules.py"  # a low layer reaching up into the training loop
+    schedules.write_text(schedules.read_text() + "\nfrom moco.training.loop import train_step  # noqa\n")
+    assert lint(copy, monkeypatch) != 0
+    assert "moco.schedules -> moco.training.loop" in capsys.readouterr().out
