@@ -1,0 +1,63 @@
+"""Compare two folders of fixed-seed runs (scripts/fixed_seed_runs.sh): every checkpoint tensor (both encoders,
+queue, optimiser state, random states), every counter, and metrics.jsonl and the history without wall-clock
+fields. Exits 1 if any run differs.
+
+    python scripts/compare_runs.py BEFORE AFTER cached per_image v3
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+TIMING = {"images_per_sec", "epoch_time", "knn_time"}
+
+
+def flat(obj, prefix=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from flat(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from flat(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, obj
+
+
+def strip_timing(rec):
+    return {k: v for k, v in rec.items() if k not in TIMING}
+
+
+a_root, b_root = Path(sys.argv[1]), Path(sys.argv[2])
+ok = True
+for name in sys.argv[3:]:
+    a = torch.load(a_root / name / "checkpoint_last.pt", weights_only=True)
+    b = torch.load(b_root / name / "checkpoint_last.pt", weights_only=True)
+    fa = dict(flat({k: v for k, v in a.items() if k not in ("history", "metrics")}))
+    fb = dict(flat({k: v for k, v in b.items() if k not in ("history", "metrics")}))
+    n_t, bad = 0, []
+    if fa.keys() != fb.keys():
+        bad.append(f"keys differ: {sorted(set(fa) ^ set(fb))[:5]}")
+    for k in fa.keys() & fb.keys():
+        x, y = fa[k], fb[k]
+        if isinstance(x, torch.Tensor):
+            n_t += 1
+            if not (isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)):
+                bad.append(k)
+        elif x != y:
+            bad.append(f"{k}: {x!r} != {y!r}")
+    ha = [strip_timing(r) for r in a["history"]]
+    hb = [strip_timing(r) for r in b["history"]]
+    if ha != hb:
+        bad.append("history differs")
+    ma = [strip_timing(json.loads(line)) for line in (a_root / name / "metrics.jsonl").read_text().splitlines()]
+    mb = [strip_timing(json.loads(line)) for line in (b_root / name / "metrics.jsonl").read_text().splitlines()]
+    if ma != mb:
+        bad.append("metrics.jsonl differs")
+    q = "model.queue"
+    queue = "n/a" if q not in fa else "equal" if torch.equal(fa[q], fb[q]) else "DIFF"
+    verdict = "IDENTICAL" if not bad else "DIFFERENT: " + "; ".join(bad[:5])
+    print(f"{name:10s} tensors compared: {n_t:4d}  queue {queue}  metrics records: {len(ma)}  "
+          f"knn_top1: {ha[-1].get('knn_top1')}  -> {verdict}")
+    ok &= not bad
+sys.exit(0 if ok else 1)
