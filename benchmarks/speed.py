@@ -66,15 +66,25 @@ def measure(preset: str, overrides: list[str], data, steps: int, warmup: int, de
             "images_per_sec": cfg.optim.batch_size / dt, "sec_per_step": dt}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str, steps: int, warmup: int, out: str) -> argparse.Namespace:
+    """--data, --steps, --warmup and --out, as the throughput scripts share them."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent.parent / "shared" / "datasets" / "cifar10"))
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "results" / "speed.json"))
-    a = ap.parse_args()
-    train_dir, _ = find_split(Path(a.data))
-    data = decode_images(scan_images(train_dir, max_images=5120), 32, progress=False)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--out", default=str(ROOT / "results" / out))
+    return ap.parse_args()
+
+
+def cifar_train(data: str, n: int):  # noqa: ANN201 - DecodedImages
+    """The first ``n`` images of the training split, decoded at 32 px."""
+    train_dir, _ = find_split(Path(data))
+    return decode_images(scan_images(train_dir, max_images=n), 32, progress=False)
+
+
+def main() -> None:
+    a = parse_args(__doc__, 8, 2, "speed.json")
+    data = cifar_train(a.data, 5120)
     cases = [("cifar10-cpu", [], 1), ("cifar10-demo", ["optim.batch_size=256"], 4)]
     rows = []
     for preset, ov, div in cases:

@@ -1,13 +1,32 @@
-"""momentum-contrast: Momentum Contrast (MoCo) self-supervised pretraining for PyTorch."""
+"""momentum-contrast: Momentum Contrast (MoCo) self-supervised pretraining for PyTorch.
+
+The public API, for your own backbone and your own loop::
+
+    import moco
+    model = moco.MoCo.from_backbone(my_backbone, dim=128, K=4096, m=0.99, T=0.1)
+    view_q, view_k = moco.augment(uint8_batch, recipe="cifar")
+    loss, logits = model(view_q, view_k)          # then backward and step your optimiser
+
+or the whole job (checkpoints, resume, kNN monitor) on any backbone::
+
+    cfg = moco.Config.from_preset("cifar10-cpu", {"optim.epochs": 20})
+    result = moco.pretrain(cfg, "path/to/images", "runs/mine", backbone=my_backbone)
+    backbone = moco.load_backbone("runs/mine/checkpoint_last.pt", backbone=fresh_copy)
+"""
+
+from moco.config import Config
+from moco.data.augment import two_views as augment
+from moco.evaluation.knn import knn_accuracy
+from moco.export.backbone import load_backbone
+from moco.methods import ContrastiveMethod, EndToEnd, MemoryBank, MoCo, MoCoV3
+from moco.methods.moco import batch_shuffle, batch_unshuffle, info_nce, update_momentum
+from moco.models.generic import Encoder, remove_classifier
+from moco.training.pretrain import RunResult, pretrain
 
 __version__ = "0.1.0"
 
-
-def load_backbone(path):  # noqa: ANN001, ANN201 - lazy import keeps `import moco` light
-    """Load a checkpoint's pretrained backbone (query encoder, no head) as a torchvision ResNet."""
-    from moco.export.backbone import load_backbone as _load
-
-    return _load(path)
-
-
-__all__ = ["__version__", "load_backbone"]
+__all__ = [
+    "Config", "ContrastiveMethod", "Encoder", "EndToEnd", "MemoryBank", "MoCo", "MoCoV3", "RunResult", "__version__",
+    "augment", "batch_shuffle", "batch_unshuffle", "info_nce", "knn_accuracy", "load_backbone", "pretrain",
+    "remove_classifier", "update_momentum",
+]

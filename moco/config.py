@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from moco import schema
 from moco.core.errors import ConfigError
 from moco.data.augment import AUGMENTATIONS
 from moco.data.pipelines import PIPELINES
@@ -24,12 +25,23 @@ from moco.models.resnet import ARCHS
 from moco.models.vit import VITS
 from moco.optim import OPTIMIZERS
 from moco.presets import PRESETS
-from moco.schema import Config, DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
+from moco.schema import DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
 
 __all__ = [
     "PRESETS", "Config", "ConfigError", "DataConfig", "MethodConfig", "ModelConfig", "OptimConfig", "TrainConfig",
     "all_keys", "dump_yaml", "from_dict", "load_yaml", "merge_dict", "resolve", "set_value", "validate",
 ]
+class Config(schema.Config):
+    """A run's settings (sections model, method, data, optim, train; see :mod:`moco.schema`)."""
+
+    @classmethod
+    def from_preset(cls, name: str, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+        """Preset ``name`` with ``overrides`` (``{"method.K": 8192}`` or ``["method.K=8192"]``), validated."""
+        if isinstance(overrides, dict):
+            return resolve(name, flags=overrides)
+        return resolve(name, overrides=list(overrides or []))
+
+
 _SECTIONS = {c.__name__: c for c in (ModelConfig, MethodConfig, DataConfig, OptimConfig, TrainConfig)}
 
 
@@ -185,10 +197,35 @@ def _choice(key: str, value: str, choices: Any) -> None:
     _check(value in names, f"{key} must be one of {', '.join(names)}, got {value!r}")
 
 
+def _check_arch(arch: str) -> None:
+    """One of our ResNets or ViTs, ``torchvision:NAME`` (a classification model), ``timm:NAME`` (timm
+    installed) or ``custom:NAME`` (a backbone given to ``pretrain``)."""
+    source, _, name = arch.partition(":")
+    if not name:
+        _check(arch in ARCHS or arch in VITS, f"model.arch must be one of {', '.join([*ARCHS, *VITS])}, "
+               f"torchvision:NAME or timm:NAME, got {arch!r}")
+    elif source == "torchvision":
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        near = difflib.get_close_matches(name, known, n=1)
+        _check(name in known, f"model.arch {arch!r}: torchvision.models has no classification model {name!r}"
+               + (f" (did you mean 'torchvision:{near[0]}'?)" if near else ""))
+    elif source == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ConfigError(f"model.arch {arch!r} needs timm: pip install 'momentum-contrast[timm]'") from None
+        _check(timm.is_model(name), f"model.arch {arch!r}: timm has no model {name!r}")
+    else:
+        _check(source == "custom" and "." in name, f"model.arch {arch!r}: use torchvision:NAME, timm:NAME or "
+               "custom:MODULE.CLASS (an importable network class that takes no arguments)")
+
+
 def validate(cfg: Config) -> None:
     """Reject out-of-range values before any work starts."""
     m, me, d, o, t = cfg.model, cfg.method, cfg.data, cfg.optim, cfg.train
-    _check(m.arch in ARCHS or m.arch in VITS, f"model.arch must be one of {', '.join([*ARCHS, *VITS])}, got {m.arch!r}")
+    _check_arch(m.arch)
     _check(m.width >= 1, f"model.width must be >= 1, got {m.width}")
     _choice("model.head", m.head, HEADS)
     _check(m.dim >= 1, f"model.dim must be >= 1, got {m.dim}")

@@ -14,7 +14,8 @@ from typing import Any
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet50"  # resnet18/34/50/101/152, wide_resnet50_2/101_2, vit_tiny/small/base
+    arch: str = "resnet50"  # resnet18/34/50/101/152, wide_resnet50_2/101_2, vit_tiny/small/base, torchvision:NAME,
+    # timm:NAME or custom:MODULE.CLASS (any backbone; see moco.models.generic)
     width: int = 64  # ResNets: channels of the first stage; 64 is torchvision's
     cifar_stem: bool = False  # ResNets: 3x3 stride-1 conv1 and no max-pool (CIFAR demo)
     head: str = "linear"  # linear (v1), mlp (v2) or v3 (MLP with BN: 2 layers for ResNets, 3 for ViTs)

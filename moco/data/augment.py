@@ -345,6 +345,20 @@ def batch_augment(
     return apply_params(images, sample_params(n, height, width, kind, min_scale, generator), size, kind)
 
 
+def two_views(
+    images: torch.Tensor, size: int | None = None, recipe: str = "v2", min_scale: float = 0.2,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo's two augmented views of a (B, 3, H, W) uint8 batch (``moco.augment``): normalised float32
+    (B, 3, size, size) each, every image with its own draws. ``recipe`` is a two-view recipe
+    (``AUGMENTATIONS``: v1, v2, cifar, byol, byol-cifar); ``size`` defaults to the images' side."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected a (B, 3, H, W) uint8 batch, got {tuple(images.shape)} {images.dtype}")
+    side = size or images.shape[-1]
+    k1, k2 = view_recipes(recipe)
+    return batch_augment(images, side, k1, min_scale, generator), batch_augment(images, side, k2, min_scale, generator)
+
+
 def eval_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     """Normalise a (B, 3, S, S) uint8 batch for evaluation, resizing to ``size`` if needed."""
     x = images.float().div_(255)

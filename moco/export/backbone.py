@@ -20,6 +20,8 @@ from torch import nn
 from moco.config import Config, from_dict
 from moco.core.checkpoint_files import FORMAT, load_checkpoint, load_state_strict
 from moco.core.errors import CheckpointError
+from moco.models import is_named
+from moco.models.generic import Encoder, named_backbone
 from moco.models.resnet import ARCHS, ResNet, build_resnet
 from moco.models.vit import VITS, ViT, build_vit
 
@@ -61,14 +63,18 @@ def _strip(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
 
 
-def load_backbone_and_config(path: str | Path) -> tuple[ResNet | ViT, Config]:
+def load_backbone_and_config(path: str | Path, backbone: nn.Module | None = None) -> tuple[nn.Module, Config]:
     """The query backbone (``fc`` = Identity, plain BatchNorm, eval mode) and a config describing it.
 
-    For foreign checkpoints the config is the ``cifar10-demo`` or defaults with the inferred
+    ``torchvision:NAME`` and ``timm:NAME`` backbones are rebuilt by name (classifier = Identity); a backbone
+    that was given to ``pretrain(backbone=...)`` (``custom:NAME``) is loaded into ``backbone``, a fresh
+    instance of the same network. For foreign checkpoints the config is the defaults with the inferred
     architecture, so that evaluation commands know the image size (32 for a CIFAR stem, else 224).
     """
     path = Path(path)
     ck = load_checkpoint(path)
+    if ck.get("format") == FORMAT and is_named(ck["config"]["model"]["arch"]):
+        return _load_named(ck, path, backbone)
     if ck.get("format") == FORMAT:
         cfg = from_dict(ck["config"])
         state = backbone_state_dict(ck["model"])
@@ -91,6 +97,20 @@ def load_backbone_and_config(path: str | Path) -> tuple[ResNet | ViT, Config]:
     return net.eval(), cfg
 
 
-def load_backbone(path: str | Path) -> ResNet | ViT:
-    """``moco.load_backbone(path)``: the pretrained backbone, ready for ``forward_features`` or fine-tuning."""
-    return load_backbone_and_config(path)[0]
+def _load_named(ck: dict[str, Any], path: Path, backbone: nn.Module | None) -> tuple[nn.Module, Config]:
+    cfg = from_dict(ck["config"])
+    arch = cfg.model.arch
+    if backbone is None:
+        try:
+            backbone = named_backbone(arch)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    state = backbone_state_dict(ck["model"], "encoder_q.backbone.")
+    load_state_strict(backbone, state, path, "backbone")
+    return Encoder(backbone.eval(), nn.Identity()).eval(), cfg
+
+
+def load_backbone(path: str | Path, backbone: nn.Module | None = None) -> nn.Module:
+    """``moco.load_backbone(path)``: the pretrained backbone, ready for ``forward_features`` or fine-tuning.
+    Pass ``backbone`` (a fresh instance of the same network) for a backbone that was given to ``pretrain``."""
+    return load_backbone_and_config(path, backbone)[0]

@@ -20,13 +20,17 @@ from pathlib import Path
 import torch
 
 from moco.export.backbone import load_backbone
+from moco.models.generic import Encoder
 
 FORMATS = ("torchvision", "detectron2", "safetensors")
 
 
 def torchvision_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The backbone of a checkpoint as a torchvision ResNet state dict without ``fc``."""
-    return {k: v.detach().clone().contiguous() for k, v in load_backbone(path).state_dict().items()}
+    """The backbone of a checkpoint as the state dict of its torchvision (or timm) constructor, without the
+    classifier: a ResNet without ``fc``, a ViT without ``heads``, ``torchvision:NAME`` without its classifier."""
+    net = load_backbone(path)
+    net = net.backbone if isinstance(net, Encoder) else net
+    return {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
 
 
 def detectron2_name(k: str) -> str:
@@ -51,8 +55,9 @@ def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     state = torchvision_state_dict(checkpoint)
     vit = "class_token" in state
-    if vit and fmt == "detectron2":
-        raise ValueError("the detectron2 format is for ResNet backbones; export a ViT as torchvision or safetensors")
+    if fmt == "detectron2" and "layer1.0.conv1.weight" not in state:
+        raise ValueError("the detectron2 format is for ResNet backbones; export this one as torchvision or "
+                         "safetensors")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -65,6 +70,7 @@ def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
         from safetensors.torch import save_file
 
         save_file(state, str(tmp), metadata={"source": str(checkpoint),
-                                                "format": "torchvision-vit" if vit else "torchvision-resnet"})
+                                                "format": "torchvision-vit" if vit else "torchvision-resnet"
+                                                if "layer1.0.conv1.weight" in state else "torchvision"})
     tmp.replace(out)
     return out

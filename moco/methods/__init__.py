@@ -4,7 +4,7 @@ Four dictionaries share one interface, ``model(im_q, im_k, generator=, index=) -
 positive logit first, and all keep the trained backbone as ``encoder_q``: MoCo's queue and momentum encoder
 (``moco``), the current batch (``end_to_end``), a memory bank (``memory_bank``) and MoCo v3 (``v3``).
 
-Adding a dictionary takes one new file (the ``nn.Module``, a ``build(cfg, n_images)`` and a
+Adding a dictionary takes one new file (the ``nn.Module``, a ``build(cfg, encoder, n_images)`` and a
 ``describe(cfg, n_images)``) and one line in ``DICTIONARIES``.
 """
 
@@ -50,7 +50,7 @@ class ContrastiveMethod(Protocol):
 class Dictionary:
     """A registry entry: how to build the method from a config, and one line that describes it in logs."""
 
-    build: Callable[[Config, int], ContrastiveMethod]  # (config, number of training images)
+    build: Callable[[Config, nn.Module, int], ContrastiveMethod]  # (config, encoder, number of training images)
     describe: Callable[[Config, int], str]
     heads: tuple[str, ...] = ("linear", "mlp")  # the projection heads (``model.head``) it works with
 
@@ -63,9 +63,10 @@ DICTIONARIES: dict[str, Dictionary] = {
 }
 
 
-def build_moco(cfg: Config, n_images: int = 0) -> ContrastiveMethod:
-    """The model ``cfg.method.dictionary`` names; a memory bank needs ``n_images`` (one entry per image)."""
-    return DICTIONARIES[cfg.method.dictionary].build(cfg, n_images)
+def build_moco(cfg: Config, n_images: int = 0, backbone: nn.Module | None = None) -> ContrastiveMethod:
+    """The model ``cfg.method.dictionary`` names, around ``backbone`` (default: the one ``cfg.model``
+    describes); a memory bank needs ``n_images`` (one entry per image)."""
+    return DICTIONARIES[cfg.method.dictionary].build(cfg, build_encoder(cfg, backbone), n_images)
 
 
 def describe(cfg: Config, n_images: int = 0) -> str:

@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from moco.models import build_backbone, feature_dim
+from moco.models import build_backbone, feature_dim, is_named
+from moco.models.generic import Encoder, infer_feature_dim, split_batchnorm
 from moco.models.vit import VITS
 from moco.schema import Config
 
@@ -48,8 +49,21 @@ HEADS: dict[str, Callable[[Config, int], nn.Module]] = {
 """``model.head`` -> a function (config, backbone feature dim) -> projection head."""
 
 
-def build_encoder(cfg: Config) -> nn.Module:
-    """The backbone ``cfg.model`` describes, with the projection head ``model.head`` names as ``fc``."""
-    enc = build_backbone(cfg)
-    enc.fc = HEADS[cfg.model.head](cfg, feature_dim(enc))
-    return enc
+def build_encoder(cfg: Config, backbone: nn.Module | None = None) -> nn.Module:
+    """The backbone with the projection head ``model.head`` names as ``fc``.
+
+    Without ``backbone``: the one ``cfg.model`` describes (our ResNets and ViTs carry ``fc`` themselves;
+    ``torchvision:NAME`` and ``timm:NAME`` are wrapped in an :class:`Encoder`). A given ``backbone`` (any
+    module mapping images to features or feature maps) is wrapped in an :class:`Encoder`; its feature
+    width comes from one dry forward pass at ``data.image_size``, and its BatchNorm2d layers become
+    ``model.bn_splits`` SplitBatchNorm groups.
+    """
+    if backbone is None and not is_named(cfg.model.arch):
+        enc = build_backbone(cfg)
+        enc.fc = HEADS[cfg.model.head](cfg, feature_dim(enc))
+        return enc
+    if backbone is None:
+        backbone = build_backbone(cfg)
+    else:
+        split_batchnorm(backbone, cfg.model.bn_splits)
+    return Encoder(backbone, HEADS[cfg.model.head](cfg, infer_feature_dim(backbone, cfg.data.image_size)))

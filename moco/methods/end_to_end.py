@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from moco.core.distributed import concat_all_gather, rank, world_size
-from moco.methods.encoder import build_encoder
 from moco.methods.moco import batch_shuffle, batch_unshuffle
 from moco.schema import Config
 
@@ -62,8 +61,8 @@ class EndToEnd(nn.Module):
         """No key encoder: nothing follows a momentum."""
 
 
-def build(cfg: Config, n_images: int) -> EndToEnd:
-    return EndToEnd(build_encoder(cfg), cfg.method.T, cfg.method.shuffle_bn)
+def build(cfg: Config, encoder: nn.Module, n_images: int) -> EndToEnd:
+    return EndToEnd(encoder, cfg.method.T, cfg.method.shuffle_bn)
 
 
 def describe(cfg: Config, n_images: int) -> str:

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from moco.core.distributed import concat_all_gather
-from moco.methods.encoder import build_encoder
 from moco.methods.moco import info_nce
 from moco.schema import Config
 
@@ -56,10 +55,10 @@ class MemoryBank(nn.Module):
         """No key encoder: the bank's own momentum is ``bank_m``, fixed."""
 
 
-def build(cfg: Config, n_images: int) -> MemoryBank:
+def build(cfg: Config, encoder: nn.Module, n_images: int) -> MemoryBank:
     """A bank of one entry per training image (MemoryBank refuses ``n_images`` < 1)."""
     me = cfg.method
-    return MemoryBank(build_encoder(cfg), cfg.model.dim, n_images, me.K, me.T, me.bank_m)
+    return MemoryBank(encoder, cfg.model.dim, n_images, me.K, me.T, me.bank_m)
 
 
 def describe(cfg: Config, n_images: int) -> str:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from moco.core.distributed import concat_all_gather, world_size
-from moco.methods.encoder import build_encoder
+from moco.methods.encoder import build_head
+from moco.models.generic import Encoder, infer_feature_dim
 from moco.schema import Config
 
 
@@ -151,11 +152,24 @@ class MoCo(nn.Module):
         """The key encoder's momentum for the next steps (the training loop follows ``method.m_schedule``)."""
         self.m = m
 
+    @classmethod
+    def from_backbone(
+        cls, backbone: nn.Module, dim: int = 128, mlp: bool = True, feature_dim: int | None = None,
+        image_size: int = 224, **kw,
+    ) -> MoCo:
+        """MoCo around any ``backbone`` that maps images to features (or feature maps, which are pooled):
+        a projection head to ``dim`` (v2's MLP, or v1's linear layer with ``mlp=False``) is added, and the
+        backbone's width is ``feature_dim`` or found by one forward pass at ``image_size``. ``kw``: K, m, T,
+        symmetric, shuffle_bn."""
+        width = feature_dim or infer_feature_dim(backbone, image_size)
+        return cls(Encoder(backbone, build_head(width, dim, mlp)), dim, **kw)
 
-def build(cfg: Config, n_images: int) -> MoCo:
-    """MoCo as ``cfg`` describes it (``n_images`` is not needed: the queue does not depend on the data)."""
+
+def build(cfg: Config, encoder: nn.Module, n_images: int) -> MoCo:
+    """MoCo as ``cfg`` describes it around ``encoder`` (``n_images`` is not needed: the queue does not depend
+    on the data)."""
     me = cfg.method
-    return MoCo(build_encoder(cfg), cfg.model.dim, me.K, me.m, me.T, me.symmetric, me.shuffle_bn)
+    return MoCo(encoder, cfg.model.dim, me.K, me.m, me.T, me.symmetric, me.shuffle_bn)
 
 
 def describe(cfg: Config, n_images: int) -> str:

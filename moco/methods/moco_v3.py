@@ -15,13 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from moco.core.distributed import concat_all_gather, rank, world_size
-from moco.methods.encoder import build_encoder, build_mlp, mlp_hidden
+from moco.methods.encoder import build_mlp, mlp_hidden
 from moco.methods.end_to_end import batch_nce
 from moco.methods.moco import update_momentum
 from moco.schema import Config
 
 
 class MoCoV3(nn.Module):
+    """MoCo v3 around ``encoder`` (a backbone whose ``fc`` is the projector) with a query-side ``predictor``;
+    the keys are the (gathered) batch's, and the loss is symmetric, each term scaled by 2T."""
+
     def __init__(self, encoder: nn.Module, predictor: nn.Module, T: float = 1.0, m: float = 0.99) -> None:
         super().__init__()
         self.T, self.m = T, m
@@ -56,10 +59,10 @@ class MoCoV3(nn.Module):
         self.m = m
 
 
-def build(cfg: Config, n_images: int) -> MoCoV3:
-    """MoCo v3 with the authors' predictor: 2 layers, no BN after the last."""
+def build(cfg: Config, encoder: nn.Module, n_images: int) -> MoCoV3:
+    """MoCo v3 around ``encoder`` with the authors' predictor: 2 layers, no BN after the last."""
     me = cfg.method
-    return MoCoV3(build_encoder(cfg), build_mlp(2, cfg.model.dim, mlp_hidden(cfg), cfg.model.dim, False),
+    return MoCoV3(encoder, build_mlp(2, cfg.model.dim, mlp_hidden(cfg), cfg.model.dim, False),
                   me.T, me.m)
 
 

@@ -7,6 +7,7 @@ current step and write ``checkpoint_last.pt``; ``resume="auto"`` continues bit-f
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from moco.config import validate
 from moco.core.distributed import cleanup, env_world_size, init_distributed
 from moco.core.errors import ConfigError
 from moco.methods import describe
+from moco.models.generic import custom_name
 from moco.schema import Config
 from moco.training.checkpoint import TrainState
 from moco.training.logging import MetricsLogger
@@ -55,6 +57,7 @@ def pretrain(
     progress: bool = True,
     max_steps: int | None = None,
     knn: bool = True,
+    backbone: torch.nn.Module | None = None,
 ) -> RunResult:
     """Pretrain MoCo on the images under ``data``, writing the run to ``out``.
 
@@ -62,8 +65,13 @@ def pretrain(
     (``optim.batch_size`` is the global batch), shuffle BN and the queue span all processes, and
     rank 0 alone writes files and runs the kNN monitor. ``knn=False`` turns the monitor off.
     ``max_steps`` stops after that many global steps (with a checkpoint), as an interruption would.
+    ``backbone`` (any module mapping images to features or feature maps) is trained instead of the one
+    ``cfg.model`` describes; the run records it as ``model.arch = custom:MODULE.CLASS``.
     """
     out = Path(out)
+    if backbone is not None:
+        cfg = copy.deepcopy(cfg)
+        cfg.model.arch = custom_name(backbone)
     validate(cfg)
     world = env_world_size()
     if cfg.optim.batch_size % world:
@@ -73,7 +81,7 @@ def pretrain(
     try:
         run, state = set_up(cfg, Path(data), out, dinfo, dist_device, resume=resume, overwrite=overwrite,
                             knn_train=knn_train, knn_test=knn_test, knn=knn, progress=progress and dinfo.is_main,
-                            max_steps=max_steps)
+                            max_steps=max_steps, backbone=backbone)
         if state.epoch >= cfg.optim.epochs:
             if run.main:
                 log.info("run already finished (%d/%d epochs)", state.epoch, cfg.optim.epochs)

@@ -131,11 +131,12 @@ def prepare_out(out: Path, resume: str | None, overwrite: bool) -> Path | None:
 
 
 def build_training(
-    cfg: Config, device: torch.device, n_images: int = 0,
+    cfg: Config, device: torch.device, n_images: int = 0, backbone: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
     """The model on ``device`` (channels_last if configured), its optimiser and the fp16 grad scaler.
-    ``n_images`` sizes the memory bank, when ``method.dictionary`` is one."""
-    model = build_moco(cfg, n_images).to(device, memory_format=memory_format(cfg.train.channels_last))
+    ``n_images`` sizes the memory bank, when ``method.dictionary`` is one; ``backbone`` replaces the one
+    ``cfg.model`` describes."""
+    model = build_moco(cfg, n_images, backbone).to(device, memory_format=memory_format(cfg.train.channels_last))
     optimizer = build_optimizer(cfg, model)
     if cfg.train.compile:  # each part in place: parameter names (checkpoints, exports) stay the same
         for part in model.children():
@@ -176,6 +177,7 @@ def set_up(
     cfg: Config, data: Path, out: Path, dinfo: DistInfo, dist_device: torch.device | None, *,
     resume: str | None = None, overwrite: bool = False, knn_train: str | Path | None = None,
     knn_test: str | Path | None = None, knn: bool = True, progress: bool = True, max_steps: int | None = None,
+    backbone: torch.nn.Module | None = None,
 ) -> tuple[Run, TrainState]:
     """Check the folder and the checkpoint, open the data, build the model and restore the state."""
     main = dinfo.is_main
@@ -204,7 +206,7 @@ def set_up(
     monitor = knn_sets(cfg, source, knn_train, knn_test, test_dir, progress) if knn and main else None
     run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, max_steps)
 
-    state = TrainState(*build_training(cfg, device, run.n_images), gen=gen)
+    state = TrainState(*build_training(cfg, device, run.n_images, backbone), gen=gen)
     if ckpt is not None:
         assert ckpt_path is not None
         state.restore(ckpt, ckpt_path)
