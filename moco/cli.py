@@ -40,10 +40,7 @@ def default_data() -> Path | None:
     return None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moco", description="Momentum Contrast (MoCo) self-supervised pretraining.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     pt = sub.add_parser("pretrain", help="pretrain a backbone on a folder of images",
                         epilog=EPILOG_PRETRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     pt.add_argument("--data", help="image folder to pretrain on (see below)")
@@ -71,20 +68,25 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    def eval_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--checkpoint", required=True,
-                        help="momentum-contrast checkpoint, authors' checkpoint_XXXX.pth.tar, or ResNet state dict")
-        sp.add_argument("--image-size", type=int, help="default: the checkpoint's data.image_size")
-        sp.add_argument("--device", default="auto")
-        sp.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
-        sp.add_argument("--workers", type=int, default=2, help="decoding processes")
-        sp.add_argument("--no-progress", action="store_true")
 
+def _eval_args(sp: argparse.ArgumentParser) -> None:
+    """The flags every command that evaluates a checkpoint shares."""
+    sp.add_argument("--checkpoint", required=True,
+                    help="momentum-contrast checkpoint, authors' checkpoint_XXXX.pth.tar, or ResNet state dict")
+    sp.add_argument("--image-size", type=int, help="default: the checkpoint's data.image_size")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    sp.add_argument("--workers", type=int, default=2, help="decoding processes")
+    sp.add_argument("--no-progress", action="store_true")
+
+
+def _add_evaluation(sub: argparse._SubParsersAction) -> None:
+    """knn, linear, embed and neighbors: commands that judge or use a checkpoint's backbone."""
     kn = sub.add_parser("knn", help="weighted kNN accuracy of a checkpoint's backbone",
                         epilog="example:\n  moco knn --checkpoint runs/cpu/checkpoint_last.pt "
                                "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    eval_args(kn)
+    _eval_args(kn)
     kn.add_argument("--train", required=True, help="labelled ImageFolder: the memory")
     kn.add_argument("--test", required=True, help="labelled ImageFolder to classify")
     kn.add_argument("--k", type=int, default=200)
@@ -96,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  moco linear --checkpoint runs/cpu/checkpoint_last.pt "
                "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test --json linear.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    eval_args(li)
+    _eval_args(li)
     li.add_argument("--train", required=True, help="labelled ImageFolder to train the classifier on")
     li.add_argument("--test", required=True, help="labelled ImageFolder to evaluate on")
     li.add_argument("--epochs", type=int, default=100)
@@ -116,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     em = sub.add_parser("embed", help="backbone features of every image in a folder, to .npz",
                         epilog="example:\n  moco embed --checkpoint runs/cpu/checkpoint_last.pt --data ~/photos "
                                "--out photos.npz", formatter_class=argparse.RawDescriptionHelpFormatter)
-    eval_args(em)
+    _eval_args(em)
     em.add_argument("--data", required=True)
     em.add_argument("--out", required=True, help=".npz with features, paths (and labels for an ImageFolder)")
     em.add_argument("--normalize", action="store_true", help="L2-normalise the features")
@@ -125,12 +127,15 @@ def _parser() -> argparse.ArgumentParser:
                         epilog="example:\n  moco neighbors --checkpoint runs/cpu/checkpoint_last.pt "
                                "--data ../shared/datasets/cifar10/test --query some.jpg --k 8 --out grid.png",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    eval_args(nb)
+    _eval_args(nb)
     nb.add_argument("--data", required=True, help="folder to search")
     nb.add_argument("--query", required=True, help="an image, or a folder of query images")
     nb.add_argument("--k", type=int, default=8)
     nb.add_argument("--out", required=True, help="PNG to write")
 
+
+def _add_files(sub: argparse._SubParsersAction) -> None:
+    """export, presets and info: commands that write or show files."""
     ex = sub.add_parser("export", help="write the backbone as torchvision, Detectron2 or safetensors weights",
                         epilog="examples:\n  moco export --checkpoint runs/r1/checkpoint_last.pt --format torchvision "
                                "--out r18.pth\n  moco export --checkpoint moco_v2_800ep.pth.tar --format detectron2 "
@@ -139,6 +144,17 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=["torchvision", "detectron2", "safetensors"])
     ex.add_argument("--out", required=True)
 
+    ps = sub.add_parser("presets", help="list the shipped presets, or print one as a YAML file to copy",
+                        epilog="examples:\n  moco presets\n  moco presets cifar10-cpu > my.yaml   # edit, then "
+                               "moco pretrain --config my.yaml", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ps.add_argument("name", nargs="?", choices=sorted(PRESETS), metavar="NAME", help="print this preset's file")
+
+    inf = sub.add_parser("info", help="what a checkpoint holds: config, epoch, step, metrics")
+    inf.add_argument("checkpoint")
+    inf.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     from moco.experiments import BUDGETS, EXPERIMENTS
 
     rp = sub.add_parser(
@@ -164,15 +180,14 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--dry-run", action="store_true", help="list the settings and their run folders, run nothing")
     rp.add_argument("--no-progress", action="store_true")
 
-    ps = sub.add_parser("presets", help="list the shipped presets, or print one as a YAML file to copy",
-                        epilog="examples:\n  moco presets\n  moco presets cifar10-cpu > my.yaml   # edit, then "
-                               "moco pretrain --config my.yaml", formatter_class=argparse.RawDescriptionHelpFormatter)
-    ps.add_argument("name", nargs="?", choices=sorted(PRESETS), metavar="NAME", help="print this preset's file")
 
-    inf = sub.add_parser("info", help="what a checkpoint holds: config, epoch, step, metrics")
-    inf.add_argument("checkpoint")
-    inf.add_argument("--json", action="store_true", help="print JSON instead of text")
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moco", description="Momentum Contrast (MoCo) self-supervised pretraining.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_pretrain, _add_evaluation, _add_files, _add_reproduce):
+        add(sub)
     return p
+
 
 
 def _launch(nproc: int, argv: list[str]) -> int:
