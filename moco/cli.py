@@ -369,8 +369,9 @@ def _info(a: argparse.Namespace) -> int:
     print(f"progress    {state}")
     print(f"model       {m['arch']} width {m['width']}{' cifar stem' if m['cifar_stem'] else ''}, "
           f"{m['head']} head -> {m['dim']}, BN splits {m['bn_splits']}")
-    c = from_dict(cfg).method
-    print(f"method      {c.dictionary}: {describe(from_dict(cfg), ck.get('n_images') or 0)}, T={c.T}"
+    full = from_dict(cfg)
+    c = full.method
+    print(f"method      {c.dictionary}: {describe(full, ck.get('n_images') or 0)}, T={c.T}"
           f"{', symmetric' * c.symmetric}{', no shuffle BN' * (not c.shuffle_bn)}")
     print(f"optim       batch {cfg['optim']['batch_size']}, lr {cfg['optim']['lr']}, {cfg['optim']['schedule']}")
     if ck.get("n_images"):
