@@ -47,11 +47,11 @@ def test_corrupt_jpegs_are_skipped_or_replaced_with_a_warning(tmp_path, caplog):
     (root / "class1" / "000.jpg").write_bytes(good[:40])  # header only: the worker's PIL fallback fails -> skipped
     (root / "class1" / "001.jpg").write_bytes(good[: len(good) // 2])  # frame header intact, data cut
     ds = EncodedFiles(scan_images(root))
+    items = [ds[i] for i in range(len(ds))]
+    assert items[2][1] == 3 and items[2][2][0][0] == 2  # the next image took its place; the failure is reported
+    assert "class1/000.jpg" in ds.images.paths[items[2][2][0][0]]
     with caplog.at_level(logging.WARNING, logger="moco"):
-        items = [ds[i] for i in range(len(ds))]
-    assert "class1/000.jpg" in caplog.text and items[2][1] == 3  # the next image took its place
-    with caplog.at_level(logging.WARNING, logger="moco"):
-        imgs = decode_on_device([t for t, _ in items], torch.device("cpu"), ["a", "b", "c", "cut.jpg"])
+        imgs = decode_on_device([t for t, _, _ in items], torch.device("cpu"), ["a", "b", "c", "cut.jpg"])
     assert len(imgs) == 4 and "cut.jpg" in caplog.text  # a decode failure on the device: named, replaced
 
 
@@ -113,7 +113,7 @@ def test_train_size_sets_the_views_of_every_pipeline_and_not_evaluation(tmp_path
     for v1, v2, _ in [next(cached_batches(decoded, perm, 0, cfg.data, cfg.optim.batch_size, gen, cpu)),
                       next(device_batches(EncodedFiles(images), perm, 0, cfg.data, cfg.optim.batch_size, gen, cpu))]:
         assert v1.shape == v2.shape == (4, 3, 12, 12)
-    a, b = TwoViews(images, cfg.data, strict=True)[0]
+    a, b, _, _ = TwoViews(images, cfg.data, strict=True)[0]
     assert a.shape == b.shape == (3, 12, 12)
     with pytest.raises(ConfigError, match="train_size"):
         resolve("cifar10-cpu", overrides=["data.train_size=4"])
@@ -153,4 +153,5 @@ def test_pipelines_make_views_of_the_epochs_size(tmp_path):
         assert v1.shape == v2.shape == (4, 3, 8, 8)
     ds = TwoViews(images, cfg.data, strict=True)
     ds.set_size(12)
-    assert ds[0][0].shape == ds[0][1].shape == (3, 12, 12)
+    v1, v2, _, _ = ds[0]
+    assert v1.shape == v2.shape == (3, 12, 12)

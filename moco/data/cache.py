@@ -71,8 +71,11 @@ def _decode_chunk(args: tuple[list[str], int]) -> list[np.ndarray | str]:
 def _key(images: ImageList, size: int) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{images.root.resolve()}".encode())
     for rel in images.paths:
-        st = os.stat(images.root / rel)
-        h.update(f"|{rel}|{st.st_size}|{st.st_mtime_ns}".encode())
+        try:
+            st = os.stat(images.root / rel)
+            h.update(f"|{rel}|{st.st_size}|{st.st_mtime_ns}".encode())
+        except OSError as e:  # gone or unreadable since the scan: decoding reports it as a bad file
+            h.update(f"|{rel}|{e.errno}".encode())
     return h.hexdigest()[:24]
 
 

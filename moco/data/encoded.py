@@ -3,19 +3,20 @@ decodes the JPEGs of a whole batch at once (``torchvision.io.decode_jpeg``, nvJP
 batched augmentation crops and colours them there.
 
 Files that are not JPEG (PNG, WebP, ...) or not RGB are decoded by the worker with PIL instead, so any
-folder works. Unreadable files are skipped with a warning (the next image takes their place), or stop
-the run with ``data.strict``.
+folder works. A file that cannot be read is skipped for the rest of the run with a warning (the next
+image takes its place), or stops the run with ``data.strict``.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from moco.data.folder import DataError, ImageList, load_rgb
+from moco.data.folder import ImageList, first_readable, load_rgb
 
 log = logging.getLogger("moco")
 
@@ -23,33 +24,27 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class EncodedFiles(torch.utils.data.Dataset):
-    """Item ``i``: (encoded JPEG bytes as a 1-D uint8 tensor, or a decoded (3, H, W) uint8 image) and ``i``."""
+    """Item ``i``: (encoded JPEG bytes as a 1-D uint8 tensor, or a decoded (3, H, W) uint8 image, the index
+    read, [(index, why) of files that failed on the way]). A file that cannot be read is replaced by the next
+    readable one; the indices in ``lost`` (kept by the main process) are passed over without a try."""
 
     def __init__(self, images: ImageList, strict: bool = False) -> None:
         self.images, self.strict = images, strict
+        self.lost: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _read(self, i: int) -> torch.Tensor:
-        path = self.images.root / self.images.paths[i]
+    @staticmethod
+    def read(path: Path) -> torch.Tensor:
         data = path.read_bytes()
         if data[:3] == JPEG_MAGIC and _is_rgb_jpeg(data):
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
         img = load_rgb(path)  # PIL: every other format and mode, converted to RGB
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        for j in range(len(self.images)):
-            k = (i + j) % len(self.images)
-            try:
-                return self._read(k), k
-            except Exception as e:  # noqa: BLE001
-                path = self.images.root / self.images.paths[k]
-                if self.strict:
-                    raise DataError(f"unreadable image: {path} ({type(e).__name__}: {e})") from None
-                log.warning("skipping unreadable image %s (%s)", path, e)
-        raise DataError(f"no readable image in {self.images.root}")
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, list[tuple[int, str]]]:
+        return first_readable(self.images, i, self.read, self.lost, self.strict)
 
 
 def _is_rgb_jpeg(data: bytes) -> bool:
@@ -65,8 +60,11 @@ def _is_rgb_jpeg(data: bytes) -> bool:
     return False
 
 
-def collate(items: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    return [t for t, _ in items], torch.tensor([i for _, i in items])
+def collate(
+    items: list[tuple[torch.Tensor, int, list[tuple[int, str]]]],
+) -> tuple[list[torch.Tensor], torch.Tensor, list[tuple[int, str]]]:
+    """(images, indices read, files that failed) of a batch of :class:`EncodedFiles` items."""
+    return [t for t, _, _ in items], torch.tensor([i for _, i, _ in items]), [f for _, _, lost in items for f in lost]
 
 
 def decode_on_device(

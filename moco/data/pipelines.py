@@ -22,7 +22,7 @@ from moco.core.distributed import SINGLE_PROCESS, DistInfo, barrier
 from moco.data.augment import apply_params, per_image_transform, sample_params, view_recipes
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.encoded import EncodedFiles, collate, decode_on_device
-from moco.data.folder import DataError, ImageList, load_rgb
+from moco.data.folder import ImageList, first_readable, load_rgb
 from moco.data.sides import cache_side
 from moco.schema import DataConfig
 
@@ -36,10 +36,13 @@ def decode_side(d: DataConfig) -> int:
 
 
 class TwoViews(torch.utils.data.Dataset):
-    """Per-image pipeline: two independently augmented PIL views of each image."""
+    """Per-image pipeline: item ``i`` is (view 1, view 2, the index read, [(index, why) of files that failed
+    on the way]): two independently augmented PIL views of image ``i``, or, if it cannot be read, of the next
+    readable one. The indices in ``lost`` (kept by the main process) are passed over without a try."""
 
     def __init__(self, images: ImageList, d: DataConfig, strict: bool) -> None:
         self.images, self.strict, self.data_cfg = images, strict, d
+        self.lost: dict[int, str] = {}
         self.set_size(d.view_size)
 
     def set_size(self, size: int) -> None:
@@ -50,17 +53,24 @@ class TwoViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
-        for j in range(len(self.images)):  # skip unreadable files (or fail in strict mode)
-            path = self.images.root / self.images.paths[(i + j) % len(self.images)]
-            try:
-                img = load_rgb(path)
-                break
-            except Exception as e:  # noqa: BLE001
-                if self.strict:
-                    raise DataError(f"unreadable image: {path} ({type(e).__name__}: {e})") from None
-                log.warning("skipping unreadable image %s (%s)", path, e)
-        return self.transforms[0](img), self.transforms[1](img)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, list[tuple[int, str]]]:
+        img, k, failed = first_readable(self.images, i, load_rgb, self.lost, self.strict)
+        return self.transforms[0](img), self.transforms[1](img), k, failed
+
+
+def collate_views(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:  # noqa: ANN001
+    """(views 1, views 2, indices read, files that failed) of a batch of :class:`TwoViews` items."""
+    return (torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items]),
+            torch.tensor([it[2] for it in items]), [f for it in items for f in it[3]])
+
+
+def note_lost(lost: dict[int, str], failed: list[tuple[int, str]], images: ImageList) -> None:
+    """Add the files that failed in a batch to ``lost`` (skipped from now on), with a warning for each new one."""
+    for k, why in failed:
+        if k not in lost:
+            lost[k] = why
+            log.warning("%s could not be read (%s); skipping it for the rest of the run",
+                        images.root / images.paths[k], why)
 
 
 def _slices(perm: torch.Tensor, start: int, batch_size: int, dinfo: DistInfo) -> list[torch.Tensor]:
@@ -97,14 +107,15 @@ def per_image_batches(
     device: torch.device, dinfo: DistInfo = SINGLE_PROCESS,
 ) -> Iterator[Batch]:
     """Per-image pipeline: this process's slice of each global batch, loaded and augmented in ``workers``
-    processes, with the images' dataset indices."""
+    processes, with the dataset indices of the images read. Files that fail are added to ``ds.lost``."""
     batches = [s.tolist() for s in _slices(perm, start, batch_size, dinfo)]
     loader = torch.utils.data.DataLoader(
-        ds, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+        ds, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda", collate_fn=collate_views,
         generator=torch.Generator().manual_seed(epoch_seed + 7919 * dinfo.rank), persistent_workers=False,
     )
-    for (im_q, im_k), idx in zip(loader, batches):
-        yield im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True), torch.tensor(idx)
+    for im_q, im_k, idx, failed in loader:
+        note_lost(ds.lost, failed, ds.images)
+        yield im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True), idx
 
 
 def device_batches(
@@ -112,7 +123,7 @@ def device_batches(
     device: torch.device, dinfo: DistInfo = SINGLE_PROCESS, size: int | None = None,
 ) -> Iterator[Batch]:
     """Decode-on-device pipeline: workers read this process's files, the device decodes and augments
-    (views of side ``size``, default ``data.view_size``).
+    (views of side ``size``, default ``data.view_size``). Files that fail are added to ``ds.lost``.
 
     As in ``cached_batches``, the augmentation draws are made for the whole global batch (they do not
     depend on the image sizes, which only this process knows for its slice).
@@ -123,7 +134,8 @@ def device_batches(
     batches = [s.tolist() for s in _slices(perm, start, batch_size, dinfo)]
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=d.workers, collate_fn=collate,
                                          pin_memory=device.type == "cuda", persistent_workers=False)
-    for items, idx in loader:
+    for items, idx, failed in loader:
+        note_lost(ds.lost, failed, ds.images)
         imgs = decode_on_device(items, device, [str(ds.images.paths[i]) for i in idx.tolist()])
         heights, widths = torch.ones(batch_size), torch.ones(batch_size)
         heights[lo:hi] = torch.tensor([float(im.shape[1]) for im in imgs])
@@ -138,6 +150,7 @@ class BatchSource(Protocol):
 
     images: ImageList  # the images training draws from (a cache drops unreadable files)
     decoded: DecodedImages | None  # the decoded cache, when the pipeline keeps one (the kNN monitor reuses it)
+    lost: dict[int, str]  # files found unreadable while training (index -> why), skipped from then on
 
     def epoch(self, perm: torch.Tensor, start: int, side: int, seed: int) -> Iterator[Batch]:
         """The batches of one epoch in the order ``perm``, from step ``start``, with views of ``side`` px;
@@ -154,6 +167,7 @@ class _Source:
                  device: torch.device, dinfo: DistInfo, progress: bool) -> None:
         self.images, self.d, self.batch_size = images, d, batch_size
         self.gen, self.device, self.dinfo = gen, device, dinfo
+        self.lost: dict[int, str] = {}  # the cache holds every image it kept: nothing is read after it
 
 
 class CachedSource(_Source):
@@ -183,6 +197,7 @@ class PerImageSource(_Source):
                  device: torch.device, dinfo: DistInfo, progress: bool) -> None:
         super().__init__(images, d, batch_size, gen, device, dinfo, progress)
         self.views = TwoViews(images, d, d.strict)
+        self.lost = self.views.lost
 
     def epoch(self, perm: torch.Tensor, start: int, side: int, seed: int) -> Iterator[Batch]:
         self.views.set_size(side)
@@ -197,6 +212,7 @@ class DeviceSource(_Source):
                  device: torch.device, dinfo: DistInfo, progress: bool) -> None:
         super().__init__(images, d, batch_size, gen, device, dinfo, progress)
         self.files = EncodedFiles(images, d.strict)
+        self.lost = self.files.lost
 
     def epoch(self, perm: torch.Tensor, start: int, side: int, seed: int) -> Iterator[Batch]:
         return device_batches(self.files, perm, start, self.d, self.batch_size, self.gen, self.device, self.dinfo,

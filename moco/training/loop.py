@@ -141,6 +141,12 @@ def train_one_epoch(run: Run, state: TrainState, net: torch.nn.Module) -> EpochT
     return totals
 
 
+def _files_lost(run: Run) -> int:
+    """Files found unreadable while training so far (deleted, truncated or locked since the scan), all ranks."""
+    n = torch.tensor(float(len(run.source.lost)), device=run.device)
+    return round(all_reduce_mean(n).item() * run.dinfo.world_size)
+
+
 def knn_due(run: Run, epoch: int) -> bool:
     """The kNN monitor runs every ``train.knn_every`` epochs and after the last one, given labelled data."""
     every, epochs = run.cfg.train.knn_every, run.cfg.optim.epochs
@@ -159,7 +165,7 @@ def end_of_epoch(run: Run, state: TrainState, totals: EpochTotals) -> dict[str, 
         "type": "epoch", "epoch": state.epoch, "step": state.step, "loss": all_reduce_mean(totals.loss / n).item(),
         "pretext_acc1": all_reduce_mean(totals.acc / n).item(), "lr": lr_at(cfg, state.epoch),
         "images_per_sec": totals.steps * cfg.optim.batch_size / max(elapsed, 1e-9), "epoch_time": elapsed,
-        "view_size": totals.side,
+        "view_size": totals.side, "files_lost": _files_lost(run),
     }
     if knn_due(run, state.epoch):
         assert run.knn_sets is not None

@@ -19,6 +19,8 @@ import torch
 from moco.config import validate
 from moco.core.distributed import cleanup, env_world_size, init_distributed
 from moco.core.errors import ConfigError
+from moco.core.run_lock import lock_run_folder
+from moco.data.folder import check_data_root
 from moco.methods import describe
 from moco.models.generic import custom_name
 from moco.schema import Config
@@ -78,7 +80,10 @@ def pretrain(
         raise ConfigError(f"optim.batch_size ({cfg.optim.batch_size}) is the global batch and must divide by the "
                           f"number of processes ({world})")
     dinfo, dist_device = init_distributed(cfg.train.device)
+    lock = None
     try:
+        check_data_root(Path(data).expanduser())  # before any work: a bad --data or --out is one line
+        lock = lock_run_folder(out) if dinfo.is_main else None
         run, state = set_up(cfg, Path(data), out, dinfo, dist_device, resume=resume, overwrite=overwrite,
                             knn_train=knn_train, knn_test=knn_test, knn=knn, progress=progress and dinfo.is_main,
                             max_steps=max_steps, backbone=backbone)
@@ -88,6 +93,8 @@ def pretrain(
             return _result(run, state)
         return train(run, state)
     finally:
+        if lock is not None:
+            lock.release()
         cleanup()
 
 

@@ -158,7 +158,8 @@ def knn_sets(
     d = cfg.data
     side = decode_side(d)
     if knn_train:
-        memory = decode_images(scan_images(knn_train), side, d.cache_dir or None, d.workers, d.strict, progress)
+        memory = decode_images(scan_images(knn_train, strict=d.strict), side, d.cache_dir or None, d.workers,
+                               d.strict, progress)
     elif source.decoded is not None:
         memory = source.decoded
     else:
@@ -166,7 +167,8 @@ def knn_sets(
     if memory.images.labels is None:
         log.warning("kNN monitor off: %s has no class sub-folders (labels)", memory.images.root)
         return None
-    test_set = decode_images(scan_images(test), side, d.cache_dir or None, d.workers, d.strict, progress)
+    test_set = decode_images(scan_images(test, strict=d.strict), side, d.cache_dir or None, d.workers, d.strict,
+                             progress)
     if test_set.images.classes != memory.images.classes:
         log.warning("kNN monitor off: %s and %s have different class folders", memory.images.root, test)
         return None
@@ -196,7 +198,7 @@ def set_up(
     torch.manual_seed(cfg.train.seed)
 
     train_dir, test_dir = find_split(data)
-    images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed)
+    images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed, cfg.data.strict)
     gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws, same on all ranks
     source = open_source(images, cfg.data, cfg.optim.batch_size, gen, device, dinfo, progress)
     b = cfg.optim.batch_size
