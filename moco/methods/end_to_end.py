@@ -21,15 +21,17 @@ def batch_nce(q: torch.Tensor, k: torch.Tensor, T: float, offset: int = 0) -> tu
     """InfoNCE with in-batch negatives. ``q``: (N, C), ``k``: (M, C), both normalised, M >= N; the positive
     of ``q[i]`` is ``k[offset + i]`` and every other row of ``k`` is a negative.
 
-    Returns the mean loss and the (N, M) logits rearranged positive first, like :func:`moco.methods.info_nce`.
+    Returns the mean loss and the (N, M) logits rearranged positive first, like :func:`moco.methods.info_nce`,
+    and like it in fp32 even under autocast.
     """
     n, m = q.shape[0], k.shape[0]
-    sim = q @ k.t()  # (N, M)
-    pos = torch.zeros(n, m, dtype=torch.bool, device=q.device)
-    pos[torch.arange(n), offset + torch.arange(n)] = True
-    logits = torch.cat([sim[pos].view(n, 1), sim[~pos].view(n, m - 1)], dim=1) / T
-    labels = torch.zeros(n, dtype=torch.long, device=q.device)
-    return F.cross_entropy(logits, labels), logits
+    with torch.autocast(q.device.type, enabled=False):
+        sim = q.float() @ k.float().t()  # (N, M)
+        pos = torch.zeros(n, m, dtype=torch.bool, device=q.device)
+        pos[torch.arange(n), offset + torch.arange(n)] = True
+        logits = torch.cat([sim[pos].view(n, 1), sim[~pos].view(n, m - 1)], dim=1) / T
+        labels = torch.zeros(n, dtype=torch.long, device=q.device)
+        return F.cross_entropy(logits, labels), logits
 
 
 class EndToEnd(nn.Module):
