@@ -134,7 +134,7 @@ def reference_images_per_sec(preset: str, overrides: list[str], data: str, steps
         root = Path(data)
         train_dir = find_split(root)[0] if (root / "train").is_dir() else root
         images = scan_images(train_dir, max_images=b * (steps + warmup + 1))
-        tf = per_image_transform(cfg.data.augmentation, size, cfg.data.crop_min_scale)
+        tf = per_image_transform(cfg.data.augmentation, size, cfg.data.crop_min_scale, cfg.data.normalize)
         loader = torch.utils.data.DataLoader(PairDataset(images, tf), batch_size=b, shuffle=True,
                                              num_workers=workers, drop_last=True, pin_memory=dev.type == "cuda")
     t = None
@@ -175,7 +175,8 @@ def reference_train(preset: str, overrides: list[str], data: str, seconds: float
                           weight_decay=cfg.optim.weight_decay)
     train_dir, _ = find_split(Path(data))
     images = scan_images(train_dir)
-    tf = per_image_transform(cfg.data.augmentation, cfg.data.view_size, cfg.data.crop_min_scale)
+    tf = per_image_transform(cfg.data.augmentation, cfg.data.view_size, cfg.data.crop_min_scale,
+                            cfg.data.normalize)
     loader = torch.utils.data.DataLoader(PairDataset(images, tf), batch_size=cfg.optim.batch_size, shuffle=True,
                                          num_workers=workers, drop_last=True, persistent_workers=workers > 0)
     deadline = t_start + seconds
@@ -202,6 +203,40 @@ def reference_train(preset: str, overrides: list[str], data: str, seconds: float
     wall = time.perf_counter() - t_start
     return model.encoder_q, {"epochs_planned": epochs, "epochs_run": seen / len(images), "steps": steps,
                              "images_per_sec": seen / wall, "train_time": wall}
+
+
+def reference_epochs(cfg, data: str, epochs: int, evaluate, workers: int = 2, log=print) -> list[dict]:
+    """Train the plain loop as the demo does, epoch by epoch: lr = lr * 0.5 * (1 + cos(pi * epoch / total)) with
+    the epoch counted from 1 and ``cfg.optim.epochs`` the total, for the first ``epochs`` epochs of it. After
+    each, ``evaluate(encoder_q)`` returns a dict that joins the epoch's record (loss, seconds)."""
+    import math
+
+    torch.manual_seed(cfg.train.seed)
+    model = ModelMoCo(cfg).train()
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                          weight_decay=cfg.optim.weight_decay)
+    images = scan_images(find_split(Path(data))[0])
+    tf = per_image_transform(cfg.data.augmentation, cfg.data.view_size, cfg.data.crop_min_scale, cfg.data.normalize)
+    loader = torch.utils.data.DataLoader(PairDataset(images, tf), batch_size=cfg.optim.batch_size, shuffle=True,
+                                         num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    records = []
+    for epoch in range(1, epochs + 1):
+        lr = cfg.optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.optim.epochs))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        t0, total, n = time.perf_counter(), 0.0, 0
+        for im_1, im_2 in loader:
+            loss = model(im_1, im_2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item(), n + 1
+        rec = {"epoch": epoch, "lr": lr, "loss": total / n, "epoch_time": time.perf_counter() - t0}
+        rec.update(evaluate(model.encoder_q))
+        model.train()
+        log(f"reference loop: {rec}")
+        records.append(rec)
+    return records
 
 
 def main() -> None:

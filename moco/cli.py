@@ -91,6 +91,9 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     kn.add_argument("--test", required=True, help="labelled ImageFolder to classify")
     kn.add_argument("--k", type=int, default=200)
     kn.add_argument("--t", type=float, default=0.1, help="vote temperature")
+    kn.add_argument("--features", choices=["backbone", "head"], default="backbone",
+                    help="what to score: the backbone's pooled features (default; what transfer uses) or the "
+                         "projection head's L2-normalised output (what the authors' CIFAR-10 demo monitors)")
     kn.add_argument("--json", help="write the result as JSON to this file")
 
     li = sub.add_parser(
@@ -102,7 +105,10 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     li.add_argument("--train", required=True, help="labelled ImageFolder to train the classifier on")
     li.add_argument("--test", required=True, help="labelled ImageFolder to evaluate on")
     li.add_argument("--epochs", type=int, default=100)
-    li.add_argument("--lr", type=float, default=30.0)
+    li.add_argument("--lr", type=float, help="default: 0.1 with --feature-norm bn, the paper's 30 with none")
+    li.add_argument("--feature-norm", choices=["bn", "none"], default="bn",
+                    help="bn (default): a parameter-free BatchNorm standardises the frozen features, so one lr "
+                         "suits every backbone (MAE's linear probing); none: the paper's protocol (lr 30)")
     li.add_argument("--weight-decay", type=float, default=0.0)
     li.add_argument("--batch-size", type=int, default=256)
     li.add_argument("--schedule", choices=["step", "cosine"], default="step", help="step: x0.1 at 60%% and 80%%")
@@ -249,36 +255,38 @@ def _pretrain(a: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_setup(a: argparse.Namespace):
-    """Backbone on its device, image size, device, and a function decoding a folder for evaluation."""
+def _eval_setup(a: argparse.Namespace, head: bool = False):
+    """Model on its device (the backbone, or with ``head`` the query encoder with its projection head as
+    ``fc``), image size, device, its config, and a function decoding a folder for evaluation."""
     import torch
 
     from moco.core.precision import pick_device
     from moco.data.cache import decode_images
     from moco.data.folder import scan_images
     from moco.data.sides import cache_side
-    from moco.export.backbone import load_backbone_and_config
+    from moco.export.backbone import load_backbone_and_config, load_encoder_and_config
 
-    backbone, cfg = load_backbone_and_config(a.checkpoint)
+    model, cfg = (load_encoder_and_config if head else load_backbone_and_config)(a.checkpoint)
     size = a.image_size or cfg.data.image_size
     device = pick_device(a.device)
-    backbone = backbone.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     side = cache_side(size)
 
     def decode(folder: str):
         return decode_images(scan_images(folder), side, workers=a.workers, progress=not a.no_progress)
 
-    return backbone, size, device, side, decode
+    return model, size, device, cfg, decode
 
 
 def _knn(a: argparse.Namespace) -> int:
     from moco.evaluation.knn import evaluate_knn
 
-    backbone, size, device, _, decode = _eval_setup(a)
+    model, size, device, cfg, decode = _eval_setup(a, head=a.features == "head")
     train, test = decode(a.train), decode(a.test)
-    res = evaluate_knn(backbone, train, test, size, device, a.precision, a.k, a.t, progress=not a.no_progress)
+    res = evaluate_knn(model, train, test, size, device, a.precision, a.k, a.t, progress=not a.no_progress,
+                       norm=cfg.data.normalize, features=a.features)
     res = {**res, "checkpoint": str(a.checkpoint), "train": str(a.train), "test": str(a.test)}
-    print(f"kNN (k={a.k}, t={a.t}) top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+    print(f"kNN (k={a.k}, t={a.t}, {a.features} features) top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"({res['n_train']} train, {res['n_test']} test)")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
@@ -288,21 +296,25 @@ def _knn(a: argparse.Namespace) -> int:
 def _linear(a: argparse.Namespace) -> int:
     import torch
 
-    from moco.evaluation.linear import LinearConfig, linear_eval
+    from moco.evaluation.linear import LINEAR_LR, LinearConfig, linear_eval
 
-    if a.epochs < 1 or a.lr <= 0 or a.batch_size < 1 or a.weight_decay < 0 or a.cached_views < 0:
+    lr = LINEAR_LR[a.feature_norm] if a.lr is None else a.lr
+    if a.epochs < 1 or lr <= 0 or a.batch_size < 1 or a.weight_decay < 0 or a.cached_views < 0:
         raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0, --weight-decay >= 0 and "
                           "--cached-views >= 0")
     if a.cached_views and not a.augment:
         raise ConfigError("--cached-views needs --augment (without it the center-crop features are cached)")
-    backbone, size, device, _, decode = _eval_setup(a)
+    backbone, size, device, cfg, decode = _eval_setup(a)
     train, test = decode(a.train), decode(a.test)
-    lc = LinearConfig(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
-                      schedule=a.schedule, milestones=[round(a.epochs * 0.6), round(a.epochs * 0.8)],
-                      augment=a.augment, cached_views=a.cached_views)
-    res, clf = linear_eval(backbone, train, test, size, device, lc, a.precision, progress=not a.no_progress)
+    lc = LinearConfig(epochs=a.epochs, lr=lr, feature_norm=a.feature_norm, weight_decay=a.weight_decay,
+                      batch_size=a.batch_size, schedule=a.schedule,
+                      milestones=[round(a.epochs * 0.6), round(a.epochs * 0.8)], augment=a.augment,
+                      cached_views=a.cached_views)
+    res, clf = linear_eval(backbone, train, test, size, device, lc, a.precision, progress=not a.no_progress,
+                           norm=cfg.data.normalize)
     save = Path(a.save) if a.save else Path(a.checkpoint).with_name("linear_classifier.pt")
-    torch.save({"weight": clf.weight.data, "bias": clf.bias.data, "classes": train.images.classes, **res}, save)
+    weight, bias = clf.folded()  # the feature BatchNorm folded in: logits = features @ weight.T + bias
+    torch.save({"weight": weight, "bias": bias, "classes": train.images.classes, **res}, save)
     res = {**res, "checkpoint": str(a.checkpoint), "classifier": str(save)}
     print(f"linear top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  ({res['epochs']} epochs, "
           f"{res['seconds']:.0f}s; classifier saved to {save})")
@@ -315,9 +327,10 @@ def _embed(a: argparse.Namespace) -> int:
     from moco.evaluation.knn import extract_features
     from moco.evaluation.retrieval import save_embeddings
 
-    backbone, size, device, _, decode = _eval_setup(a)
+    backbone, size, device, cfg, decode = _eval_setup(a)
     data = decode(a.data)
     feats = extract_features(backbone, data, size, device, a.precision, normalize=a.normalize,
+                             norm=cfg.data.normalize,
                              progress=not a.no_progress)
     out = save_embeddings(feats, data, a.out)
     print(f"wrote {out}: {feats.shape[0]} x {feats.shape[1]} features")
@@ -329,10 +342,12 @@ def _neighbors(a: argparse.Namespace) -> int:
 
     if a.k < 1:
         raise ConfigError(f"--k must be >= 1, got {a.k}")
-    backbone, size, device, side, decode = _eval_setup(a)
+    from moco.data.sides import cache_side
+
+    backbone, size, device, cfg, decode = _eval_setup(a)
     data = decode(a.data)
-    paths, queries = query_images(a.query, side)
-    sims, idx = nearest(backbone, data, queries, size, device, a.k, a.precision)
+    paths, queries = query_images(a.query, cache_side(size))
+    sims, idx = nearest(backbone, data, queries, size, device, a.k, a.precision, cfg.data.normalize)
     out = neighbors_grid(paths, queries, data, sims, idx, a.out)
     print(f"wrote {out}: {len(paths)} quer{'y' if len(paths) == 1 else 'ies'} x {idx.shape[1]} neighbours")
     return 0

@@ -18,9 +18,10 @@ import yaml
 
 from moco import schema
 from moco.core.errors import ConfigError
-from moco.data.augment import AUGMENTATIONS
+from moco.data.augment import AUGMENTATIONS, NORMALIZATIONS
 from moco.data.pipelines import PIPELINES
 from moco.methods import DICTIONARIES, HEADS
+from moco.methods.encoder import FEATURES
 from moco.models.resnet import ARCHS
 from moco.models.vit import VITS
 from moco.optim import OPTIMIZERS
@@ -98,6 +99,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise TypeError
             return str(value)
+        if typ_s == "list[str]":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return list(value)
         if typ_s.startswith("list"):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = [value]
@@ -105,8 +112,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
                 raise TypeError
             return list(value)
     except TypeError:
-        want = {"list[int]": "a list of integers", "int": "an integer", "float": "a number",
-                "bool": "true or false", "str": "a string"}.get(typ_s, typ_s)
+        want = {"list[int]": "a list of integers", "list[str]": "a list of names", "int": "an integer",
+                "float": "a number", "bool": "true or false", "str": "a string"}.get(typ_s, typ_s)
         raise ConfigError(f"config key {key!r} must be {want}, got {value!r}") from None
     raise ConfigError(f"config key {key!r} has unsupported type {typ_s}")
 
@@ -263,6 +270,12 @@ def validate(cfg: Config) -> None:
     _check(len(d.ramp_epochs) == 2 and 0 <= d.ramp_epochs[0] <= d.ramp_epochs[1],
            f"data.ramp_epochs must be [start, end] with 0 <= start <= end, got {d.ramp_epochs}")
     _choice("data.augmentation", d.augmentation, AUGMENTATIONS)
+    _choice("data.normalize", d.normalize, NORMALIZATIONS)
+    feats = cfg.train.knn_features
+    _check(bool(feats) and len(set(feats)) == len(feats),
+           f"train.knn_features must list backbone and/or head once each, got {feats}")
+    for f in feats:
+        _choice("train.knn_features", f, FEATURES)
     _check(0.0 < d.crop_min_scale <= 1.0, f"data.crop_min_scale must be in (0, 1], got {d.crop_min_scale}")
     _choice("data.pipeline", d.pipeline, PIPELINES)
     _check(d.cache_size >= 0, f"data.cache_size must be >= 0, got {d.cache_size}")

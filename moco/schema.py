@@ -48,7 +48,9 @@ class DataConfig:
     # view_size, in steps of 4 px (FFCV's low-res-first schedule: cheap early epochs, full size at the end)
     augmentation: str = "v1"  # v1, v2 (adds blur, jitter p=0.8), cifar (v2 without blur),
     # byol (v3: blur 1.0 / 0.1 and solarize 0 / 0.2 in the two views) or byol-cifar (byol without blur)
-    crop_min_scale: float = 0.2
+    crop_min_scale: float = 0.2  # random resized crop's smallest area fraction (the demo's torchvision default: 0.08)
+    normalize: str = "imagenet"  # channel mean/std inputs are normalised by, training and evaluation alike:
+    # imagenet (main_moco.py) or cifar10 (the CIFAR-10 demo); the registry moco.data.augment.NORMALIZATIONS
     pipeline: str = "cached"  # cached: decode once to uint8, batched tensor aug; per_image: PIL in workers;
     # device: workers read files, the training device decodes JPEGs (nvJPEG on CUDA) and augments the batch
     cache_size: int = 0  # side of cached images; 0 = image_size for <=64 px, else 1.15 * image_size
@@ -89,6 +91,8 @@ class TrainConfig:
     knn_every: int = 1  # epochs between kNN monitor runs (when labelled data is available)
     knn_k: int = 200
     knn_t: float = 0.1
+    knn_features: list[str] = field(default_factory=lambda: ["backbone"])  # what the monitor scores: backbone
+    # and/or head (the projection head's output, as the CIFAR-10 demo); the first is knn_top1, others knn_head_top1
 
 
 @dataclass

@@ -114,7 +114,10 @@ def test_linear_protocol_keeps_backbone_and_learns(tmp_path, tiny_data):
         res, clf = linear_eval(backbone, train, test, 16, dev, lc, progress=False)
         assert res["top1"] >= 75.0  # the two classes differ in colour
         assert res["cached_views"] == views
-        assert clf.weight.shape == (2, 64)
+        weight, bias = clf.folded()
+        assert weight.shape == (2, 64)
+        f = torch.randn(5, 64) * 3 + 1  # the folded map is the classifier, BatchNorm included
+        assert torch.allclose(f @ weight.t() + bias, clf(f), atol=1e-4)
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical, BN statistics included
 

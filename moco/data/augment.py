@@ -32,6 +32,11 @@ from moco.data import sides
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": (MEAN, STD),  # main_moco.py (v1/v2) and the v3 code: ImageNet's channel statistics
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),  # the authors' CIFAR-10 demo notebook
+}
+"""``data.normalize`` -> the (mean, std) of the R, G, B channels (pixels in [0, 1]) that inputs are normalised by."""
 GRAY = (0.2989, 0.587, 0.114)
 
 
@@ -87,7 +92,13 @@ class PILGaussianBlur:
         return img.filter(ImageFilter.GaussianBlur(radius=s))
 
 
-def per_image_transform(kind: str, size: int, min_scale: float = 0.2) -> T.Compose:
+def normalize(x: torch.Tensor, norm: str = "imagenet") -> torch.Tensor:
+    """(x - mean) / std per channel of a (B, 3, H, W) float batch in [0, 1], with ``NORMALIZATIONS[norm]``."""
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in NORMALIZATIONS[norm])
+    return (x - mean) / std
+
+
+def per_image_transform(kind: str, size: int, min_scale: float = 0.2, norm: str = "imagenet") -> T.Compose:
     """The authors' per-image pipeline (PIL in, normalised tensor out)."""
     r = RECIPES[kind]
     jitter = T.ColorJitter(*r.jitter)
@@ -99,13 +110,14 @@ def per_image_transform(kind: str, size: int, min_scale: float = 0.2) -> T.Compo
         ops.append(T.RandomApply([PILGaussianBlur(r.blur_sigma)], p=r.blur_p))
     if r.solarize_p > 0:
         ops.append(T.RandomSolarize(threshold=128, p=r.solarize_p))
-    ops += [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)]
+    ops += [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(*NORMALIZATIONS[norm])]
     return T.Compose(ops)
 
 
-def eval_transform(size: int) -> T.Compose:
+def eval_transform(size: int, norm: str = "imagenet") -> T.Compose:
     """Resize + center crop for evaluation (small images pass through unchanged)."""
-    return T.Compose([T.Resize(sides.eval_resize(size)), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
+    return T.Compose([T.Resize(sides.eval_resize(size)), T.CenterCrop(size), T.ToTensor(),
+                      T.Normalize(*NORMALIZATIONS[norm])])
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.Tensor:
@@ -300,9 +312,12 @@ def crop_resize(images: torch.Tensor | list[torch.Tensor], boxes: torch.Tensor, 
     return x.clamp_(0, 1)
 
 
-def apply_params(images: torch.Tensor | list[torch.Tensor], p: AugParams, size: int, kind: str = "v2") -> torch.Tensor:
+def apply_params(
+    images: torch.Tensor | list[torch.Tensor], p: AugParams, size: int, kind: str = "v2", norm: str = "imagenet",
+) -> torch.Tensor:
     """Augment a (B, 3, H, W) uint8 batch (or a list of uint8 images of any sizes) with drawn parameters;
-    returns normalised float32 (B, 3, size, size). The pixel work runs on the images' device.
+    returns float32 (B, 3, size, size) normalised by ``NORMALIZATIONS[norm]``. The pixel work runs on the
+    images' device.
     """
     r = RECIPES[kind]
     x = crop_resize(images, p.boxes, size)
@@ -327,14 +342,12 @@ def apply_params(images: torch.Tensor | list[torch.Tensor], p: AugParams, size: 
         sol = p.solarize.to(dev).view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD)
         x = torch.where(sol, 1.0 - x, x)
     x = torch.where(p.flip.to(dev).view(-1, 1, 1, 1), x.flip(-1), x)
-    mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(x, norm)
 
 
 def batch_augment(
     images: torch.Tensor, size: int, kind: str = "v2", min_scale: float = 0.2,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, norm: str = "imagenet",
 ) -> torch.Tensor:
     """Augment a (B, 3, H, W) uint8 batch; returns normalised float32 (B, 3, size, size).
 
@@ -342,25 +355,28 @@ def batch_augment(
     on ``images.device``.
     """
     n, _, height, width = images.shape
-    return apply_params(images, sample_params(n, height, width, kind, min_scale, generator), size, kind)
+    return apply_params(images, sample_params(n, height, width, kind, min_scale, generator), size, kind, norm)
 
 
 def two_views(
     images: torch.Tensor, size: int | None = None, recipe: str = "v2", min_scale: float = 0.2,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, norm: str = "imagenet",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MoCo's two augmented views of a (B, 3, H, W) uint8 batch (``moco.augment``): normalised float32
     (B, 3, size, size) each, every image with its own draws. ``recipe`` is a two-view recipe
-    (``AUGMENTATIONS``: v1, v2, cifar, byol, byol-cifar); ``size`` defaults to the images' side."""
+    (``AUGMENTATIONS``: v1, v2, cifar, byol, byol-cifar); ``size`` defaults to the images' side;
+    ``norm`` names the channel statistics (``NORMALIZATIONS``: imagenet, cifar10)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) uint8 batch, got {tuple(images.shape)} {images.dtype}")
     side = size or images.shape[-1]
     k1, k2 = view_recipes(recipe)
-    return batch_augment(images, side, k1, min_scale, generator), batch_augment(images, side, k2, min_scale, generator)
+    return (batch_augment(images, side, k1, min_scale, generator, norm),
+            batch_augment(images, side, k2, min_scale, generator, norm))
 
 
-def eval_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Normalise a (B, 3, S, S) uint8 batch for evaluation, resizing to ``size`` if needed."""
+def eval_batch(images: torch.Tensor, size: int, norm: str = "imagenet") -> torch.Tensor:
+    """Normalise a (B, 3, S, S) uint8 batch for evaluation (``NORMALIZATIONS[norm]``), resizing to ``size`` if
+    needed."""
     x = images.float().div_(255)
     if x.shape[-1] != size or x.shape[-2] != size:
         # images are cached as center squares; center-crop the same fraction eval_transform would
@@ -368,6 +384,4 @@ def eval_batch(images: torch.Tensor, size: int) -> torch.Tensor:
         off = (x.shape[-1] - crop) // 2
         x = x[..., off : off + crop, off : off + crop]
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(x, norm)

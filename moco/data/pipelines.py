@@ -48,7 +48,8 @@ class TwoViews(torch.utils.data.Dataset):
     def set_size(self, size: int) -> None:
         """Make views of side ``size`` from now on (progressive resizing; workers are made per epoch)."""
         d = self.data_cfg
-        self.transforms = [per_image_transform(k, size, d.crop_min_scale) for k in view_recipes(d.augmentation)]
+        self.transforms = [per_image_transform(k, size, d.crop_min_scale, d.normalize)
+                           for k in view_recipes(d.augmentation)]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -99,7 +100,8 @@ def cached_batches(
         x = data.batch(idx).to(device, non_blocking=True)
         h, w = x.shape[-2:]
         views = [sample_params(batch_size, h, w, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
-        yield apply_params(x, views[0], side, kinds[0]), apply_params(x, views[1], side, kinds[1]), idx
+        yield (apply_params(x, views[0], side, kinds[0], d.normalize),
+               apply_params(x, views[1], side, kinds[1], d.normalize), idx)
 
 
 def per_image_batches(
@@ -141,7 +143,7 @@ def device_batches(
         heights[lo:hi] = torch.tensor([float(im.shape[1]) for im in imgs])
         widths[lo:hi] = torch.tensor([float(im.shape[2]) for im in imgs])
         views = [sample_params(batch_size, heights, widths, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
-        q, k = (apply_params(imgs, v, side, kind) for v, kind in zip(views, kinds))
+        q, k = (apply_params(imgs, v, side, kind, d.normalize) for v, kind in zip(views, kinds))
         yield q, k, idx
 
 

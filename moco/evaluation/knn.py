@@ -1,13 +1,15 @@
 """Weighted kNN evaluation (InstDisc style), as a monitor and as ``moco knn``.
 
-The labelled train set's L2-normalised backbone features form the memory. Each
-test image takes its ``k`` nearest neighbours by cosine similarity, each voting
-for its class with weight ``exp(sim / t)``.
+The labelled train set's L2-normalised features form the memory: the backbone's
+(by default) or the projection head's (``features="head"``, what the authors'
+CIFAR-10 demo monitors). Each test image takes its ``k`` nearest neighbours by
+cosine similarity, each voting for its class with weight ``exp(sim / t)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from moco.core.precision import autocast
 from moco.data.augment import eval_batch
 from moco.data.cache import DecodedImages
 from moco.data.folder import DataError
+from moco.methods.encoder import FEATURES
 
 
 def iterate_batches(data: DecodedImages, batch_size: int) -> Iterator[torch.Tensor]:
@@ -26,16 +29,23 @@ def iterate_batches(data: DecodedImages, batch_size: int) -> Iterator[torch.Tens
 
 
 @torch.no_grad()
-def extract_features(
-    model: nn.Module, data: DecodedImages, image_size: int, device: torch.device,
+def extract_feature_sets(
+    model: nn.Module, data: DecodedImages, image_size: int, device: torch.device, features: tuple[str, ...],
     precision: str = "bf16", batch_size: int = 512, channels_last: bool = True, progress: bool = False,
-    normalize: bool = True,
-) -> torch.Tensor:
-    """``model.forward_features`` (L2-normalised unless ``normalize=False``) of every image, in eval mode,
-    as float32 on the CPU."""
+    normalize: bool = True, norm: str = "imagenet",
+) -> dict[str, torch.Tensor]:
+    """For each name in ``features`` (``FEATURES``), the features of every image (L2-normalised unless
+    ``normalize=False``), float32 on the CPU, from one forward pass per batch in eval mode. Inputs are
+    normalised by ``NORMALIZATIONS[norm]``. ``head`` needs the model's projection head as ``fc``."""
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise ValueError(f"unknown features {unknown}; choose from {', '.join(FEATURES)}")
+    head = getattr(model, "fc", None)
+    if "head" in features and (head is None or isinstance(head, nn.Identity)):
+        raise DataError("head features need the projection head, and this model has none (fc is Identity)")
     was_training = model.training
     model.eval()
-    feats = []
+    feats: dict[str, list[torch.Tensor]] = {f: [] for f in features}
     batches = iterate_batches(data, batch_size)
     if progress:
         from tqdm import tqdm
@@ -44,16 +54,30 @@ def extract_features(
                        leave=False, unit="batch")
     try:
         for x in batches:
-            x = eval_batch(x.to(device, non_blocking=True), image_size)
+            x = eval_batch(x.to(device, non_blocking=True), image_size, norm)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
-                f = model.forward_features(x)
-            f = f.float()
-            feats.append((F.normalize(f, dim=1) if normalize else f).cpu())
+                out = {"backbone": model.forward_features(x)}
+                if "head" in features:
+                    out["head"] = model.fc(out["backbone"])
+            for name in features:
+                f = out[name].float()
+                feats[name].append((F.normalize(f, dim=1) if normalize else f).cpu())
     finally:
         model.train(was_training)
-    return torch.cat(feats)
+    return {name: torch.cat(parts) for name, parts in feats.items()}
+
+
+def extract_features(
+    model: nn.Module, data: DecodedImages, image_size: int, device: torch.device,
+    precision: str = "bf16", batch_size: int = 512, channels_last: bool = True, progress: bool = False,
+    normalize: bool = True, norm: str = "imagenet", features: str = "backbone",
+) -> torch.Tensor:
+    """``model.forward_features`` (or the head's output, ``features="head"``), L2-normalised unless
+    ``normalize=False``, of every image, in eval mode, as float32 on the CPU."""
+    return extract_feature_sets(model, data, image_size, device, (features,), precision, batch_size, channels_last,
+                                progress, normalize, norm)[features]
 
 
 def knn_predict(
@@ -89,18 +113,25 @@ def knn_accuracy(
 def evaluate_knn(
     model: nn.Module, train: DecodedImages, test: DecodedImages, image_size: int, device: torch.device,
     precision: str = "bf16", k: int = 200, t: float = 0.1, channels_last: bool = True, progress: bool = False,
-) -> dict[str, float]:
-    """Full kNN evaluation of ``model``'s backbone features; returns top1/top5/k/t/n_train/n_test."""
+    norm: str = "imagenet", features: str | tuple[str, ...] = "backbone",
+) -> dict[str, Any]:
+    """Full kNN evaluation of ``model``; returns top1/top5/k/t/n_train/n_test and ``features``, the source
+    scored (``FEATURES``). Given several sources (one forward pass serves all), the first is reported as
+    top1/top5 and each other one as ``{name}_top1`` / ``{name}_top5``."""
     if train.images.labels is None or test.images.labels is None:
         raise DataError("kNN evaluation needs labelled ImageFolders (class sub-folders) for train and test")
     if train.images.classes != test.images.classes:
         raise DataError(
             f"train and test folders have different classes: {train.images.classes} vs {test.images.classes}"
         )
-    ftr = extract_features(model, train, image_size, device, precision, channels_last=channels_last,
-                           progress=progress)
-    fte = extract_features(model, test, image_size, device, precision, channels_last=channels_last,
-                           progress=progress)
-    res = knn_accuracy(ftr, torch.tensor(train.images.labels), fte, torch.tensor(test.images.labels),
-                       len(train.images.classes or []), k, t)
-    return {**res, "k": k, "t": t, "n_train": len(ftr), "n_test": len(fte)}
+    names = (features,) if isinstance(features, str) else tuple(features)
+    ftr = extract_feature_sets(model, train, image_size, device, names, precision, channels_last=channels_last,
+                               progress=progress, norm=norm)
+    fte = extract_feature_sets(model, test, image_size, device, names, precision, channels_last=channels_last,
+                               progress=progress, norm=norm)
+    res: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        r = knn_accuracy(ftr[name], torch.tensor(train.images.labels), fte[name], torch.tensor(test.images.labels),
+                         len(train.images.classes or []), k, t)
+        res.update(r if i == 0 else {f"{name}_{key}": v for key, v in r.items()})
+    return {**res, "features": names[0], "k": k, "t": t, "n_train": len(train.array), "n_test": len(test.array)}

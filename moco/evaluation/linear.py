@@ -1,9 +1,15 @@
 """Linear classification protocol: a linear classifier on the frozen backbone's pooled features.
 
-As in the paper: the backbone runs in eval mode (BN statistics frozen too), SGD with momentum 0.9,
-lr 30, weight decay 0, batch 256, 100 epochs, lr x0.1 at 60 and 80 (or cosine); top-1 on a center
-crop. With augmentation off (the default) the features are computed once and cached, which makes
-the 100 epochs take seconds; with ``augment=True`` every epoch re-encodes augmented images
+The paper's protocol: the backbone runs in eval mode (BN statistics frozen too), SGD with momentum 0.9,
+weight decay 0, batch 256, 100 epochs, lr x0.1 at 60 and 80 (or cosine); top-1 on a center crop. The
+paper's lr 30 suits ResNet-50 features on ImageNet only: the scale of the features decides the best lr.
+So by default (``feature_norm="bn"``) a parameter-free BatchNorm (affine=False) standardises the frozen
+features before the linear layer, as MAE's linear probing does; it is linear too, and folds into the
+classifier's weights. Then one lr (``LINEAR_LR``) serves every backbone. ``feature_norm="none"`` with
+``lr=30`` is the paper's protocol as it was.
+
+With augmentation off (the default) the features are computed once and cached, which makes the 100
+epochs take seconds; with ``augment=True`` every epoch re-encodes augmented images
 (flip + 4-px pad-crop for images of 64 px or less, random resized crop + flip above).
 A sanity check proves afterwards that the backbone's weights are bit-identical.
 """
@@ -19,18 +25,23 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from moco.core.precision import autocast
-from moco.data.augment import MEAN, STD, sample_crop_boxes
+from moco.data.augment import normalize, sample_crop_boxes
 from moco.data.cache import DecodedImages
 from moco.data.folder import DataError
 from moco.data.sides import is_small
 from moco.evaluation.knn import extract_features
 from moco.schedules import scheduled_lr
 
+LINEAR_LR = {"bn": 0.1, "none": 30.0}
+"""The default lr for each ``feature_norm``: with standardised features (bn) measured on the cpu preset's backbone
+(benchmarks/README.md, "Linear protocol"); without (none), the paper's 30."""
+
 
 @dataclass
 class LinearConfig:
     epochs: int = 100
-    lr: float = 30.0
+    lr: float = LINEAR_LR["bn"]
+    feature_norm: str = "bn"  # bn: BatchNorm1d(affine=False) on the features before the linear layer; none
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 256
@@ -44,7 +55,28 @@ class LinearConfig:
         return scheduled_lr(self.lr, epoch, self.epochs, self.schedule, self.milestones)
 
 
-def train_augment(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+class LinearClassifier(nn.Sequential):
+    """``norm`` (a BatchNorm1d without affine parameters, or Identity) then ``fc``, the linear layer."""
+
+    def __init__(self, dim: int, num_classes: int, feature_norm: str = "bn") -> None:
+        if feature_norm not in LINEAR_LR:
+            raise ValueError(f"feature_norm must be one of {', '.join(LINEAR_LR)}, got {feature_norm!r}")
+        norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6) if feature_norm == "bn" else nn.Identity()
+        super().__init__()
+        self.norm, self.fc = norm, nn.Linear(dim, num_classes)
+
+    @torch.no_grad()
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the one linear map this is in eval mode, the BatchNorm folded in: the logits of
+        raw features ``f`` are ``f @ weight.T + bias``."""
+        w, b = self.fc.weight.detach().cpu(), self.fc.bias.detach().cpu()
+        if isinstance(self.norm, nn.BatchNorm1d):
+            scale = (self.norm.running_var.cpu() + self.norm.eps).rsqrt()
+            w, b = w * scale, b - (w * scale) @ self.norm.running_mean.cpu()
+        return w.clone(), b.clone()
+
+
+def train_augment(images: torch.Tensor, size: int, generator: torch.Generator, norm: str = "imagenet") -> torch.Tensor:
     """Linear-protocol training augmentation of a uint8 batch -> normalised float (B, 3, size, size)."""
     n, _, h, w = images.shape
     x = images.float().div_(255)
@@ -60,29 +92,27 @@ def train_augment(images: torch.Tensor, size: int, generator: torch.Generator) -
     x = roi_align(x, rois, (size, size), 1.0, sampling, aligned=True)
     flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
     x = torch.where(flip, x.flip(-1), x)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(x, norm)
 
 
 def augmented_features(
     backbone: nn.Module, train: DecodedImages, image_size: int, device: torch.device, precision: str,
-    generator: torch.Generator, batch_size: int = 512,
+    generator: torch.Generator, batch_size: int = 512, norm: str = "imagenet",
 ) -> torch.Tensor:
     """Pooled features (float32, CPU, in dataset order) of one augmented pass over ``train``."""
     n = len(train.array)
     return torch.cat([
         _augmented_batch_features(backbone, train, torch.arange(i, min(i + batch_size, n)), image_size, device,
-                                  precision, generator).cpu()
+                                  precision, generator, norm).cpu()
         for i in range(0, n, batch_size)
     ])
 
 
 def _augmented_batch_features(
     backbone: nn.Module, train: DecodedImages, idx: torch.Tensor, image_size: int, device: torch.device,
-    precision: str, generator: torch.Generator,
+    precision: str, generator: torch.Generator, norm: str = "imagenet",
 ) -> torch.Tensor:
-    x = train_augment(train.batch(idx).to(device), image_size, generator)
+    x = train_augment(train.batch(idx).to(device), image_size, generator, norm)
     with torch.no_grad(), autocast(device, precision):
         return backbone.forward_features(x.contiguous(memory_format=torch.channels_last)).float()
 
@@ -95,9 +125,10 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]
 
 def linear_eval(
     backbone: nn.Module, train: DecodedImages, test: DecodedImages, image_size: int, device: torch.device,
-    lc: LinearConfig, precision: str = "bf16", progress: bool = True,
-) -> tuple[dict[str, float], nn.Linear]:
-    """Train and evaluate the linear classifier; returns (results, classifier)."""
+    lc: LinearConfig, precision: str = "bf16", progress: bool = True, norm: str = "imagenet",
+) -> tuple[dict[str, float], LinearClassifier]:
+    """Train and evaluate the linear classifier on inputs normalised by ``NORMALIZATIONS[norm]`` (the
+    pretraining's); returns (results, classifier)."""
     if train.images.labels is None or test.images.labels is None:
         raise DataError("the linear protocol needs labelled ImageFolders (class sub-folders) for train and test")
     if train.images.classes != test.images.classes:
@@ -110,24 +141,25 @@ def linear_eval(
     t0 = time.perf_counter()
     y_train = torch.tensor(train.images.labels)
     y_test = torch.tensor(test.images.labels)
-    f_test = extract_features(backbone, test, image_size, device, precision, normalize=False, progress=progress)
+    f_test = extract_features(backbone, test, image_size, device, precision, normalize=False, progress=progress,
+                              norm=norm)
     g = torch.Generator().manual_seed(lc.seed)
     f_train: list[torch.Tensor] = []  # cached training features: one pass, or one per augmented view
     if not lc.augment:
         f_train = [extract_features(backbone, train, image_size, device, precision, normalize=False,
-                                    progress=progress)]
+                                    progress=progress, norm=norm)]
     else:
         views = range(lc.cached_views)
         if progress and lc.cached_views:
             from tqdm import tqdm
 
             views = tqdm(views, desc="augmented views", unit="view", leave=False, disable=None)
-        f_train = [augmented_features(backbone, train, image_size, device, precision, g) for _ in views]
+        f_train = [augmented_features(backbone, train, image_size, device, precision, g, norm=norm) for _ in views]
     dim = f_test.shape[1]
     torch.manual_seed(lc.seed)
-    clf = nn.Linear(dim, num_classes).to(device)
-    clf.weight.data.normal_(mean=0.0, std=0.01)  # the authors' initialisation
-    clf.bias.data.zero_()
+    clf = LinearClassifier(dim, num_classes, lc.feature_norm).to(device)
+    clf.fc.weight.data.normal_(mean=0.0, std=0.01)  # the authors' initialisation
+    clf.fc.bias.data.zero_()
     opt = torch.optim.SGD(clf.parameters(), lr=lc.lr, momentum=lc.momentum, weight_decay=lc.weight_decay)
     n = len(y_train)
     epochs = range(lc.epochs)
@@ -144,11 +176,12 @@ def linear_eval(
             if f_train:
                 feats = f_train[epoch % len(f_train)][idx].to(device)
             else:
-                feats = _augmented_batch_features(backbone, train, idx, image_size, device, precision, g)
+                feats = _augmented_batch_features(backbone, train, idx, image_size, device, precision, g, norm)
             loss = F.cross_entropy(clf(feats), y_train[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    clf.eval()  # the feature BatchNorm uses its running statistics from now on
     with torch.no_grad():
         top1, top5 = _accuracy(clf(f_test.to(device)).cpu(), y_test)
     after = backbone.state_dict()
@@ -157,6 +190,6 @@ def linear_eval(
         raise RuntimeError(f"the backbone changed during linear evaluation ({changed[0]})")
     return {
         "top1": top1, "top5": top5, "n_train": n, "n_test": len(y_test), "feature_dim": dim,
-        "epochs": lc.epochs, "lr": lc.lr, "augment": lc.augment,
+        "epochs": lc.epochs, "lr": lc.lr, "feature_norm": lc.feature_norm, "augment": lc.augment,
         "cached_views": lc.cached_views if lc.augment else 0, "seconds": time.perf_counter() - t0,
     }, clf.cpu()

@@ -48,12 +48,13 @@ def query_images(query: str | Path, side: int) -> tuple[list[Path], torch.Tensor
 
 def nearest(
     backbone: nn.Module, data: DecodedImages, queries: torch.Tensor, image_size: int, device: torch.device,
-    k: int = 8, precision: str = "bf16",
+    k: int = 8, precision: str = "bf16", norm: str = "imagenet",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarities, indices) of the ``k`` nearest images of ``data`` for each query, by cosine similarity."""
-    feats = extract_features(backbone, data, image_size, device, precision)
+    """(similarities, indices) of the ``k`` nearest images of ``data`` for each query, by cosine similarity
+    (inputs normalised by ``NORMALIZATIONS[norm]``, as in training)."""
+    feats = extract_features(backbone, data, image_size, device, precision, norm=norm)
     qdata = DecodedImages(queries.permute(0, 2, 3, 1).numpy(), data.images, [])
-    qf = extract_features(backbone, qdata, image_size, device, precision)
+    qf = extract_features(backbone, qdata, image_size, device, precision, norm=norm)
     sim = F.normalize(qf, dim=1) @ feats.t()
     return sim.topk(min(k, feats.shape[0]), dim=1)
 

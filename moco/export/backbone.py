@@ -20,6 +20,7 @@ from torch import nn
 from moco.config import Config, from_dict
 from moco.core.checkpoint_files import FORMAT, load_checkpoint, load_state_strict
 from moco.core.errors import CheckpointError
+from moco.methods.encoder import build_encoder
 from moco.models import is_named
 from moco.models.generic import Encoder, named_backbone
 from moco.models.resnet import ARCHS, ResNet, build_resnet
@@ -108,6 +109,26 @@ def _load_named(ck: dict[str, Any], path: Path, backbone: nn.Module | None) -> t
     state = backbone_state_dict(ck["model"], "encoder_q.backbone.")
     load_state_strict(backbone, state, path, "backbone")
     return Encoder(backbone.eval(), nn.Identity()).eval(), cfg
+
+
+def load_encoder_and_config(path: str | Path, backbone: nn.Module | None = None) -> tuple[nn.Module, Config]:
+    """The whole query encoder of a momentum-contrast checkpoint: the backbone with its projection head as
+    ``fc`` (plain BatchNorm, eval mode), for scoring the head's output (``moco knn --features head``)."""
+    path = Path(path)
+    ck = load_checkpoint(path)
+    if ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a momentum-contrast checkpoint: only those keep the projection head")
+    cfg = from_dict(ck["config"])
+    if is_named(cfg.model.arch) and backbone is None:
+        try:
+            backbone = named_backbone(cfg.model.arch)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    cfg.model.bn_splits = 1  # evaluation: one BatchNorm over the batch (SplitBatchNorm is plain BN in eval)
+    encoder = build_encoder(cfg, backbone)
+    state = {k[len("encoder_q."):]: v for k, v in ck["model"].items() if k.startswith("encoder_q.")}
+    load_state_strict(encoder, state, path, "query encoder")
+    return encoder.eval(), cfg
 
 
 def load_backbone(path: str | Path, backbone: nn.Module | None = None) -> nn.Module:

@@ -40,6 +40,11 @@ def mlp_hidden(cfg: Config) -> int | None:
     return cfg.model.mlp_dim or (4096 if cfg.model.head == "v3" else None)
 
 
+FEATURES = ("backbone", "head")
+"""What kNN and embeddings can score: ``backbone`` = the pooled backbone features (``forward_features``), what
+transfer uses; ``head`` = the projection head's output (``fc`` on them), what the authors' CIFAR-10 demo
+monitors. Both come from the same forward pass."""
+
 HEADS: dict[str, Callable[[Config, int], nn.Module]] = {
     "linear": lambda cfg, in_dim: build_head(in_dim, cfg.model.dim, mlp=False),
     "mlp": lambda cfg, in_dim: build_head(in_dim, cfg.model.dim, mlp=True, hidden=mlp_hidden(cfg)),

@@ -171,14 +171,19 @@ def end_of_epoch(run: Run, state: TrainState, totals: EpochTotals) -> dict[str, 
         assert run.knn_sets is not None
         t0 = time.perf_counter()
         res = evaluate_knn(state.model.encoder_q, *run.knn_sets, cfg.data.image_size, run.device,
-                           cfg.train.precision, cfg.train.knn_k, cfg.train.knn_t, cfg.train.channels_last)
-        rec.update({"knn_top1": res["top1"], "knn_top5": res["top5"], "knn_time": time.perf_counter() - t0})
+                           cfg.train.precision, cfg.train.knn_k, cfg.train.knn_t, cfg.train.channels_last,
+                           norm=cfg.data.normalize, features=tuple(cfg.train.knn_features))
+        rec.update({"knn_top1": res["top1"], "knn_top5": res["top5"], "knn_features": res["features"]})
+        for name in cfg.train.knn_features[1:]:
+            rec.update({f"knn_{name}_top1": res[f"{name}_top1"], f"knn_{name}_top5": res[f"{name}_top5"]})
+        rec["knn_time"] = time.perf_counter() - t0
     state.history.append(rec)
     if run.metrics is not None:
         run.metrics.write(rec)
     run.save(state, end_of_epoch=True)
     if run.main:
-        knn_s = f"  knn top-1 {rec['knn_top1']:.2f}%" if "knn_top1" in rec else ""
+        knn_s = f"  knn top-1 {rec['knn_top1']:.2f}% ({rec['knn_features']})" if "knn_top1" in rec else ""
+        knn_s += "".join(f", {rec[f'knn_{n}_top1']:.2f}% ({n})" for n in cfg.train.knn_features[1:] if knn_s)
         log.info("epoch %d/%d  loss %.4f  pretext acc %.1f%%  lr %.4f  %.0f img/s  %.0fs%s", state.epoch,
                  cfg.optim.epochs, rec["loss"], rec["pretext_acc1"], rec["lr"], rec["images_per_sec"], elapsed, knn_s)
         try:
