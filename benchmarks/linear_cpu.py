@@ -1,11 +1,13 @@
 """Linear protocol vs kNN for a pretrained checkpoint and for a randomly initialised backbone of the same shape.
 
     python benchmarks/linear_cpu.py --checkpoint runs/bench-cifar10-cpu/checkpoint_last.pt
-                                    [--data ../shared/datasets/cifar10]
+                                    [--data ../shared/datasets/cifar10] [--precision fp32]
 
-Both backbones get the same protocols (moco linear's defaults: 100 epochs, step schedule, at each
-learning rate; cached center features, or flip + pad-crop with V cached augmented views) and the same
-kNN (k=200, t=0.1). Prints a table and writes benchmarks/results/linear_cpu.json.
+Both backbones get the same protocols (moco linear's defaults: 100 epochs, step schedule; each protocol
+``NORM@LR[:augV]``: the feature norm (bn = a parameter-free BatchNorm on the features, moco linear's
+default; none = the paper's protocol), the lr, and cached center features or flip + pad-crop with V
+cached augmented views) and the same kNN (k=200, t=0.1). Prints a table and writes
+benchmarks/results/linear_cpu.json.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--data", default=str(ROOT.parent.parent / "shared" / "datasets" / "cifar10"))
-    ap.add_argument("--protocols", default="30,0.3,0.3:aug10",
-                    help="comma-separated LR or LR:augV (flip + pad-crop, V cached augmented views); "
-                         "30 is the paper's lr")
+    ap.add_argument("--protocols", default="none@30,none@0.3,bn@0.03,bn@0.1,bn@0.3,bn@1,bn@0.1:aug10",
+                    help="comma-separated NORM@LR or NORM@LR:augV (flip + pad-crop, V cached augmented views); "
+                         "none@30 is the paper's protocol, bn@0.1 moco linear's default")
+    ap.add_argument("--precision", default="bf16", help="fp32 where the CPU has no native bf16")
     ap.add_argument("--json", default=str(ROOT / "results" / "linear_cpu.json"))
     a = ap.parse_args()
     data = Path(a.data)
@@ -50,21 +53,24 @@ def main() -> None:
     rows = {}
     for name, net in (("pretrained", pretrained), ("random init", random_net)):
         net = net.to(memory_format=torch.channels_last)
-        knn = evaluate_knn(net, train, test, size, dev)
+        norm = cfg.data.normalize
+        knn = evaluate_knn(net, train, test, size, dev, a.precision, norm=norm)
         rows[name] = {"knn_top1": knn["top1"], "linear": {}}
         for spec in a.protocols.split(","):
-            lr, _, aug = spec.partition(":aug")
-            lc = LinearConfig(lr=float(lr), augment=bool(aug), cached_views=int(aug or 0))
+            feature_norm, _, rest = spec.partition("@")
+            lr, _, aug = rest.partition(":aug")
+            lc = LinearConfig(lr=float(lr), feature_norm=feature_norm, augment=bool(aug), cached_views=int(aug or 0))
             t0 = time.perf_counter()
-            lin, _ = linear_eval(net, train, test, size, dev, lc, progress=False)
+            lin, _ = linear_eval(net, train, test, size, dev, lc, a.precision, progress=False, norm=norm)
             rows[name]["linear"][spec] = {"top1": lin["top1"], "top5": lin["top5"], "lr": lc.lr,
-                                          "augment": lc.augment, "cached_views": lc.cached_views,
-                                          "seconds": time.perf_counter() - t0}
+                                          "feature_norm": feature_norm, "augment": lc.augment,
+                                          "cached_views": lc.cached_views, "seconds": time.perf_counter() - t0}
     lrs = list(rows["pretrained"]["linear"])
 
     def title(spec: str) -> str:
-        lr, _, aug = spec.partition(":aug")
-        return f"linear top-1, lr {lr}" + (f", flip+crop ({aug} cached views)" if aug else "")
+        feature_norm, _, rest = spec.partition("@")
+        lr, _, aug = rest.partition(":aug")
+        return f"linear, {feature_norm}, lr {lr}" + (f", flip+crop ({aug} views)" if aug else "")
 
     print("\n| backbone | kNN top-1 | " + " | ".join(title(lr) for lr in lrs) + " |")
     print("|---|---|" + "---|" * len(lrs))
@@ -72,7 +78,8 @@ def main() -> None:
         lin = " | ".join(f"{r['linear'][lr]['top1']:.2f}% ({r['linear'][lr]['seconds']:.0f} s)" for lr in lrs)
         print(f"| {name} | {r['knn_top1']:.2f}% | {lin} |")
     out = {"checkpoint": a.checkpoint, "protocol": vars(LinearConfig()), "rows": rows,
-           "command": f"python benchmarks/linear_cpu.py --checkpoint {a.checkpoint} --protocols {a.protocols}",
+           "command": f"python benchmarks/linear_cpu.py --checkpoint {a.checkpoint} --protocols {a.protocols} "
+                      f"--precision {a.precision}", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "date": time.strftime("%Y-%m-%d")}
     Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {a.json}")
