@@ -117,6 +117,24 @@ def test_an_entry_that_cannot_be_stat_ed_is_a_bad_file(tmp_path, monkeypatch):
     assert len(images) == 3 and images.report.not_files == [("locked.png", "cannot stat: Permission denied")]
 
 
+def test_a_folder_that_cannot_be_listed_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    root = _images(tmp_path / "d", 2)
+    _images(root / "private", 2, start=10)
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # root can list anything: inject the EACCES a user would get
+        if str(path).rstrip(os.sep).endswith("private"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    images = scan_images(root)
+    assert images.paths == ["000.png", "001.png"]
+    assert images.report.not_files == [("private", "cannot list: Permission denied")]
+    with pytest.raises(DataError, match="private"):
+        scan_images(root, strict=True)
+
+
 @pytest.mark.parametrize("name, match", [("photo.jpg", "a single image"), ("photos.tar", "an archive"),
                                          ("photos.zip", "an archive"), ("notes.txt", "not a folder")])
 def test_data_that_is_a_file_is_one_line_saying_what_data_accepts(tmp_path, capsys, name, match):

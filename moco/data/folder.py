@@ -73,9 +73,8 @@ class ScanReport:
     def warn(self, root: Path) -> None:
         """One warning line per kind of entry left out."""
         if self.not_files:
-            log.warning("skipped %d entr%s named like images that %s not readable regular files in %s: %s",
-                        len(self.not_files), "y" if len(self.not_files) == 1 else "ies",
-                        "is" if len(self.not_files) == 1 else "are", root,
+            log.warning("skipped %d entr%s that cannot be read as image files in %s: %s",
+                        len(self.not_files), "y" if len(self.not_files) == 1 else "ies", root,
                         _first(f"{p} ({why})" for p, why in self.not_files))
         if self.loops:
             log.warning("skipped %d symlink loop(s) in %s (links back to a folder they are in): %s",
@@ -127,7 +126,7 @@ class _Walk:
         try:
             listing = sorted(os.scandir(folder), key=lambda e: (e.is_symlink(), e.name))
         except OSError as e:
-            self.report.not_files.append((rel or ".", f"cannot list: {e.strerror or e}"))
+            self.report.not_files.append((rel.rstrip(os.sep) or ".", f"cannot list: {e.strerror or e}"))
             return []
         out = []
         for e in listing:
