@@ -23,6 +23,8 @@ log = logging.getLogger("moco")
 EPILOG_PRETRAIN = """examples:
   moco pretrain --preset cifar10-cpu --data ../shared/datasets/cifar10 --out runs/cpu
   moco pretrain --data ~/photos --out runs/photos --epochs 50 --batch-size 128
+  moco pretrain --data ~/photos --out runs/lunch --time-budget 45m   # as far as 45 minutes go
+  moco pretrain --out runs/copy --replay-plan runs/lunch --data ~/photos  # that run again, bit for bit
   moco pretrain --preset cifar10-demo --data data/cifar10 --out runs/demo --set method.symmetric=true
   moco pretrain --out runs/cpu --resume auto            # continue an interrupted run
   moco pretrain --preset imagenet-v2 --print-config     # show the resolved config and exit
@@ -51,6 +53,12 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one setting, e.g. --set method.m=0.99 (repeatable)")
     pt.add_argument("--epochs", type=int)
+    pt.add_argument("--time-budget", metavar="DURATION",
+                    help="train for this much wall time instead of a number of epochs (90s, 15m, 2h), start-up "
+                         "and the final kNN included; the schedules are fitted to the steps that fit")
+    pt.add_argument("--replay-plan", metavar="RUN|CHECKPOINT",
+                    help="follow the plan a --time-budget run recorded, without the clock: the same run, bit "
+                         "for bit, on any machine")
     pt.add_argument("--batch-size", type=int)
     pt.add_argument("--lr", type=float)
     pt.add_argument("--workers", type=int)
@@ -222,9 +230,15 @@ def _launch(nproc: int, argv: list[str]) -> int:
 def _pretrain(a: argparse.Namespace) -> int:
     from moco.config import dump_yaml, from_dict, resolve
     from moco.core.checkpoint_files import latest_checkpoint, load_checkpoint, require_moco_checkpoint
+    from moco.training.budget import parse_duration
     from moco.training.pretrain import pretrain
 
+    if a.time_budget and a.epochs:
+        raise ConfigError("--time-budget and --epochs both set how long to train; give one of them")
+    if a.time_budget and a.replay_plan:
+        raise ConfigError("--replay-plan follows a recorded plan without the clock; drop --time-budget")
     flags: dict[str, Any] = {
+        "optim.time_budget": parse_duration(a.time_budget) if a.time_budget else None,
         "optim.epochs": a.epochs, "optim.batch_size": a.batch_size, "optim.lr": a.lr, "data.workers": a.workers,
         "train.seed": a.seed, "data.max_images": a.max_images, "train.device": a.device,
         "data.strict": True if a.strict_data else None,
@@ -247,7 +261,7 @@ def _pretrain(a: argparse.Namespace) -> int:
     if data is None:
         raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 exists")
     res = pretrain(cfg, data, out, resume=a.resume, overwrite=a.overwrite, knn_train=a.knn_train,
-                   knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn)
+                   knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn, replay_plan=a.replay_plan)
     if res.stopped:
         return 130
     if int(os.environ.get("RANK", "0")) == 0:

@@ -28,6 +28,8 @@ from moco.optim import OPTIMIZERS
 from moco.presets import PRESETS
 from moco.schema import DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
 
+MIN_BUDGET_S = 10.0  # the shortest time budget accepted: below it not even one step and the final kNN fit
+
 __all__ = [
     "PRESETS", "Config", "ConfigError", "DataConfig", "MethodConfig", "ModelConfig", "OptimConfig", "TrainConfig",
     "all_keys", "dump_yaml", "from_dict", "load_yaml", "merge_dict", "resolve", "set_value", "validate",
@@ -290,6 +292,9 @@ def validate(cfg: Config) -> None:
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(o.schedule in ("step", "cosine"), f"optim.schedule must be 'step' or 'cosine', got {o.schedule!r}")
     _check(0 <= o.warmup_epochs < o.epochs, f"optim.warmup_epochs must be in [0, epochs), got {o.warmup_epochs}")
+    _check(o.time_budget == 0 or o.time_budget >= MIN_BUDGET_S,
+           f"optim.time_budget must be 0 (off) or at least {MIN_BUDGET_S:.0f} s, time for start-up, one step, the "
+           f"checkpoint and the kNN; got {o.time_budget:g} s")
     _check(t.precision in ("bf16", "fp16", "fp32"), f"train.precision must be bf16, fp16 or fp32, got {t.precision!r}")
     _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _check(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")

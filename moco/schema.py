@@ -77,6 +77,8 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     optimizer: str = "sgd"  # sgd, lars or adamw
     scale_lr: bool = False  # lr = optim.lr x batch_size / 256 (the v3 recipes)
+    time_budget: float = 0.0  # seconds of wall time to train for (start-up and final kNN included) instead of
+    # `epochs` epochs; the schedules then run over the planned steps, `epochs` long in schedule epochs
 
 
 @dataclass

@@ -80,6 +80,15 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x / dist.get_world_size()
 
 
+def broadcast_int(value: int | None, device: torch.device) -> int | None:
+    """Rank 0's ``value`` (an int >= 0, or None) on every rank."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([-1 if value is None else value], dtype=torch.long, device=device)
+    dist.broadcast(t, src=0)
+    return None if t.item() < 0 else int(t.item())
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any rank (used to stop all ranks at the same step)."""
     if world_size() == 1:

@@ -3,7 +3,8 @@
 A checkpoint is a plain dict of tensors and Python values (loadable with ``torch.load(weights_only=True)``,
 so opening one never runs code): ``format``, ``config``, ``epoch`` (completed epochs), ``step`` (global
 step), ``epoch_step`` (steps done in an unfinished epoch), ``model`` (both encoders, queue and queue
-pointer), ``optimizer``, ``rng``, ``metrics`` and ``history``. File handling (atomic writes, safe loads) is
+pointer), ``optimizer``, ``rng``, ``metrics``, ``history`` and, for a time budget, ``budget`` (the plan and
+the seconds spent). File handling (atomic writes, safe loads) is
 :mod:`moco.core.checkpoint_files`, re-exported here.
 """
 
@@ -26,6 +27,7 @@ from moco.core.checkpoint_files import (
 )
 from moco.core.errors import CheckpointError
 from moco.schema import Config
+from moco.training.budget import Plan
 
 __all__ = [
     "FORMAT", "CheckpointError", "TrainState", "atomic_save", "check_compatible", "latest_checkpoint",
@@ -61,6 +63,8 @@ class TrainState:
     step: int = 0  # global steps
     epoch_step: int = 0  # steps done in the unfinished epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
+    plan: Plan | None = None  # a time budget's plan (optim.time_budget), or None: optim.epochs epochs
+    budget_spent: float = 0.0  # seconds of the time budget used so far, earlier sessions included
 
     @property
     def last(self) -> dict[str, Any]:
@@ -77,6 +81,8 @@ class TrainState:
         }
         if self.scaler.is_enabled():
             ckpt["scaler"] = self.scaler.state_dict()
+        if self.plan is not None:
+            ckpt["budget"] = {"plan": self.plan.to_dict(), "spent_s": self.budget_spent}
         return ckpt
 
     def restore(self, ckpt: dict[str, Any], path: Path) -> None:
@@ -92,3 +98,6 @@ class TrainState:
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.epoch, self.step, self.epoch_step = ckpt["epoch"], ckpt["step"], ckpt.get("epoch_step", 0)
         self.history = list(ckpt.get("history", []))
+        if "budget" in ckpt:
+            self.plan = Plan.from_dict(ckpt["budget"]["plan"])
+            self.budget_spent = float(ckpt["budget"]["spent_s"])

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from moco.core.distributed import all_reduce_mean
+from moco.core.distributed import all_reduce_mean, broadcast_int
 from moco.core.errors import TrainingError
 from moco.core.precision import autocast, memory_format
-from moco.evaluation.knn import evaluate_knn
+from moco.data.cache import DecodedImages
+from moco.evaluation.knn import evaluate_knn, extract_feature_sets
 from moco.schedules import lr_at, momentum_at, view_size_at
 from moco.training.checkpoint import TrainState, latest_checkpoint
 from moco.training.logging import plot_curves, read_metrics
@@ -87,13 +88,55 @@ def log_step(run: Run, state: TrainState, totals: EpochTotals, loss: torch.Tenso
     return rec
 
 
+def epochs_label(run: Run, state: TrainState) -> str:
+    """``7/10``, or under a time budget the planned number of epochs as it stands: ``7/12.4 planned``."""
+    if state.plan is None:
+        return f"{run.cfg.optim.epochs}"
+    return f"{run.total_steps(state) / run.steps_per_epoch:.1f} planned"
+
+
 def _progress_bar(run: Run, state: TrainState):  # noqa: ANN202 - tqdm or None
     if not run.progress:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=run.steps_per_epoch, initial=state.epoch_step, desc=f"epoch {state.epoch + 1}/"
-                f"{run.cfg.optim.epochs}", unit="step", leave=False, dynamic_ncols=True, disable=None)
+    return tqdm(total=min(run.steps_per_epoch, state.epoch_step + run.total_steps(state) - state.step),
+                initial=state.epoch_step, desc=f"epoch {state.epoch + 1}/{epochs_label(run, state)}", unit="step",
+                leave=False, dynamic_ncols=True, disable=None)
+
+
+def budget_check(run: Run, state: TrainState, bar) -> None:  # noqa: ANN001 - tqdm or None
+    """Under a time budget: after a step, re-plan the run's length when its measured speed says so (rank 0
+    decides, every rank follows), with a record in metrics.jsonl and a log line."""
+    clock = run.clock
+    if clock is None or state.plan is None:
+        return
+    if run.main and run.knn_seconds is None:  # time the final kNN now, in the warm-up, not in a timed window
+        final_cost(run, state)
+    if not clock.due(state.step):
+        return
+    fit = clock.fit(state.step, run.total_steps(state)) if run.main else None
+    fit = broadcast_int(fit, run.device)
+    if fit is None or not state.plan.replan(state.step, fit):
+        return
+    spe = run.steps_per_epoch
+    rec = {"type": "plan", "step": state.step, "total_steps": fit, "epochs_planned": round(fit / spe, 3),
+           "schedule_epoch": round(state.plan.schedule_epoch(state.step), 4), "steps_per_sec": clock.rate,
+           "time_left": clock.time_left(), "spent_s": clock.spent}
+    if run.metrics is not None:
+        run.metrics.write(rec)
+    if run.main:
+        log.info("plan: %d steps (%.2f epochs) at %.2f steps/s to end %s from now, start-up and final kNN included",
+                 fit, fit / spe, clock.rate, _mmss(clock.time_left()))
+    if bar is not None:
+        bar.total = min(spe, state.epoch_step + fit - state.step)
+        bar.set_description(f"epoch {state.epoch + 1}/{epochs_label(run, state)}")
+        bar.refresh()
+
+
+def _mmss(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def train_one_epoch(run: Run, state: TrainState, net: torch.nn.Module) -> EpochTotals:
@@ -105,8 +148,9 @@ def train_one_epoch(run: Run, state: TrainState, net: torch.nn.Module) -> EpochT
     cfg, b = run.cfg, run.cfg.optim.batch_size
     epoch_seed = cfg.train.seed * 100_003 + state.epoch
     perm = torch.randperm(run.n_images, generator=torch.Generator().manual_seed(epoch_seed))
-    side = view_size_at(cfg.data, state.epoch)
-    if run.main and cfg.data.ramp_size and (state.epoch == 0 or view_size_at(cfg.data, state.epoch - 1) != side):
+    sched = int(run.schedule_epoch(state))  # the data's epoch, or a time budget's schedule epoch
+    side = view_size_at(cfg.data, sched)
+    if run.main and cfg.data.ramp_size and (sched == 0 or view_size_at(cfg.data, sched - 1) != side):
         log.info("epoch %d: training views of %d px (progressive resizing)", state.epoch + 1, side)
     batches = run.source.epoch(perm, state.epoch_step, side, epoch_seed)
     fmt = memory_format(cfg.train.channels_last)
@@ -114,7 +158,7 @@ def train_one_epoch(run: Run, state: TrainState, net: torch.nn.Module) -> EpochT
     totals = EpochTotals(side, torch.zeros((), device=run.device), torch.zeros((), device=run.device))
     bar = _progress_bar(run, state)
     for im_q, im_k, index in batches:
-        t = state.epoch + state.epoch_step / run.steps_per_epoch
+        t = run.schedule_epoch(state)
         lr = lr_at(cfg, t)
         for g in state.optimizer.param_groups:
             g["lr"] = lr
@@ -131,10 +175,12 @@ def train_one_epoch(run: Run, state: TrainState, net: torch.nn.Module) -> EpochT
         if state.step % cfg.train.log_every == 0 or state.epoch_step == run.steps_per_epoch:
             rec = log_step(run, state, totals, loss, logits, lr)
             if bar is not None:
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.4f}", ips=f"{rec['images_per_sec']:.0f}")
+                left = {"left": _mmss(run.clock.time_left())} if run.clock is not None else {}
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.4f}", ips=f"{rec['images_per_sec']:.0f}", **left)
         if bar is not None:
             bar.update(1)
-        if run.should_stop(state):
+        budget_check(run, state, bar)
+        if run.should_stop(state) or (state.plan is not None and run.finished(state)):
             break
     if bar is not None:
         bar.close()
@@ -147,10 +193,38 @@ def _files_lost(run: Run) -> int:
     return round(all_reduce_mean(n).item() * run.dinfo.world_size)
 
 
-def knn_due(run: Run, epoch: int) -> bool:
-    """The kNN monitor runs every ``train.knn_every`` epochs and after the last one, given labelled data."""
-    every, epochs = run.cfg.train.knn_every, run.cfg.optim.epochs
-    return run.knn_sets is not None and ((every and epoch % every == 0) or epoch == epochs)
+def estimate_knn_seconds(run: Run, state: TrainState) -> float:
+    """Seconds the final kNN will take: one batch of the test set timed (after a first, warming call), scaled
+    to the memory and test sets, plus the vote."""
+    if run.knn_sets is None:
+        return 0.0
+    memory, test = run.knn_sets
+    cfg = run.cfg
+    sample = DecodedImages(test.array[:256], test.images, [])
+
+    def timed() -> float:
+        t0 = time.perf_counter()
+        extract_feature_sets(state.model.encoder_q, sample, cfg.data.image_size, run.device,
+                             tuple(cfg.train.knn_features), cfg.train.precision,
+                             channels_last=cfg.train.channels_last, norm=cfg.data.normalize)
+        return time.perf_counter() - t0
+
+    timed()
+    n = len(memory.array) + len(test.array)
+    return timed() * n / len(sample.array) * 1.1 + 1.0
+
+
+def final_cost(run: Run, state: TrainState) -> float:
+    """Seconds a time-budgeted run needs after its last step: the final record, checkpoint and kNN, and a margin."""
+    if run.knn_seconds is None:
+        run.knn_seconds = estimate_knn_seconds(run, state)
+    return 2 * run.save_seconds + run.knn_seconds + 1.0
+
+
+def knn_due(run: Run, state: TrainState) -> bool:
+    """The kNN monitor runs every ``train.knn_every`` epochs and at the end of the run, given labelled data."""
+    every = run.cfg.train.knn_every
+    return run.knn_sets is not None and ((every and state.epoch % every == 0) or run.finished(state))
 
 
 def end_of_epoch(run: Run, state: TrainState, totals: EpochTotals) -> dict[str, Any]:
@@ -163,11 +237,13 @@ def end_of_epoch(run: Run, state: TrainState, totals: EpochTotals) -> dict[str, 
     n = max(totals.steps, 1)
     rec: dict[str, Any] = {
         "type": "epoch", "epoch": state.epoch, "step": state.step, "loss": all_reduce_mean(totals.loss / n).item(),
-        "pretext_acc1": all_reduce_mean(totals.acc / n).item(), "lr": lr_at(cfg, state.epoch),
+        "pretext_acc1": all_reduce_mean(totals.acc / n).item(), "lr": lr_at(cfg, run.schedule_epoch(state)),
         "images_per_sec": totals.steps * cfg.optim.batch_size / max(elapsed, 1e-9), "epoch_time": elapsed,
         "view_size": totals.side, "files_lost": _files_lost(run),
     }
-    if knn_due(run, state.epoch):
+    if state.plan is not None:
+        rec.update({"steps_planned": run.total_steps(state), "schedule_epoch": round(run.schedule_epoch(state), 4)})
+    if knn_due(run, state):
         assert run.knn_sets is not None
         t0 = time.perf_counter()
         res = evaluate_knn(state.model.encoder_q, *run.knn_sets, cfg.data.image_size, run.device,
@@ -184,8 +260,9 @@ def end_of_epoch(run: Run, state: TrainState, totals: EpochTotals) -> dict[str, 
     if run.main:
         knn_s = f"  knn top-1 {rec['knn_top1']:.2f}% ({rec['knn_features']})" if "knn_top1" in rec else ""
         knn_s += "".join(f", {rec[f'knn_{n}_top1']:.2f}% ({n})" for n in cfg.train.knn_features[1:] if knn_s)
-        log.info("epoch %d/%d  loss %.4f  pretext acc %.1f%%  lr %.4f  %.0f img/s  %.0fs%s", state.epoch,
-                 cfg.optim.epochs, rec["loss"], rec["pretext_acc1"], rec["lr"], rec["images_per_sec"], elapsed, knn_s)
+        log.info("epoch %d/%s  loss %.4f  pretext acc %.1f%%  lr %.4f  %.0f img/s  %.0fs%s", state.epoch,
+                 epochs_label(run, state), rec["loss"], rec["pretext_acc1"], rec["lr"], rec["images_per_sec"], elapsed,
+                 knn_s)
         try:
             plot_curves(read_metrics(run.out / "metrics.jsonl"), run.out / "curves.png")
         except Exception as e:  # noqa: BLE001 - a plot must never stop training

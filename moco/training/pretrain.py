@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,16 @@ import torch
 
 from moco.config import validate
 from moco.core.distributed import cleanup, env_world_size, init_distributed
-from moco.core.errors import ConfigError
+from moco.core.errors import CheckpointError, ConfigError
 from moco.core.run_lock import lock_run_folder
 from moco.data.folder import check_data_root
 from moco.methods import describe
 from moco.models.generic import custom_name
 from moco.schema import Config
-from moco.training.checkpoint import TrainState
+from moco.training.budget import BudgetClock, Plan
+from moco.training.checkpoint import TrainState, latest_checkpoint, load_checkpoint, require_moco_checkpoint
 from moco.training.logging import MetricsLogger
-from moco.training.loop import end_of_epoch, train_one_epoch
+from moco.training.loop import end_of_epoch, final_cost, train_one_epoch
 from moco.training.run import Run, set_up
 
 log = logging.getLogger("moco")
@@ -60,6 +62,7 @@ def pretrain(
     max_steps: int | None = None,
     knn: bool = True,
     backbone: torch.nn.Module | None = None,
+    replay_plan: str | Path | None = None,
 ) -> RunResult:
     """Pretrain MoCo on the images under ``data``, writing the run to ``out``.
 
@@ -69,7 +72,12 @@ def pretrain(
     ``max_steps`` stops after that many global steps (with a checkpoint), as an interruption would.
     ``backbone`` (any module mapping images to features or feature maps) is trained instead of the one
     ``cfg.model`` describes; the run records it as ``model.arch = custom:MODULE.CLASS``.
+
+    ``optim.time_budget`` (seconds) trains for that long instead of ``optim.epochs`` epochs, start-up and the
+    final checkpoint and kNN included (:mod:`moco.training.budget`). ``replay_plan`` (a budgeted run's folder
+    or checkpoint) follows that run's recorded plan without the clock: the same run, bit for bit.
     """
+    started = time.perf_counter()
     out = Path(out)
     if backbone is not None:
         cfg = copy.deepcopy(cfg)
@@ -87,9 +95,10 @@ def pretrain(
         run, state = set_up(cfg, Path(data), out, dinfo, dist_device, resume=resume, overwrite=overwrite,
                             knn_train=knn_train, knn_test=knn_test, knn=knn, progress=progress and dinfo.is_main,
                             max_steps=max_steps, backbone=backbone)
-        if state.epoch >= cfg.optim.epochs:
+        set_up_budget(run, state, replay_plan, started)
+        if run.finished(state):
             if run.main:
-                log.info("run already finished (%d/%d epochs)", state.epoch, cfg.optim.epochs)
+                log.info("run already finished (epoch %d, step %d)", state.epoch, state.step)
             return _result(run, state)
         return train(run, state)
     finally:
@@ -99,19 +108,62 @@ def pretrain(
 
 
 def _result(run: Run, state: TrainState) -> RunResult:
-    return RunResult(run.out, state.epoch, state.step, state.epoch < run.cfg.optim.epochs, state.last)
+    return RunResult(run.out, state.epoch, state.step, not run.finished(state), state.last)
 
 
-def _log_start(run: Run) -> None:
+def load_plan(source: str | Path) -> Plan:
+    """The plan a budgeted run followed, from its folder (latest checkpoint) or a checkpoint file."""
+    path = Path(source)
+    ckpt_path = latest_checkpoint(path) if path.is_dir() else path
+    if ckpt_path is None or not ckpt_path.is_file():
+        raise CheckpointError(f"--replay-plan: no checkpoint in {path}")
+    ckpt = require_moco_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
+    if "budget" not in ckpt:
+        raise CheckpointError(f"--replay-plan: {ckpt_path} is not from a time-budgeted run (it has no plan)")
+    return Plan.from_dict(ckpt["budget"]["plan"])
+
+
+def set_up_budget(run: Run, state: TrainState, replay_plan: str | Path | None, started: float) -> None:
+    """The run's plan: a recorded one to replay (no clock), or under ``optim.time_budget`` a plan that the clock
+    revises as it measures the speed (resumed runs continue theirs with the budget that remains)."""
+    cfg, spe = run.cfg, run.steps_per_epoch
+    if replay_plan is not None:
+        plan = load_plan(replay_plan)
+        if state.plan is not None and state.plan.events != plan.events[: len(state.plan.events)]:
+            raise ConfigError(f"--replay-plan {replay_plan}: this run's checkpoint follows another plan")
+        state.plan = plan
+        return
+    budget = cfg.optim.time_budget
+    if not budget:
+        return  # a budgeted checkpoint resumed without a budget follows the rest of its plan as a replay would
+    if state.plan is None:
+        if state.step:
+            raise ConfigError(f"{run.out} was started without a time budget; resume it without --time-budget")
+        state.plan = Plan(cfg.optim.epochs, [(0, cfg.optim.epochs * spe)])  # until the speed is measured
+    run.clock = BudgetClock(budget, state.budget_spent, lambda: final_cost(run, state), started=started)
+    if run.clock.time_left() <= 0:
+        state.plan.replan(state.step, state.step)
+        log.warning("the time budget (%.0f s) is used up: finishing the run now", budget)
+
+
+def _log_start(run: Run, state: TrainState) -> None:
     cfg, b = run.cfg, run.cfg.optim.batch_size
     procs = f" ({run.dinfo.world_size} processes x {b // run.dinfo.world_size})" if run.dinfo.enabled else ""
-    log.info("pretraining %s (width %d) on %d images from %s: %d epochs x %d steps, batch %d%s, %s, T=%s, %s on %s",
-             cfg.model.arch, cfg.model.width, run.n_images, run.train_dir, cfg.optim.epochs, run.steps_per_epoch, b,
+    if run.clock is not None:
+        length = (f"a time budget of {cfg.optim.time_budget:.0f} s ({run.clock.time_left():.0f} s left; the plan "
+                  f"follows the measured speed)")
+    elif state.plan is not None:
+        length = f"a recorded plan of {state.plan.total_steps} steps"
+    else:
+        length = f"{cfg.optim.epochs} epochs"
+    log.info("pretraining %s (width %d) on %d images from %s: %s x %d steps, batch %d%s, %s, T=%s, %s on %s",
+             cfg.model.arch, cfg.model.width, run.n_images, run.train_dir, length, run.steps_per_epoch, b,
              procs, describe(cfg, run.n_images), cfg.method.T, cfg.train.precision, run.device)
 
 
 def train(run: Run, state: TrainState) -> RunResult:
-    """Train from where ``state`` stands to ``optim.epochs``, or until a signal or ``max_steps``."""
+    """Train from where ``state`` stands to the end (``optim.epochs``, or a time budget's plan), or until a
+    signal or ``max_steps``."""
     net: torch.nn.Module = state.model
     if run.dinfo.enabled:  # gradients of encoder_q are all-reduced; the queue is kept identical by gathering keys
         dev = run.device
@@ -120,11 +172,11 @@ def train(run: Run, state: TrainState) -> RunResult:
     run.metrics = MetricsLogger(run.out) if run.main else None
     run.stop.install()
     if run.main:
-        _log_start(run)
+        _log_start(run, state)
     try:
-        while state.epoch < run.cfg.optim.epochs:
+        while not run.finished(state):
             totals = train_one_epoch(run, state, net)
-            if state.epoch_step < run.steps_per_epoch:  # stopped mid-epoch
+            if state.epoch_step < run.steps_per_epoch and not run.finished(state):  # stopped mid-epoch
                 run.save(state, end_of_epoch=False)
                 if run.main:
                     log.warning("stopped (%s) at epoch %d, step %d; checkpoint saved to %s; continue with "

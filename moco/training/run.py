@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from moco.data.pipelines import BatchSource, decode_side, open_source
 from moco.methods import build_moco
 from moco.optim import build_optimizer
 from moco.schema import Config
+from moco.training.budget import BudgetClock
 from moco.training.checkpoint import (
     TrainState,
     check_compatible,
@@ -79,6 +81,9 @@ class Run:
     max_steps: int | None = None
     stop: StopFlag = field(default_factory=StopFlag)
     metrics: MetricsLogger | None = None  # rank 0, while training
+    clock: BudgetClock | None = None  # with optim.time_budget (not when replaying a plan): measures, re-plans
+    save_seconds: float = 1.0  # the last checkpoint write's duration (a budget keeps time for the final one)
+    knn_seconds: float | None = None  # a budget's estimate of the final kNN's duration, made once
 
     @property
     def main(self) -> bool:
@@ -92,6 +97,25 @@ class Run:
     def steps_per_epoch(self) -> int:
         return self.n_images // self.cfg.optim.batch_size
 
+    def total_steps(self, state: TrainState) -> int:
+        """The run's length in global steps: ``optim.epochs`` epochs, or a time budget's plan as it stands."""
+        if state.plan is not None:
+            return state.plan.total_at(state.step)
+        return self.cfg.optim.epochs * self.steps_per_epoch
+
+    def finished(self, state: TrainState) -> bool:
+        """All planned steps done (a budget's plan), or ``optim.epochs`` epochs completed."""
+        if state.plan is not None:
+            return state.step >= state.plan.total_at(state.step)
+        return state.epoch >= self.cfg.optim.epochs
+
+    def schedule_epoch(self, state: TrainState) -> float:
+        """The fractional epoch the schedules are read at: the data's epoch, or a budget plan's schedule epoch
+        (0 to ``optim.epochs`` over the planned steps)."""
+        if state.plan is not None:
+            return state.plan.schedule_epoch(state.step)
+        return state.epoch + state.epoch_step / self.steps_per_epoch
+
     def should_stop(self, state: TrainState) -> bool:
         """A signal on any rank, or ``max_steps`` reached: every rank stops at the same step."""
         return any_rank(self.stop.signum is not None, self.device) or (
@@ -100,12 +124,16 @@ class Run:
     def save(self, state: TrainState, end_of_epoch: bool) -> None:
         """``checkpoint_last.pt`` (rank 0), and after every ``train.checkpoint_every`` epochs and the last one
         a kept ``checkpoint_{epoch:04d}.pt``."""
+        if self.clock is not None:
+            state.budget_spent = self.clock.spent
         if self.main:
+            t0 = time.perf_counter()
             ckpt = state.to_checkpoint(self.cfg, self.n_images, self.dinfo.world_size)
             atomic_save(ckpt, self.out / "checkpoint_last.pt")
             every = self.cfg.train.checkpoint_every
-            if end_of_epoch and every and (state.epoch % every == 0 or state.epoch == self.cfg.optim.epochs):
+            if end_of_epoch and every and (state.epoch % every == 0 or self.finished(state)):
                 atomic_save(ckpt, self.out / f"checkpoint_{state.epoch:04d}.pt")
+            self.save_seconds = time.perf_counter() - t0
         barrier()
 
 

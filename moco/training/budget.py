@@ -1,0 +1,138 @@
+"""Training for a time budget (``optim.time_budget``): the run plans its own length from its measured speed,
+so that training, the final checkpoint and the final kNN end at the deadline.
+
+The plan is a map from the global step to the *schedule epoch*, the (fractional) epoch at which every
+schedule is read (lr, key-encoder momentum, view size), running from 0 to ``optim.epochs`` over the
+planned steps. So the whole recipe (cosine or step decay, warm-up, v3's momentum, progressive resizing)
+is fitted to the planned length, and the lr reaches its end value at the deadline: *budgeted training*
+(Li, Yumer and Ramanan, ICLR 2020). A re-plan at step ``s`` keeps the map continuous: the schedule epoch
+reached at ``s`` is spread over the new number of remaining steps, so the lr never jumps; it only decays
+faster or slower from there (the cosine re-fitted to the steps that remain).
+
+A plan is a list of events ``(step, total steps)``: from ``step`` on, the run ends at ``total steps``. It
+is stored in the checkpoint and, one record per event, in metrics.jsonl. :class:`Plan` alone (no clock)
+replays a budgeted run bit for bit on any machine (``--replay-plan``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from moco.core.errors import ConfigError
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``15m``, ``2h`` or ``1h30m``; a :class:`ConfigError` otherwise."""
+    s = str(text).strip().lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|min|m|s|)", s)
+    if not s or "".join(a + b for a, b in parts) != s or (len(parts) > 1 and any(u == "" for _, u in parts)):
+        raise ConfigError(f"--time-budget expects a duration such as 90s, 15m, 2h or 1h30m, got {text!r}")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+@dataclass
+class Plan:
+    """The planned length of a budgeted run: events ``(step, total_steps)``, each in force from its step on."""
+
+    epochs: float  # the schedules' length in schedule epochs (optim.epochs)
+    events: list[tuple[int, int]] = field(default_factory=list)
+
+    def total_at(self, step: int) -> int:
+        """The planned total number of steps in force at ``step``."""
+        total = self.events[0][1]
+        for s, t in self.events[1:]:
+            if s > step:
+                break
+            total = t
+        return total
+
+    @property
+    def total_steps(self) -> int:
+        return self.events[-1][1]
+
+    def schedule_epoch(self, step: int) -> float:
+        """The epoch at which the schedules are read at global ``step``: linear from (event step, schedule
+        epoch reached there) to (its total, ``epochs``), continuous across events."""
+        v, s0, total = 0.0, 0, self.events[0][1]
+        for s, t in self.events[1:]:
+            if s > step:
+                break
+            v += (self.epochs - v) * (s - s0) / max(total - s0, 1)
+            s0, total = s, t
+        return min(self.epochs, v + (self.epochs - v) * (step - s0) / max(total - s0, 1))
+
+    def replan(self, step: int, total: int) -> bool:
+        """From ``step`` on, end at ``total`` (at least ``step``); False if that is the plan already."""
+        total = max(total, step)
+        if total == self.total_at(step):
+            return False
+        self.events = [e for e in self.events if e[0] < step] + [(step, total)]
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "events": [list(e) for e in self.events]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        return cls(float(d["epochs"]), [(int(s), int(t)) for s, t in d["events"]])
+
+
+class BudgetClock:
+    """Measures the run's speed and re-plans so that training ends ``reserve()`` seconds before the deadline.
+
+    ``due(step)`` is called after every step; when it says so, ``fit`` gives the new total if the steps that fit
+    the time left differ from the plan's remaining steps by more than ``tolerance``. The speed is measured
+    over the last ``window`` steps, so a drift shows within a window. ``started`` is when the job began (its
+    start-up counts against the budget).
+    """
+
+    def __init__(self, budget_s: float, spent_s: float, reserve: Callable[[], float], started: float | None = None,
+                 warmup: int = 5, every: int = 5, window: int = 40, tolerance: float = 0.03) -> None:
+        self.budget_s, self.spent_before = budget_s, spent_s
+        self.reserve, self.warmup, self.every, self.tolerance = reserve, warmup, every, tolerance
+        self.start = time.perf_counter() if started is None else started
+        self.deadline = self.start + budget_s - spent_s
+        self.times: deque[tuple[int, float]] = deque(maxlen=window + 1)
+        self.first_step: int | None = None
+        self.rate = 0.0  # steps per second, over the window
+
+    @property
+    def spent(self) -> float:
+        """Seconds of the budget used so far, earlier sessions included."""
+        return self.spent_before + time.perf_counter() - self.start
+
+    def time_left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        """Note that ``step`` is done; True when the plan should be checked now: after ``warmup`` steps (start-up,
+        first allocations and compiled steps left out of the speed), then every ``every`` steps. The same steps
+        on every process."""
+        now = time.perf_counter()
+        if self.first_step is None:
+            self.first_step = step
+        done = step - self.first_step - self.warmup
+        if done <= 0:
+            self.times.clear()  # the speed window starts after the warm-up
+        self.times.append((step, now))
+        return done > 0 and done % self.every == 0
+
+    def fit(self, step: int, planned_total: int) -> int | None:
+        """The total steps that fit the time left at the speed of the last window, when it differs from the plan's
+        by more than ``tolerance`` of the remaining steps (always at the first check); else None."""
+        (s0, t0), (s1, t1) = self.times[0], self.times[-1]
+        self.rate = (s1 - s0) / max(t1 - t0, 1e-9)
+        fit = step + max(0, math.floor((self.deadline - t1 - self.reserve()) * self.rate))
+        left_now, left_new = planned_total - step, fit - step
+        first = step - (self.first_step or 0) - self.warmup == self.every
+        if first or abs(left_new - left_now) > max(1.0, self.tolerance * max(left_now, 1)):
+            return fit
+        return None

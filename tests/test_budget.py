@@ -1,0 +1,142 @@
+"""Training for a time budget: the plan, its schedules, re-planning, resume, replay and the refusals."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from moco.cli import main
+from moco.config import ConfigError, resolve
+from moco.schedules import lr_at, momentum_at
+from moco.training import loop as loop_module
+from moco.training.budget import Plan, parse_duration
+from moco.training.checkpoint import load_checkpoint
+from moco.training.logging import read_metrics
+from moco.training.pretrain import pretrain
+from tests.conftest import make_image_folder, tiny_config
+
+
+def budget_data(tmp_path):
+    make_image_folder(tmp_path / "data" / "train", per_class=64, seed=0)
+    make_image_folder(tmp_path / "data" / "test", per_class=8, seed=1)
+    return tmp_path / "data"
+
+
+def budget_cfg(tmp_path, seconds, *extra):
+    # fp32 at width 8: bf16 is emulated (slow) on CPUs without native bf16, and width 4 meets a oneDNN bug in fp32
+    return tiny_config(tmp_path, "optim.batch_size=16", "train.checkpoint_every=0", "train.log_every=4",
+                       "train.precision=fp32", "model.width=8", f"optim.time_budget={seconds}", *extra)
+
+
+def plans(run):
+    return [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "plan"]
+
+
+def test_durations():
+    assert [parse_duration(t) for t in ("90", "90s", "15m", "2h", "1h30m", "1.5m")] == [90, 90, 900, 7200, 5400, 90]
+    for bad in ("", "abc", "15x", "m15", "1h30"):
+        with pytest.raises(ConfigError, match="duration"):
+            parse_duration(bad)
+
+
+def test_the_schedule_epoch_is_continuous_across_replans_and_ends_at_the_planned_end():
+    plan = Plan(10, [(0, 1000)])
+    assert plan.schedule_epoch(500) == pytest.approx(5.0)
+    before = plan.schedule_epoch(300)
+    assert plan.replan(300, 600)  # slower than planned: fewer steps fit
+    assert plan.schedule_epoch(300) == pytest.approx(before)  # no jump where the plan changes
+    assert plan.schedule_epoch(600) == pytest.approx(10.0) and plan.total_at(599) == 600
+    assert plan.schedule_epoch(450) == pytest.approx(before + (10 - before) / 2)  # the rest, squeezed
+    assert plan.schedule_epoch(200) == pytest.approx(2.0)  # the past is unchanged
+    assert not plan.replan(400, 600)  # the same plan: no event
+    again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert [again.schedule_epoch(s) for s in range(0, 601, 50)] == [plan.schedule_epoch(s) for s in range(0, 601, 50)]
+
+
+def test_a_budget_planned_cosine_and_momentum_end_at_their_end_values():
+    cfg = resolve("cifar10-v3-cpu", overrides=["optim.warmup_epochs=0.5"])
+    plan = Plan(cfg.optim.epochs, [(0, 400)])
+    plan.replan(50, 700)
+    plan.replan(320, 520)
+    lrs = [lr_at(cfg, plan.schedule_epoch(s)) for s in range(0, 521)]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the lr reaches its end value at the deadline
+    assert momentum_at(cfg, plan.schedule_epoch(520)) == pytest.approx(1.0)
+    jumps = [abs(b - a) for a, b in zip(lrs[60:], lrs[61:])]
+    assert max(jumps) < 0.02 * max(lrs)  # no jump at the re-plans: a smooth, re-fitted curve
+    step = resolve("imagenet-v1")  # step decay: milestones at the same fractions of the planned length
+    plan = Plan(step.optim.epochs, [(0, 2000)])
+    assert lr_at(step, plan.schedule_epoch(1199)) == pytest.approx(0.03)
+    assert lr_at(step, plan.schedule_epoch(1200)) == pytest.approx(0.003)
+
+
+def test_refusals_are_one_line_before_any_work(tmp_path, capsys):
+    for argv, match in [(["--time-budget", "15m", "--epochs", "3"], "--time-budget and --epochs"),
+                        (["--time-budget", "5s"], "at least 10 s"),
+                        (["--time-budget", "fifteen"], "duration")]:
+        code = main(["pretrain", "--out", str(tmp_path / "r"), "--data", str(tmp_path), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and match in err and err.strip().count("\n") == 0
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_60_second_budget_ends_within_5_percent_of_its_deadline(tmp_path):
+    data = budget_data(tmp_path)
+    t0 = time.perf_counter()
+    res = pretrain(budget_cfg(tmp_path, 60), data, tmp_path / "run", progress=False)
+    wall = time.perf_counter() - t0
+    assert abs(wall - 60) <= 3.0, f"ended after {wall:.1f} s"
+    assert not res.stopped and "knn_top1" in res.metrics
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert ck["step"] == Plan.from_dict(ck["budget"]["plan"]).total_steps  # ended on its plan
+    assert plans(tmp_path / "run")[0]["step"] > 0  # planned from the measured speed
+
+
+def test_a_slow_down_mid_run_is_re_planned_and_the_deadline_still_met(tmp_path, monkeypatch):
+    data = budget_data(tmp_path)
+    real_step, t_start = loop_module.train_step, time.perf_counter()
+
+    def slower_after_10s(*a, **k):  # the machine gets busy a third of the way in
+        out = real_step(*a, **k)
+        if time.perf_counter() - t_start > 10:
+            time.sleep(0.05)
+        return out
+
+    monkeypatch.setattr(loop_module, "train_step", slower_after_10s)
+    pretrain(budget_cfg(tmp_path, 30), data, tmp_path / "run", progress=False)
+    wall = time.perf_counter() - t_start
+    assert abs(wall - 30) <= 1.5, f"ended after {wall:.1f} s"
+    totals = [p["total_steps"] for p in plans(tmp_path / "run")]
+    assert len(totals) >= 2 and min(totals[1:]) < totals[0]  # re-planned down once the steps got slower
+
+
+def test_resume_continues_the_plan_with_the_budget_that_remains(tmp_path):
+    data = budget_data(tmp_path)
+    cfg = budget_cfg(tmp_path, 24)
+    first = pretrain(cfg, data, tmp_path / "run", progress=False, max_steps=60)  # interrupted
+    assert first.stopped
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    events, spent = ck["budget"]["plan"]["events"], ck["budget"]["spent_s"]
+    assert 0 < spent < 24
+    t0 = time.perf_counter()
+    res = pretrain(cfg, data, tmp_path / "run", resume="auto", progress=False)
+    wall = time.perf_counter() - t0
+    assert not res.stopped
+    assert abs(wall - (24 - spent)) <= 1.5, f"resumed run took {wall:.1f} s of the {24 - spent:.1f} s left"
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert [list(e) for e in ck["budget"]["plan"]["events"][: len(events)]] == \
+        [list(e) for e in events if e[0] <= 60]  # the first session's plan is kept
+
+
+def test_replaying_a_budgeted_run_reproduces_it_bit_for_bit(tmp_path):
+    data = budget_data(tmp_path)
+    pretrain(budget_cfg(tmp_path, 15), data, tmp_path / "timed", progress=False)
+    cfg = budget_cfg(tmp_path, 0)  # no clock: the recorded plan alone
+    pretrain(cfg, data, tmp_path / "replayed", progress=False, replay_plan=tmp_path / "timed")
+    a = load_checkpoint(tmp_path / "timed" / "checkpoint_last.pt")
+    b = load_checkpoint(tmp_path / "replayed" / "checkpoint_last.pt")
+    assert a["step"] == b["step"] and a["budget"]["plan"] == b["budget"]["plan"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    losses = [[r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["type"] == "step"]
+              for run in ("timed", "replayed")]
+    assert losses[0] == losses[1]
