@@ -99,15 +99,16 @@ def test_a_slow_down_mid_run_is_re_planned_and_the_deadline_still_met(tmp_path, 
     def slower_after_10s(*a, **k):  # the machine gets busy a third of the way in
         out = real_step(*a, **k)
         if time.perf_counter() - t_start > 10:
-            time.sleep(0.05)
+            time.sleep(0.1)
         return out
 
     monkeypatch.setattr(loop_module, "train_step", slower_after_10s)
     pretrain(budget_cfg(tmp_path, 30), data, tmp_path / "run", progress=False)
     wall = time.perf_counter() - t_start
     assert abs(wall - 30) <= 1.5, f"ended after {wall:.1f} s"
-    totals = [p["total_steps"] for p in plans(tmp_path / "run")]
-    assert len(totals) >= 2 and min(totals[1:]) < totals[0]  # re-planned down once the steps got slower
+    before = [p["total_steps"] for p in plans(tmp_path / "run") if p["spent_s"] <= 10]
+    after = [p["total_steps"] for p in plans(tmp_path / "run") if p["spent_s"] > 11]
+    assert before and after and after[-1] < 0.9 * before[-1]  # re-planned down once the steps got slower
 
 
 def test_resume_continues_the_plan_with_the_budget_that_remains(tmp_path):
