@@ -38,6 +38,7 @@ def main() -> None:
                     help="comma-separated NORM@LR or NORM@LR:augV (flip + pad-crop, V cached augmented views); "
                          "none@30 is the paper's protocol, bn@0.1 moco linear's default")
     ap.add_argument("--precision", default="bf16", help="fp32 where the CPU has no native bf16")
+    ap.add_argument("--pretrained-only", action="store_true", help="skip the random network's row")
     ap.add_argument("--json", default=str(ROOT / "results" / "linear_cpu.json"))
     a = ap.parse_args()
     data = Path(a.data)
@@ -51,7 +52,8 @@ def main() -> None:
     test = decode_images(scan_images(data / "test"), size, progress=False)
     dev = torch.device("cpu")
     rows = {}
-    for name, net in (("pretrained", pretrained), ("random init", random_net)):
+    nets = (("pretrained", pretrained),) + (() if a.pretrained_only else (("random init", random_net),))
+    for name, net in nets:
         net = net.to(memory_format=torch.channels_last)
         norm = cfg.data.normalize
         knn = evaluate_knn(net, train, test, size, dev, a.precision, norm=norm)
@@ -79,8 +81,8 @@ def main() -> None:
         print(f"| {name} | {r['knn_top1']:.2f}% | {lin} |")
     out = {"checkpoint": a.checkpoint, "protocol": vars(LinearConfig()), "rows": rows,
            "command": f"python benchmarks/linear_cpu.py --checkpoint {a.checkpoint} --protocols {a.protocols} "
-                      f"--precision {a.precision}", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "date": time.strftime("%Y-%m-%d")}
+                      f"--precision {a.precision}" + (" --pretrained-only" if a.pretrained_only else ""),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "date": time.strftime("%Y-%m-%d")}
     Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {a.json}")
 
