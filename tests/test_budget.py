@@ -105,7 +105,7 @@ def test_a_slow_down_mid_run_is_re_planned_and_the_deadline_still_met(tmp_path, 
     monkeypatch.setattr(loop_module, "train_step", slower_after_10s)
     pretrain(budget_cfg(tmp_path, 30), data, tmp_path / "run", progress=False)
     wall = time.perf_counter() - t_start
-    assert abs(wall - 30) <= 1.5, f"ended after {wall:.1f} s"
+    assert -3.0 <= wall - 30 <= 1.5, f"ended after {wall:.1f} s"  # met: not late, and not much early
     before = [p["total_steps"] for p in plans(tmp_path / "run") if p["spent_s"] <= 10]
     after = [p["total_steps"] for p in plans(tmp_path / "run") if p["spent_s"] > 11]
     assert before and after and after[-1] < 0.9 * before[-1]  # re-planned down once the steps got slower
@@ -123,7 +123,7 @@ def test_resume_continues_the_plan_with_the_budget_that_remains(tmp_path):
     res = pretrain(cfg, data, tmp_path / "run", resume="auto", progress=False)
     wall = time.perf_counter() - t0
     assert not res.stopped
-    assert abs(wall - (24 - spent)) <= 1.5, f"resumed run took {wall:.1f} s of the {24 - spent:.1f} s left"
+    assert -2.4 <= wall - (24 - spent) <= 1.2, f"resumed run took {wall:.1f} s of the {24 - spent:.1f} s left"
     ck = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
     assert [list(e) for e in ck["budget"]["plan"]["events"][: len(events)]] == \
         [list(e) for e in events if e[0] <= 60]  # the first session's plan is kept

@@ -211,14 +211,15 @@ def estimate_knn_seconds(run: Run, state: TrainState) -> float:
 
     timed()
     n = len(memory.array) + len(test.array)
-    return timed() * n / len(sample.array) * 1.1 + 1.0
+    return timed() * n / len(sample.array) * 1.05 + 0.1
 
 
 def final_cost(run: Run, state: TrainState) -> float:
-    """Seconds a time-budgeted run needs after its last step: the final record, checkpoint and kNN, and a margin."""
+    """Seconds a time-budgeted run needs after its last step: the end of an epoch as the last one took (record,
+    checkpoint, plot), the final kNN, and a small margin."""
     if run.knn_seconds is None:
         run.knn_seconds = estimate_knn_seconds(run, state)
-    return 2 * run.save_seconds + run.knn_seconds + 1.0
+    return run.end_seconds + run.knn_seconds + 0.25
 
 
 def knn_due(run: Run, state: TrainState) -> bool:
@@ -231,9 +232,10 @@ def end_of_epoch(run: Run, state: TrainState, totals: EpochTotals) -> dict[str, 
     """Close the epoch: its record (with kNN when due) to the history and metrics.jsonl, a checkpoint,
     a log line and curves.png. Returns the record."""
     cfg = run.cfg
+    t_end = time.perf_counter()
     state.epoch += 1
     state.epoch_step = 0
-    elapsed = time.perf_counter() - totals.start
+    elapsed = t_end - totals.start
     n = max(totals.steps, 1)
     rec: dict[str, Any] = {
         "type": "epoch", "epoch": state.epoch, "step": state.step, "loss": all_reduce_mean(totals.loss / n).item(),
@@ -267,4 +269,5 @@ def end_of_epoch(run: Run, state: TrainState, totals: EpochTotals) -> dict[str, 
             plot_curves(read_metrics(run.out / "metrics.jsonl"), run.out / "curves.png")
         except Exception as e:  # noqa: BLE001 - a plot must never stop training
             log.warning("could not draw curves.png: %s", e)
+    run.end_seconds = time.perf_counter() - t_end - rec.get("knn_time", 0.0)  # a budget keeps this for the end
     return rec

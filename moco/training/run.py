@@ -82,7 +82,8 @@ class Run:
     stop: StopFlag = field(default_factory=StopFlag)
     metrics: MetricsLogger | None = None  # rank 0, while training
     clock: BudgetClock | None = None  # with optim.time_budget (not when replaying a plan): measures, re-plans
-    save_seconds: float = 1.0  # the last checkpoint write's duration (a budget keeps time for the final one)
+    save_seconds: float = 1.0  # the last checkpoint write's duration
+    end_seconds: float = 1.0  # the last end of epoch's duration without its kNN (a budget keeps it for the end)
     knn_seconds: float | None = None  # a budget's estimate of the final kNN's duration, made once
 
     @property
