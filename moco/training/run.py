@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,6 @@ class Run:
     stop: StopFlag = field(default_factory=StopFlag)
     metrics: MetricsLogger | None = None  # rank 0, while training
     clock: BudgetClock | None = None  # with optim.time_budget (not when replaying a plan): measures, re-plans
-    save_seconds: float = 1.0  # the last checkpoint write's duration
     end_seconds: float = 1.0  # the last end of epoch's duration without its kNN (a budget keeps it for the end)
     knn_seconds: float | None = None  # a budget's estimate of the final kNN's duration, made once
 
@@ -128,13 +126,11 @@ class Run:
         if self.clock is not None:
             state.budget_spent = self.clock.spent
         if self.main:
-            t0 = time.perf_counter()
             ckpt = state.to_checkpoint(self.cfg, self.n_images, self.dinfo.world_size)
             atomic_save(ckpt, self.out / "checkpoint_last.pt")
             every = self.cfg.train.checkpoint_every
             if end_of_epoch and every and (state.epoch % every == 0 or self.finished(state)):
                 atomic_save(ckpt, self.out / f"checkpoint_{state.epoch:04d}.pt")
-            self.save_seconds = time.perf_counter() - t0
         barrier()
 
 
