@@ -83,7 +83,8 @@ def _eval_args(sp: argparse.ArgumentParser) -> None:
                     help="momentum-contrast checkpoint, authors' checkpoint_XXXX.pth.tar, or ResNet state dict")
     sp.add_argument("--image-size", type=int, help="default: the checkpoint's data.image_size")
     sp.add_argument("--device", default="auto")
-    sp.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    sp.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                    help="auto: bf16 where the device runs it natively, fp32 elsewhere (default)")
     sp.add_argument("--workers", type=int, default=2, help="decoding processes")
     sp.add_argument("--no-progress", action="store_true")
 
@@ -230,7 +231,7 @@ def _launch(nproc: int, argv: list[str]) -> int:
 def _pretrain(a: argparse.Namespace) -> int:
     from moco.config import dump_yaml, from_dict, resolve
     from moco.core.checkpoint_files import latest_checkpoint, load_checkpoint, require_moco_checkpoint
-    from moco.training.budget import parse_duration
+    from moco.training.budget import parse_duration, process_start
     from moco.training.pretrain import pretrain
 
     if a.time_budget and a.epochs:
@@ -261,7 +262,8 @@ def _pretrain(a: argparse.Namespace) -> int:
     if data is None:
         raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 exists")
     res = pretrain(cfg, data, out, resume=a.resume, overwrite=a.overwrite, knn_train=a.knn_train,
-                   knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn, replay_plan=a.replay_plan)
+                   knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn, replay_plan=a.replay_plan,
+                   started=process_start())
     if res.stopped:
         return 130
     if int(os.environ.get("RANK", "0")) == 0:

@@ -18,6 +18,7 @@ import yaml
 
 from moco import schema
 from moco.core.errors import ConfigError
+from moco.core.precision import PRECISIONS
 from moco.data.augment import AUGMENTATIONS, NORMALIZATIONS
 from moco.data.pipelines import PIPELINES
 from moco.methods import DICTIONARIES, HEADS
@@ -295,7 +296,7 @@ def validate(cfg: Config) -> None:
     _check(o.time_budget == 0 or o.time_budget >= MIN_BUDGET_S,
            f"optim.time_budget must be 0 (off) or at least {MIN_BUDGET_S:.0f} s, time for start-up, one step, the "
            f"checkpoint and the kNN; got {o.time_budget:g} s")
-    _check(t.precision in ("bf16", "fp16", "fp32"), f"train.precision must be bf16, fp16 or fp32, got {t.precision!r}")
+    _check(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _check(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")
     _check(t.knn_every >= 0, f"train.knn_every must be >= 0, got {t.knn_every}")

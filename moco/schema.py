@@ -85,7 +85,7 @@ class OptimConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "bf16"  # bf16, fp16 (CUDA only) or fp32
+    precision: str = "auto"  # auto (bf16 where the device runs it natively, else fp32), bf16, fp16 (CUDA) or fp32
     channels_last: bool = True
     compile: bool = False  # torch.compile the encoders (slow first steps; pays off on long runs)
     log_every: int = 20  # steps between metrics.jsonl records

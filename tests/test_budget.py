@@ -1,6 +1,8 @@
 """Training for a time budget: the plan, its schedules, re-planning, resume, replay and the refusals."""
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -38,6 +40,13 @@ def test_durations():
     for bad in ("", "abc", "15x", "m15", "1h30"):
         with pytest.raises(ConfigError, match="duration"):
             parse_duration(bad)
+
+
+def test_the_command_counts_its_budget_from_the_start_of_its_process():
+    code = ("import time; time.sleep(1.5); from moco.training.budget import process_start; "
+            "print(time.perf_counter() - process_start())")
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1.5 <= age < 30  # the sleep and the interpreter's start-up, not 0 (the call) nor the machine's uptime
 
 
 def test_the_schedule_epoch_is_continuous_across_replans_and_ends_at_the_planned_end():

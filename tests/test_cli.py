@@ -10,7 +10,8 @@ import yaml
 from moco.cli import main
 
 TINY = [
-    "--set", "model.width=4", "--set", "model.bn_splits=2", "--set", "data.image_size=16", "--set", "method.K=40",
+    "--set", "model.width=4", "--set", "train.precision=bf16",
+    "--set", "model.bn_splits=2", "--set", "data.image_size=16", "--set", "method.K=40",
     "--batch-size", "8", "--epochs", "2", "--workers", "0", "--no-progress",
 ]
 

@@ -33,7 +33,8 @@ def free_port() -> int:
 
 def cli(tmp_path: Path, data: Path, out: Path, *overrides: str, nproc: int = 2) -> list[str]:
     sets = [x for o in (*COMMON, *overrides) for x in ("--set", o)]
-    base = ["--set", "model.width=4", "--set", "data.image_size=16", "--set", "data.workers=0",
+    base = ["--set", "model.width=4", "--set", "train.precision=bf16",
+            "--set", "data.image_size=16", "--set", "data.workers=0",
             "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.checkpoint_every=1"]
     return [sys.executable, "-m", "moco", "pretrain", "--nproc", str(nproc), "--data", str(data), "--out", str(out),
             "--no-progress", *base, *sets]

@@ -25,7 +25,8 @@ from moco.training.logging import read_metrics
 from moco.training.pretrain import pretrain
 from tests.conftest import make_image_folder, tiny_config
 
-TINY = ["--set", "model.width=4", "--set", "model.bn_splits=2", "--set", "data.image_size=16", "--set",
+TINY = ["--set", "model.width=4", "--set", "train.precision=bf16",
+        "--set", "model.bn_splits=2", "--set", "data.image_size=16", "--set",
         "method.K=40", "--batch-size", "8", "--epochs", "1", "--workers", "0", "--no-progress"]
 
 

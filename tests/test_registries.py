@@ -14,7 +14,8 @@ from moco.presets import PRESETS, preset_path
 
 def dictionary_config(name: str):
     head = DICTIONARIES[name].heads[0]
-    over = ["model.width=4", "model.bn_splits=2", "data.image_size=16", "optim.batch_size=8", "method.K=16",
+    over = ["model.width=4", "train.precision=bf16",
+            "model.bn_splits=2", "data.image_size=16", "optim.batch_size=8", "method.K=16",
             f"method.dictionary={name}", f"model.head={head}", "model.mlp_dim=32"]
     if name == "v3":
         over += ["method.m_schedule=cosine"]

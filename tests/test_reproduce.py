@@ -10,7 +10,8 @@ from moco.experiments import BUDGETS, EXPERIMENTS, reproduce, run_dir, setting_c
 
 
 def tiny(tmp_path) -> list[str]:
-    return ["model.width=4", "model.bn_splits=2", "data.image_size=16", "optim.batch_size=8", "data.workers=0",
+    return ["model.width=4", "train.precision=bf16",
+            "model.bn_splits=2", "data.image_size=16", "optim.batch_size=8", "data.workers=0",
             f"data.cache_dir={tmp_path / 'cache'}", "train.log_every=2", "train.knn_k=5"]
 
 

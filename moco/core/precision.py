@@ -19,8 +19,32 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 at speed: a CUDA GPU with bf16 (Ampere on), a CPU with AVX-512 or AMX bf16
+    kernels in oneDNN. Elsewhere (AVX2-only CPUs, older GPUs) bf16 is emulated, several times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` becomes bf16 where ``device`` runs it natively and fp32 elsewhere; other values stay."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on ``device``; a no-op for fp32."""
+    """bf16/fp16 autocast on ``device``; a no-op for fp32 (``auto`` is resolved for ``device`` first)."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -36,8 +36,8 @@ class Value:
     note: str = ""
 
 
-_DEMO_PRECISION = ("bf16 autocast for speed (the similarities and the loss stay fp32); "
-                   "`--set train.precision=fp32` is the demo's arithmetic")
+_DEMO_PRECISION = ("auto: bf16 autocast for speed where the device runs bf16 natively, fp32 elsewhere (the "
+                   "similarities and the loss stay fp32); `--set train.precision=fp32` is the demo's arithmetic")
 _KNN_BOTH = "ours also scores the backbone (knn_top1, what transfer uses); the head's kNN is knn_head_top1"
 _PER_STEP = ("cosine per step, the authors' per epoch: the same curve without 1-epoch plateaus, at most one "
              "epoch of it apart (0.8% of the base lr over 200 epochs)")
@@ -138,7 +138,8 @@ _V3_COMMON = [
     Value("optim.schedule", "cosine", "v3 main_moco.py L420: half-cycle cosine after a linear warm-up, per step"),
     Value("train.knn_features", OURS, "ours: the authors have no kNN monitor; ours records backbone and head"),
     Value("train.precision", "fp16", "v3 main_moco.py L232, L352: torch.cuda.amp autocast with a GradScaler",
-          differs="bf16: the same speed on GPUs that have it, without loss scaling; fp16 is available"),
+          differs="auto: bf16 on GPUs that have it (the same speed as fp16, without loss scaling), fp32 "
+                  "elsewhere; fp16 is available"),
     Value("data.pipeline", OURS, "ours: ImageNet is too large to cache"),
     Value("data.workers", OURS, "ours"),
 ]

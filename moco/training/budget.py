@@ -17,6 +17,7 @@ replays a budgeted run bit for bit on any machine (``--replay-plan``).
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections import deque
@@ -36,6 +37,18 @@ def parse_duration(text: str) -> float:
     if not s or "".join(a + b for a, b in parts) != s or (len(parts) > 1 and any(u == "" for _, u in parts)):
         raise ConfigError(f"--time-budget expects a duration such as 90s, 15m, 2h or 1h30m, got {text!r}")
     return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def process_start() -> float:
+    """When this process started, on the :func:`time.perf_counter` clock (Linux; elsewhere: now). The command
+    counts its budget from there, so the interpreter's and torch's start-up are inside the budget too."""
+    now = time.perf_counter()
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])  # field 22: start time
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return now - max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return now
 
 
 @dataclass

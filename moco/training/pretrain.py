@@ -63,6 +63,7 @@ def pretrain(
     knn: bool = True,
     backbone: torch.nn.Module | None = None,
     replay_plan: str | Path | None = None,
+    started: float | None = None,
 ) -> RunResult:
     """Pretrain MoCo on the images under ``data``, writing the run to ``out``.
 
@@ -75,9 +76,11 @@ def pretrain(
 
     ``optim.time_budget`` (seconds) trains for that long instead of ``optim.epochs`` epochs, start-up and the
     final checkpoint and kNN included (:mod:`moco.training.budget`). ``replay_plan`` (a budgeted run's folder
-    or checkpoint) follows that run's recorded plan without the clock: the same run, bit for bit.
+    or checkpoint) follows that run's recorded plan without the clock: the same run, bit for bit. The budget
+    counts from ``started`` (a :func:`time.perf_counter` time; default: the call), so a command can count
+    its own start-up as well.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     out = Path(out)
     if backbone is not None:
         cfg = copy.deepcopy(cfg)

@@ -18,7 +18,7 @@ from moco.config import dump_yaml, from_dict
 from moco.core.checkpoint_files import atomic_save
 from moco.core.distributed import DistInfo, any_rank, barrier, check_same_config
 from moco.core.errors import CheckpointError, ConfigError, DataError
-from moco.core.precision import memory_format, pick_device
+from moco.core.precision import memory_format, pick_device, resolve_precision
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.folder import find_split, scan_images
 from moco.data.pipelines import BatchSource, decode_side, open_source
@@ -209,6 +209,7 @@ def set_up(
     """Check the folder and the checkpoint, open the data, build the model and restore the state."""
     main = dinfo.is_main
     device = dist_device or pick_device(cfg.train.device)
+    cfg.train.precision = resolve_precision(cfg.train.precision, device)  # what ran goes into config.yaml
     check_same_config(cfg.to_dict(), device)
     if cfg.train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs CUDA; use bf16 on the CPU")

@@ -1,0 +1,46 @@
+"""``train.precision=auto``: bf16 only where the device runs it natively, fp32 elsewhere, and what ran is recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from moco.core import precision
+from moco.core.precision import autocast, resolve_precision
+from moco.training.pretrain import pretrain
+from tests.conftest import tiny_config
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_is_bf16_only_where_native(monkeypatch, native, expected):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    assert resolve_precision("auto", CPU) == expected
+    for fixed in ("bf16", "fp16", "fp32"):  # an explicit choice is never second-guessed
+        assert resolve_precision(fixed, CPU) == fixed
+
+
+@pytest.mark.parametrize("native, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_autocast_auto_runs_the_resolved_precision(monkeypatch, native, dtype):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with autocast(CPU, "auto"):
+        assert (a @ b).dtype == dtype
+
+
+def test_native_bf16_on_this_cpu_matches_onednn():
+    assert precision.native_bf16(CPU) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_a_run_records_the_precision_it_ran(monkeypatch, tmp_path, tiny_data, native, expected):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    # width 8: torch 2.14's oneDNN hangs in the backward of 4-channel channels_last convolutions in fp32
+    cfg = tiny_config(tmp_path, "train.precision=auto", "model.width=8", "optim.epochs=1")
+    pretrain(cfg, tiny_data, tmp_path / "run", progress=False, knn=False)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["precision"] == expected
+    ckpt = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    assert ckpt["config"]["train"]["precision"] == expected
