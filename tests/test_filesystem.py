@@ -51,6 +51,10 @@ def test_symlink_loop_is_entered_once_and_reported(tmp_path, caplog):
     assert not any("up" in p or "self" in p for p in images.paths)
     assert sorted(images.report.loops) == ["self", "sub/up"]
     assert "skipped 2 symlink loop(s)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="moco"):  # ranks other than 0: the same report, no lines
+        quiet = scan_images(root, warn=False)
+    assert quiet.paths == images.paths and sorted(quiet.report.loops) == ["self", "sub/up"] and not caplog.text
 
 
 def test_link_to_a_sibling_folder_counts_its_images_once(tmp_path, caplog):

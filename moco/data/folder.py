@@ -179,7 +179,9 @@ class _Walk:
         return found
 
 
-def scan_images(root: str | Path, max_images: int = 0, seed: int = 0, strict: bool = False) -> ImageList:
+def scan_images(
+    root: str | Path, max_images: int = 0, seed: int = 0, strict: bool = False, warn: bool = True,
+) -> ImageList:
     """List the images under ``root``, each real file once.
 
     If ``root`` holds only sub-folders, each sub-folder is a class (ImageFolder
@@ -190,8 +192,9 @@ def scan_images(root: str | Path, max_images: int = 0, seed: int = 0, strict: bo
     Directory links are followed, but every real directory is entered once and every
     real file listed once; entries named like images that are not regular files are
     left out. What was left out is in ``ImageList.report`` and logged, one line per
-    kind; ``strict`` makes a left-out entry that is not a regular file an error.
-    Nothing is opened here: unreadable contents are found when the images are decoded.
+    kind (``warn=False``: only in the report, for the processes of a distributed run other than rank 0);
+    ``strict`` makes a left-out entry that is not a regular file an error. Nothing is opened here:
+    unreadable contents are found when the images are decoded.
     """
     root = Path(root).expanduser()
     check_data_root(root)
@@ -223,7 +226,8 @@ def scan_images(root: str | Path, max_images: int = 0, seed: int = 0, strict: bo
     if strict and report.not_files:
         p, why = report.not_files[0]
         raise DataError(f"not a readable image file: {root / p} ({why}); without --strict-data it is skipped")
-    report.warn(root)
+    if warn:
+        report.warn(root)
     if not paths:
         raise DataError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     images = ImageList(root, paths, labels, classes, report)

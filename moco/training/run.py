@@ -224,7 +224,7 @@ def set_up(
     torch.manual_seed(cfg.train.seed)
 
     train_dir, test_dir = find_split(data)
-    images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed, cfg.data.strict)
+    images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed, cfg.data.strict, warn=main)
     gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws, same on all ranks
     source = open_source(images, cfg.data, cfg.optim.batch_size, gen, device, dinfo, progress)
     b = cfg.optim.batch_size
