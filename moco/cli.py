@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from moco.presets import PRESETS
 log = logging.getLogger("moco")
 
 EPILOG_PRETRAIN = """examples:
-  moco pretrain --preset cifar10-cpu --data ../shared/datasets/cifar10 --out runs/cpu
+  moco pretrain --preset cifar10-cpu --data ../shared/datasets/cifar10 --out runs/cpu --time-budget 14m50s
   moco pretrain --data ~/photos --out runs/photos --epochs 50 --batch-size 128
   moco pretrain --data ~/photos --out runs/lunch --time-budget 45m   # as far as 45 minutes go
   moco pretrain --out runs/copy --replay-plan runs/lunch --data ~/photos  # that run again, bit for bit
@@ -225,7 +226,10 @@ def _launch(nproc: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "moco", *rest]
     log.info("launching: %s", " ".join(cmd))
-    return subprocess.call(cmd)
+    from moco.training.budget import JOB_START_ENV, process_start
+
+    started = time.time() - (time.perf_counter() - process_start())  # a --time-budget counts from here
+    return subprocess.call(cmd, env={**os.environ, JOB_START_ENV: os.environ.get(JOB_START_ENV, f"{started:.3f}")})
 
 
 def _pretrain(a: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Training for a time budget: the plan, its schedules, re-planning, resume, replay and the refusals."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from moco.cli import main
 from moco.config import ConfigError, resolve
 from moco.schedules import lr_at, momentum_at
 from moco.training import loop as loop_module
-from moco.training.budget import Plan, parse_duration
+from moco.training.budget import JOB_START_ENV, Plan, parse_duration
 from moco.training.checkpoint import load_checkpoint
 from moco.training.logging import read_metrics
 from moco.training.pretrain import pretrain
@@ -47,6 +48,11 @@ def test_the_command_counts_its_budget_from_the_start_of_its_process():
             "print(time.perf_counter() - process_start())")
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 1.5 <= age < 30  # the sleep and the interpreter's start-up, not 0 (the call) nor the machine's uptime
+    # `moco pretrain --nproc N` hands its own start to the workers torchrun starts later
+    env = {**os.environ, JOB_START_ENV: f"{time.time() - 100:.3f}"}
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               env=env).stdout)
+    assert 101.5 <= age < 110
 
 
 def test_the_schedule_epoch_is_continuous_across_replans_and_ends_at_the_planned_end():

@@ -39,10 +39,19 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
+JOB_START_ENV = "MOCO_JOB_START"  # the job's start (Unix time) that `moco pretrain --nproc` hands its workers
+
+
 def process_start() -> float:
-    """When this process started, on the :func:`time.perf_counter` clock (Linux; elsewhere: now). The command
+    """When this job started, on the :func:`time.perf_counter` clock: ``$MOCO_JOB_START`` (set by the
+    ``--nproc`` launcher for its workers), else this process's start (Linux; elsewhere: now). The command
     counts its budget from there, so the interpreter's and torch's start-up are inside the budget too."""
     now = time.perf_counter()
+    if os.environ.get(JOB_START_ENV):
+        try:
+            return now - max(0.0, time.time() - float(os.environ[JOB_START_ENV]))
+        except ValueError:
+            pass
     try:
         ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])  # field 22: start time
         uptime = float(open("/proc/uptime").read().split()[0])
