@@ -11,9 +11,11 @@ import torch
 
 from moco.cli import main
 from moco.config import ConfigError, resolve
+from moco.evaluation import knn as knn_module
 from moco.schedules import lr_at, momentum_at
+from moco.training import budget as budget_module
 from moco.training import loop as loop_module
-from moco.training.budget import JOB_START_ENV, Plan, parse_duration
+from moco.training.budget import JOB_START_ENV, BudgetClock, Plan, parse_duration
 from moco.training.checkpoint import load_checkpoint
 from moco.training.logging import read_metrics
 from moco.training.pretrain import pretrain
@@ -109,7 +111,7 @@ def test_a_60_second_budget_ends_within_5_percent_of_its_deadline(tmp_path):
 
 def test_a_slow_down_mid_run_is_re_planned_and_the_deadline_still_met(tmp_path, monkeypatch):
     data = budget_data(tmp_path)
-    real_step, t_start = loop_module.train_step, time.perf_counter()
+    real_step, real_features, t_start = loop_module.train_step, knn_module.extract_feature_sets, time.perf_counter()
 
     def slower_after_10s(*a, **k):  # the machine gets busy a third of the way in
         out = real_step(*a, **k)
@@ -117,13 +119,37 @@ def test_a_slow_down_mid_run_is_re_planned_and_the_deadline_still_met(tmp_path, 
             time.sleep(0.1)
         return out
 
+    def features_slower_after_10s(model, data, *a, **k):  # and so does the final kNN: +2.9 s for its 144 images
+        out = real_features(model, data, *a, **k)
+        if time.perf_counter() - t_start > 10:
+            time.sleep(0.02 * len(data.array))
+        return out
+
     monkeypatch.setattr(loop_module, "train_step", slower_after_10s)
+    monkeypatch.setattr(loop_module, "extract_feature_sets", features_slower_after_10s)  # the kNN's estimate
+    monkeypatch.setattr(knn_module, "extract_feature_sets", features_slower_after_10s)  # the kNN itself
     pretrain(budget_cfg(tmp_path, 30), data, tmp_path / "run", progress=False)
     wall = time.perf_counter() - t_start
     assert -3.0 <= wall - 30 <= 1.5, f"ended after {wall:.1f} s"  # met: not late, and not much early
     before = [p["total_steps"] for p in plans(tmp_path / "run") if p["spent_s"] <= 10]
     after = [p["total_steps"] for p in plans(tmp_path / "run") if p["spent_s"] > 11]
     assert before and after and after[-1] < 0.9 * before[-1]  # re-planned down once the steps got slower
+    assert plans(tmp_path / "run")[-1]["reserve_s"] > 3.0  # the kNN re-timed near the end: the slower one kept
+
+
+def test_time_left_out_of_the_speed_window_does_not_count_as_training(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: now[0])
+    clock = BudgetClock(100.0, 0.0, lambda: 0.0, warmup=0, every=1, window=4)
+    for step in (1, 2, 3):  # one step a second
+        now[0] += 1.0
+        clock.due(step)
+    now[0] += 5.0  # 5 s timing the final kNN again
+    clock.leave_out(5.0)
+    now[0] += 1.0
+    clock.due(4)
+    clock.fit(4, 100)
+    assert clock.rate == pytest.approx(1.0)  # still one step a second, not 3 steps in 8 s
 
 
 def test_resume_continues_the_plan_with_the_budget_that_remains(tmp_path):

@@ -147,6 +147,10 @@ class BudgetClock:
         self.times.append((step, now))
         return done > 0 and done % self.every == 0
 
+    def leave_out(self, seconds: float) -> None:
+        """Leave ``seconds`` of work that is not training (timing the final kNN) out of the speed window."""
+        self.times = deque(((s, t + seconds) for s, t in self.times), maxlen=self.times.maxlen)
+
     def fit(self, step: int, planned_total: int) -> int | None:
         """The total steps that fit the time left at the speed of the last window, when it differs from the plan's
         by more than ``tolerance`` of the remaining steps (always at the first check); else None."""
