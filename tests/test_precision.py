@@ -44,3 +44,10 @@ def test_a_run_records_the_precision_it_ran(monkeypatch, tmp_path, tiny_data, na
     assert saved["train"]["precision"] == expected
     ckpt = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
     assert ckpt["config"]["train"]["precision"] == expected
+
+
+def test_the_callers_config_keeps_auto(monkeypatch, tmp_path, tiny_data):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    cfg = tiny_config(tmp_path, "train.precision=auto", "model.width=8", "optim.epochs=1")
+    pretrain(cfg, tiny_data, tmp_path / "run", progress=False, knn=False)
+    assert cfg.train.precision == "auto"  # resolved for the run, not in the object a library user passed in

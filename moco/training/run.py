@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +210,8 @@ def set_up(
     """Check the folder and the checkpoint, open the data, build the model and restore the state."""
     main = dinfo.is_main
     device = dist_device or pick_device(cfg.train.device)
-    cfg.train.precision = resolve_precision(cfg.train.precision, device)  # what ran goes into config.yaml
+    # what runs goes into config.yaml; a copy, so the caller's config keeps its `auto`
+    cfg = replace(cfg, train=replace(cfg.train, precision=resolve_precision(cfg.train.precision, device)))
     check_same_config(cfg.to_dict(), device)
     if cfg.train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision fp16 needs CUDA; use bf16 on the CPU")
