@@ -21,6 +21,7 @@ from moco.core.precision import autocast, memory_format
 from moco.data.cache import DecodedImages
 from moco.evaluation.knn import evaluate_knn, extract_feature_sets
 from moco.schedules import lr_at, momentum_at, view_size_at
+from moco.training.budget import BudgetClock
 from moco.training.checkpoint import TrainState, latest_checkpoint
 from moco.training.logging import plot_curves, read_metrics
 from moco.training.run import Run
@@ -111,10 +112,7 @@ def budget_check(run: Run, state: TrainState, bar) -> None:  # noqa: ANN001 - tq
     clock = run.clock
     if clock is None or state.plan is None:
         return
-    if run.main and run.knn_seconds is None:  # time the final kNN now, in the warm-up, not in a timed window
-        final_cost(run, state)
-    if run.main and not run.knn_retimed and clock.time_left() < max(3 * final_cost(run, state), 0.2 * clock.budget_s):
-        retime_knn(run, state)  # the last fifth of the budget: time enough to act on a slower kNN
+    time_knn_when_due(run, state, clock)
     if not clock.due(state.step):
         return
     fit = clock.fit(state.step, run.total_steps(state)) if run.main else None
@@ -215,23 +213,25 @@ def estimate_knn_seconds(run: Run, state: TrainState) -> float:
     return timed(1024) * (len(memory.array) + len(test.array)) * 1.05 + 0.1
 
 
-def retime_knn(run: Run, state: TrainState) -> None:
-    """Near the deadline, time the final kNN again and keep the larger estimate: the machine's speed drifts
-    (the same kNN took 55 to 68 s on one day here), and ending late is worse than a few steps fewer. The
-    seconds this takes are left out of the clock's speed window."""
+def time_knn_when_due(run: Run, state: TrainState, clock: BudgetClock) -> None:
+    """Rank 0 of a budgeted run times the final kNN twice: at the first step (the warm-up), and again when the
+    last fifth of the budget is left, in time to act on a slower machine (the same kNN took 55 to 68 s on one
+    day here; ending late is worse than a few steps fewer). The larger timing counts; the seconds spent
+    timing are left out of the clock's speed window."""
+    if not run.main or len(run.knn_timings) == 2:
+        return
+    if run.knn_timings and clock.time_left() >= max(3 * final_cost(run), 0.2 * clock.budget_s):
+        return
     t0 = time.perf_counter()
-    again = estimate_knn_seconds(run, state)
-    run.knn_seconds, run.knn_retimed = max(run.knn_seconds or 0.0, again), True
-    if run.clock is not None:
-        run.clock.leave_out(time.perf_counter() - t0)
+    run.knn_timings.append(estimate_knn_seconds(run, state))
+    clock.leave_out(time.perf_counter() - t0)
 
 
-def final_cost(run: Run, state: TrainState) -> float:
+def final_cost(run: Run) -> float:
     """Seconds a time-budgeted run needs after its last step: the end of an epoch as the last one took (record,
-    checkpoint, plot), the final kNN with a tenth more for the machine's drift, and a small margin."""
-    if run.knn_seconds is None:
-        run.knn_seconds = estimate_knn_seconds(run, state)
-    return run.end_seconds + 1.1 * run.knn_seconds + 0.25
+    checkpoint, plot), the final kNN (timed by :func:`time_knn_when_due`) with a tenth more for the machine's
+    drift, and a small margin."""
+    return run.end_seconds + 1.1 * max(run.knn_timings, default=0.0) + 0.25
 
 
 def knn_due(run: Run, state: TrainState) -> bool:

@@ -143,7 +143,7 @@ def set_up_budget(run: Run, state: TrainState, replay_plan: str | Path | None, s
         if state.step:
             raise ConfigError(f"{run.out} was started without a time budget; resume it without --time-budget")
         state.plan = Plan(cfg.optim.epochs, [(0, cfg.optim.epochs * spe)])  # until the speed is measured
-    run.clock = BudgetClock(budget, state.budget_spent, lambda: final_cost(run, state), started=started)
+    run.clock = BudgetClock(budget, state.budget_spent, lambda: final_cost(run), started=started)
     if run.clock.time_left() <= 0:
         state.plan.replan(state.step, state.step)
         log.warning("the time budget (%.0f s) is used up: finishing the run now", budget)

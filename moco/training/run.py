@@ -82,8 +82,8 @@ class Run:
     metrics: MetricsLogger | None = None  # rank 0, while training
     clock: BudgetClock | None = None  # with optim.time_budget (not when replaying a plan): measures, re-plans
     end_seconds: float = 1.0  # the last end of epoch's duration without its kNN (a budget keeps it for the end)
-    knn_seconds: float | None = None  # a budget's estimate of the final kNN's duration: timed in the warm-up
-    knn_retimed: bool = False  # and again near the end (the larger kept), when the machine may have slowed down
+    knn_timings: list[float] = field(default_factory=list)  # a budget's estimates of the final kNN: in the
+    # warm-up and again near the end, when the machine may have slowed down; the larger counts
 
     @property
     def main(self) -> bool:
