@@ -206,7 +206,7 @@ def demo_run(data: Path, out: Path, device: str, seconds: float, workers: int, q
         for line in metrics.read_text().splitlines():
             r = json.loads(line)
             if r.get("type") == "epoch":
-                spent += r["epoch_time"] + r.get("knn_time", 0.0)
+                spent += r["epoch_time"] + r.get("eval_time", r.get("knn_time", 0.0))
                 if "knn_top1" in r:
                     curve.append({"epoch": r["epoch"], "knn_top1": r["knn_top1"], "knn_features": r["knn_features"],
                                   "knn_head_top1": r.get("knn_head_top1"), "elapsed_s": round(spent, 1),

@@ -27,12 +27,13 @@ from moco.models.resnet import ARCHS
 from moco.models.vit import VITS
 from moco.optim import OPTIMIZERS
 from moco.presets import PRESETS
-from moco.schema import DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
+from moco.schema import DataConfig, FinetuneConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
 
 MIN_BUDGET_S = 10.0  # the shortest time budget accepted: below it not even one step and the final kNN fit
 
 __all__ = [
-    "PRESETS", "Config", "ConfigError", "DataConfig", "MethodConfig", "ModelConfig", "OptimConfig", "TrainConfig",
+    "PRESETS", "Config", "ConfigError", "DataConfig", "FinetuneConfig", "MethodConfig", "ModelConfig", "OptimConfig",
+    "TrainConfig",
     "all_keys", "dump_yaml", "from_dict", "load_yaml", "merge_dict", "resolve", "set_value", "validate",
 ]
 class Config(schema.Config):
@@ -46,7 +47,7 @@ class Config(schema.Config):
         return resolve(name, overrides=list(overrides or []))
 
 
-_SECTIONS = {c.__name__: c for c in (ModelConfig, MethodConfig, DataConfig, OptimConfig, TrainConfig)}
+_SECTIONS = {c.__name__: c for c in (ModelConfig, MethodConfig, DataConfig, OptimConfig, TrainConfig, FinetuneConfig)}
 
 
 def _section_fields(section: str) -> dict[str, dataclasses.Field]:
@@ -302,6 +303,36 @@ def validate(cfg: Config) -> None:
     _check(t.knn_every >= 0, f"train.knn_every must be >= 0, got {t.knn_every}")
     _check(t.knn_k >= 1, f"train.knn_k must be >= 1, got {t.knn_k}")
     _check(t.knn_t > 0, f"train.knn_t must be > 0, got {t.knn_t}")
+    validate_finetune(cfg.finetune)
+
+
+FINETUNE_INITS = ("checkpoint", "supervised", "random")
+FINETUNE_BN = ("train", "frozen")
+
+
+def parse_labels(spec: str) -> tuple[str, float]:
+    """``finetune.labels``: ("fraction", f) for ``10%`` (0 < f <= 1), or ("per_class", n) for ``50``."""
+    s = str(spec).strip()
+    try:
+        if s.endswith("%"):
+            f = float(s[:-1]) / 100
+            if 0 < f <= 1:
+                return "fraction", f
+        elif s.isdigit() and int(s) >= 1:
+            return "per_class", float(int(s))
+    except ValueError:
+        pass
+    raise ConfigError(f"--labels takes a percentage of each class (1%, 10%, 100%) or a number of images per "
+                      f"class (50), got {spec!r}")
+
+
+def validate_finetune(f: FinetuneConfig) -> None:
+    parse_labels(f.labels)
+    _choice("finetune.init", f.init, FINETUNE_INITS)
+    _choice("finetune.bn", f.bn, FINETUNE_BN)
+    _check(f.backbone_lr >= 0, f"finetune.backbone_lr must be >= 0 (a fraction of optim.lr), got {f.backbone_lr}")
+    _check(0 <= f.label_smoothing < 1, f"finetune.label_smoothing must be in [0, 1), got {f.label_smoothing}")
+    _check(f.min_epoch_steps >= 1, f"finetune.min_epoch_steps must be >= 1, got {f.min_epoch_steps}")
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -58,7 +58,8 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 OptimizerBuilder = Callable[[Iterable[nn.Parameter], float, OptimConfig], torch.optim.Optimizer]
 
 OPTIMIZERS: dict[str, OptimizerBuilder] = {
-    "sgd": lambda params, lr, o: torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay),
+    "sgd": lambda params, lr, o: torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                                 nesterov=o.nesterov and o.momentum > 0),
     "lars": lambda params, lr, o: LARS(params, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum),
     "adamw": lambda params, lr, o: torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay),
 }

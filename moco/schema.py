@@ -1,4 +1,5 @@
-"""The run's settings as plain dataclasses: one section each for model, method, data, optim and train.
+"""The run's settings as plain dataclasses: one section each for model, method, data, optim, train
+and finetune.
 
 Only the schema and its defaults live here. Presets are YAML files in ``moco/presets``; reading files,
 ``--set`` overrides and validation are in :mod:`moco.config`; each choice list (dictionaries, heads,
@@ -71,6 +72,7 @@ class OptimConfig:
     batch_size: int = 256
     lr: float = 0.03
     momentum: float = 0.9
+    nesterov: bool = False  # SGD: Nesterov momentum (the fine-tuning recipe)
     weight_decay: float = 1e-4
     schedule: str = "step"  # step or cosine
     milestones: list[int] = field(default_factory=lambda: [120, 160])
@@ -98,12 +100,31 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """``moco finetune``: the network, the new classifier ``fc`` on it, and the labels it learns from. The lr,
+    schedule, batch and length are ``optim``'s; the view side and normalisation are ``data``'s."""
+
+    labels: str = "100%"  # a class-balanced subset of train/: a fraction (1%, 10%, 100%) or N images per class
+    labels_seed: int = 0  # the subset's draw (kept apart from train.seed, so seeds of a comparison share labels)
+    labels_file: str = ""  # a labels.txt of an earlier run (paths under train/): the same images, no draw
+    init: str = "checkpoint"  # checkpoint (a pretrained backbone), supervised (one trained with labels), random
+    checkpoint: str = ""  # the checkpoint the backbone came from (empty for random init without one)
+    backbone_lr: float = 1.0  # the backbone's lr as a fraction of optim.lr (the new classifier's)
+    bn: str = "train"  # train: BatchNorm normalises with batch statistics and learns (paper, 4.2); frozen: the
+    # pretrained running statistics and affine parameters are kept (eval-mode BN)
+    label_smoothing: float = 0.0
+    min_epoch_steps: int = 20  # an epoch passes over a small labelled set as often as it takes to make this
+    # many steps, so checkpoints and evaluations keep a sensible rhythm at 1% of labels
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

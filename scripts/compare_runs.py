@@ -2,7 +2,10 @@
 queue, optimiser state, random states), every counter, and metrics.jsonl and the history without wall-clock
 fields. Exits 1 if any run differs.
 
-    python scripts/compare_runs.py BEFORE AFTER cached per_image v3
+    python scripts/compare_runs.py BEFORE AFTER cached per_image v3 [--added task,config.finetune]
+
+``--added`` lists key prefixes that only AFTER's checkpoints may hold (settings or records a change adds, whose
+defaults keep the old behaviour); they are listed, not counted as differences.
 """
 import json
 import sys
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-TIMING = {"images_per_sec", "epoch_time", "knn_time"}
+TIMING = {"images_per_sec", "epoch_time", "knn_time", "eval_time"}
 
 
 def flat(obj, prefix=""):
@@ -28,14 +31,19 @@ def strip_timing(rec):
     return {k: v for k, v in rec.items() if k not in TIMING}
 
 
-a_root, b_root = Path(sys.argv[1]), Path(sys.argv[2])
+args = [x for x in sys.argv[1:] if not x.startswith("--added")]
+added = tuple(p for x in sys.argv[1:] if x.startswith("--added=") for p in x.split("=", 1)[1].split(","))
+a_root, b_root = Path(args[0]), Path(args[1])
 ok = True
-for name in sys.argv[3:]:
+for name in args[2:]:
     a = torch.load(a_root / name / "checkpoint_last.pt", weights_only=True)
     b = torch.load(b_root / name / "checkpoint_last.pt", weights_only=True)
     fa = dict(flat({k: v for k, v in a.items() if k not in ("history", "metrics")}))
     fb = dict(flat({k: v for k, v in b.items() if k not in ("history", "metrics")}))
     n_t, bad = 0, []
+    new = sorted(k for k in set(fb) - set(fa) if k.startswith(added)) if added else []
+    for k in new:
+        fb.pop(k)
     if fa.keys() != fb.keys():
         bad.append(f"keys differ: {sorted(set(fa) ^ set(fb))[:5]}")
     for k in fa.keys() & fb.keys():
@@ -56,7 +64,8 @@ for name in sys.argv[3:]:
         bad.append("metrics.jsonl differs")
     q = "model.queue"
     queue = "n/a" if q not in fa else "equal" if torch.equal(fa[q], fb[q]) else "DIFF"
-    verdict = "IDENTICAL" if not bad else "DIFFERENT: " + "; ".join(bad[:5])
+    verdict = ("IDENTICAL" + (f" (added: {', '.join(new)})" if new else "")) if not bad else \
+        "DIFFERENT: " + "; ".join(bad[:5])
     print(f"{name:10s} tensors compared: {n_t:4d}  queue {queue}  metrics records: {len(ma)}  "
           f"knn_top1: {ha[-1].get('knn_top1')}  -> {verdict}")
     ok &= not bad

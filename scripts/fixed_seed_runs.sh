@@ -5,7 +5,7 @@
 #   .venv/bin/python scripts/compare_runs.py BEFORE_DIR AFTER_DIR cached per_image v3
 set -euo pipefail
 SRC=$(cd "$1" && pwd); OUT=$2
-PY=${PYTHON:-$(dirname "$0")/../.venv/bin/python}
+PY=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}
 D=${MOCO_DATA:-$(cd "$(dirname "$0")/../../shared/datasets/cifar10" && pwd)}
 mkdir -p "$OUT"
 for name in cached per_image v3; do

@@ -15,6 +15,7 @@ from moco.evaluation import knn as knn_module
 from moco.schedules import lr_at, momentum_at
 from moco.training import budget as budget_module
 from moco.training import loop as loop_module
+from moco.training import tasks as tasks_module
 from moco.training.budget import JOB_START_ENV, BudgetClock, Plan, parse_duration
 from moco.training.checkpoint import load_checkpoint
 from moco.training.logging import read_metrics
@@ -126,7 +127,7 @@ def test_a_slow_down_mid_run_is_re_planned_and_the_deadline_still_met(tmp_path, 
         return out
 
     monkeypatch.setattr(loop_module, "train_step", slower_after_10s)
-    monkeypatch.setattr(loop_module, "extract_feature_sets", features_slower_after_10s)  # the kNN's estimate
+    monkeypatch.setattr(tasks_module, "extract_feature_sets", features_slower_after_10s)  # the kNN's estimate
     monkeypatch.setattr(knn_module, "extract_feature_sets", features_slower_after_10s)  # the kNN itself
     pretrain(budget_cfg(tmp_path, 30), data, tmp_path / "run", progress=False)
     wall = time.perf_counter() - t_start

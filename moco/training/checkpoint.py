@@ -4,7 +4,8 @@ A checkpoint is a plain dict of tensors and Python values (loadable with ``torch
 so opening one never runs code): ``format``, ``config``, ``epoch`` (completed epochs), ``step`` (global
 step), ``epoch_step`` (steps done in an unfinished epoch), ``model`` (both encoders, queue and queue
 pointer), ``optimizer``, ``rng``, ``metrics``, ``history`` and, for a time budget, ``budget`` (the plan and
-the seconds spent). File handling (atomic writes, safe loads) is
+the seconds spent), ``task`` (``pretrain`` or ``finetune``) and what a fine-tuning run adds (``classes``,
+``labels``, ``init``). File handling (atomic writes, safe loads) is
 :mod:`moco.core.checkpoint_files`, re-exported here.
 """
 
@@ -71,9 +72,11 @@ class TrainState:
         """The last completed epoch's record ({} before the first)."""
         return self.history[-1] if self.history else {}
 
-    def to_checkpoint(self, cfg: Config, n_images: int, world_size: int) -> dict[str, Any]:
-        """The checkpoint dict, with the global random state as it is now."""
-        ckpt = {
+    def to_checkpoint(self, cfg: Config, n_images: int, world_size: int,
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint dict, with the global random state as it is now, and ``extra`` (the run's ``task``
+        and what else its kind records)."""
+        ckpt = {**(extra or {}),
             "format": FORMAT, "config": cfg.to_dict(), "epoch": self.epoch, "step": self.step,
             "epoch_step": self.epoch_step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "rng": {"aug": self.gen.get_state(), "torch": torch.get_rng_state()},

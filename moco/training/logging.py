@@ -55,8 +55,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+CURVES = {"pretext_acc1": "instance-discrimination acc@1 (%)", "train_acc1": "training top-1 (%)",
+          "knn_top1": "kNN top-1 (%)", "test_top1": "test top-1 (%)"}
+"""The accuracies ``plot_curves`` draws, whichever a run records: pretraining's or fine-tuning's."""
+
+
 def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
-    """Loss, pretext accuracy and kNN top-1 against epoch, written to ``path`` (PNG)."""
+    """Loss, training accuracy and evaluation top-1 (kNN, or the test set when fine-tuning) against epoch,
+    written to ``path`` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,17 +76,15 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
         ax.plot([r["epoch_float"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6, label="step")
     if epochs:
         ax.plot([r["epoch"] for r in epochs], [r["loss"] for r in epochs], "o-", label="epoch mean")
-    ax.set(title="InfoNCE loss", xlabel="epoch")
+    ax.set(title="cross-entropy loss" if any("train_acc1" in r for r in epochs) else "InfoNCE loss", xlabel="epoch")
     ax.legend()
-    ax = axes[1]
-    if epochs:
-        ax.plot([r["epoch"] for r in epochs], [r["pretext_acc1"] for r in epochs], "o-")
-    ax.set(title="instance-discrimination acc@1 (%)", xlabel="epoch")
-    ax = axes[2]
-    knn = [r for r in epochs if "knn_top1" in r]
-    if knn:
-        ax.plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], "o-", color="C2")
-    ax.set(title="kNN top-1 (%)", xlabel="epoch")
+    panels = ((axes[1], ("pretext_acc1", "train_acc1"), "C0"), (axes[2], ("knn_top1", "test_top1"), "C2"))
+    for ax, keys, color in panels:
+        key = next((k for k in keys if any(k in r for r in epochs)), keys[0])
+        pts = [r for r in epochs if key in r]
+        if pts:
+            ax.plot([r["epoch"] for r in pts], [r[key] for r in pts], "o-", color=color)
+        ax.set(title=CURVES[key], xlabel="epoch")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)

@@ -103,6 +103,8 @@ def pretrain(
             if run.main:
                 log.info("run already finished (epoch %d, step %d)", state.epoch, state.step)
             return _result(run, state)
+        if run.main:
+            _log_start(run, state)
         return train(run, state)
     finally:
         if lock is not None:
@@ -149,7 +151,8 @@ def set_up_budget(run: Run, state: TrainState, replay_plan: str | Path | None, s
         log.warning("the time budget (%.0f s) is used up: finishing the run now", budget)
 
 
-def _log_start(run: Run, state: TrainState) -> None:
+def run_length(run: Run, state: TrainState) -> str:
+    """How long the run trains, for its start line: epochs x steps, batch and processes."""
     cfg, b = run.cfg, run.cfg.optim.batch_size
     procs = f" ({run.dinfo.world_size} processes x {b // run.dinfo.world_size})" if run.dinfo.enabled else ""
     if run.clock is not None:
@@ -159,14 +162,19 @@ def _log_start(run: Run, state: TrainState) -> None:
         length = f"a recorded plan of {state.plan.total_steps} steps"
     else:
         length = f"{cfg.optim.epochs} epochs"
-    log.info("pretraining %s (width %d) on %d images from %s: %s x %d steps, batch %d%s, %s, T=%s, %s on %s",
-             cfg.model.arch, cfg.model.width, run.n_images, run.train_dir, length, run.steps_per_epoch, b,
-             procs, describe(cfg, run.n_images), cfg.method.T, cfg.train.precision, run.device)
+    return f"{length} x {run.steps_per_epoch} steps, batch {b}{procs}"
+
+
+def _log_start(run: Run, state: TrainState) -> None:
+    cfg = run.cfg
+    log.info("pretraining %s (width %d) on %d images from %s: %s, %s, T=%s, %s on %s",
+             cfg.model.arch, cfg.model.width, run.n_images, run.train_dir, run_length(run, state),
+             describe(cfg, run.n_images), cfg.method.T, cfg.train.precision, run.device)
 
 
 def train(run: Run, state: TrainState) -> RunResult:
     """Train from where ``state`` stands to the end (``optim.epochs``, or a time budget's plan), or until a
-    signal or ``max_steps``."""
+    signal or ``max_steps``: the loop of every kind of run (``run.task``), pretraining and fine-tuning."""
     net: torch.nn.Module = state.model
     if run.dinfo.enabled:  # gradients of encoder_q are all-reduced; the queue is kept identical by gathering keys
         dev = run.device
@@ -174,8 +182,6 @@ def train(run: Run, state: TrainState) -> RunResult:
             state.model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False)
     run.metrics = MetricsLogger(run.out) if run.main else None
     run.stop.install()
-    if run.main:
-        _log_start(run, state)
     try:
         while not run.finished(state):
             totals = train_one_epoch(run, state, net)

@@ -19,7 +19,7 @@ from moco.core.checkpoint_files import atomic_save
 from moco.core.distributed import DistInfo, any_rank, barrier, check_same_config
 from moco.core.errors import CheckpointError, ConfigError, DataError
 from moco.core.precision import memory_format, pick_device, resolve_precision
-from moco.data.cache import DecodedImages, decode_images
+from moco.data.cache import decode_images
 from moco.data.folder import find_split, scan_images
 from moco.data.pipelines import BatchSource, decode_side, open_source
 from moco.methods import build_moco
@@ -34,10 +34,10 @@ from moco.training.checkpoint import (
     require_moco_checkpoint,
 )
 from moco.training.logging import MetricsLogger
+from moco.training.tasks import TASKS, KnnMonitor, Monitor, Task
 
 log = logging.getLogger("moco")
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "curves.png")
-KnnSets = tuple[DecodedImages, DecodedImages]
 
 
 @dataclass
@@ -75,15 +75,19 @@ class Run:
     dinfo: DistInfo
     device: torch.device
     source: BatchSource
-    knn_sets: KnnSets | None
+    monitor: Monitor | None  # the end-of-epoch evaluation (rank 0): kNN when pretraining, test top-1 when fine-tuning
     progress: bool
     max_steps: int | None = None
+    task: Task = TASKS["pretrain"]
+    passes: int = 1  # passes over the data per epoch (fine-tuning on few labels makes an epoch of several)
+    checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # what else a checkpoint records (fine-tuning:
+    # the classes, the labels used, the initialisation)
     stop: StopFlag = field(default_factory=StopFlag)
     metrics: MetricsLogger | None = None  # rank 0, while training
     clock: BudgetClock | None = None  # with optim.time_budget (not when replaying a plan): measures, re-plans
-    end_seconds: float = 1.0  # the last end of epoch's duration without its kNN (a budget keeps it for the end)
-    knn_timings: list[float] = field(default_factory=list)  # a budget's estimates of the final kNN: in the
-    # warm-up and again near the end, when the machine may have slowed down; the larger counts
+    end_seconds: float = 1.0  # the last end of epoch's duration without its evaluation (a budget keeps it for the end)
+    eval_timings: list[float] = field(default_factory=list)  # a budget's estimates of the final evaluation: in
+    # the warm-up and again near the end, when the machine may have slowed down; the larger counts
 
     @property
     def main(self) -> bool:
@@ -95,7 +99,12 @@ class Run:
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.n_images // self.cfg.optim.batch_size
+        return self.n_images * self.passes // self.cfg.optim.batch_size
+
+    def epoch_order(self, seed: int) -> torch.Tensor:
+        """The order of epoch ``seed``'s images: ``passes`` permutations of the data, one after the other."""
+        g = torch.Generator().manual_seed(seed)
+        return torch.cat([torch.randperm(self.n_images, generator=g) for _ in range(self.passes)])
 
     def total_steps(self, state: TrainState) -> int:
         """The run's length in global steps: ``optim.epochs`` epochs, or a time budget's plan as it stands."""
@@ -127,7 +136,8 @@ class Run:
         if self.clock is not None:
             state.budget_spent = self.clock.spent
         if self.main:
-            ckpt = state.to_checkpoint(self.cfg, self.n_images, self.dinfo.world_size)
+            ckpt = state.to_checkpoint(self.cfg, self.n_images, self.dinfo.world_size,
+                                       {"task": self.task.name, **self.checkpoint_extra})
             atomic_save(ckpt, self.out / "checkpoint_last.pt")
             every = self.cfg.train.checkpoint_every
             if end_of_epoch and every and (state.epoch % every == 0 or self.finished(state)):
@@ -171,11 +181,11 @@ def build_training(
     return model, optimizer, scaler
 
 
-def knn_sets(
+def knn_monitor(
     cfg: Config, source: BatchSource, knn_train: str | Path | None, knn_test: str | Path | None,
-    test_dir: Path | None, progress: bool,
-) -> KnnSets | None:
-    """The kNN monitor's (memory, test) sets, or None when no labelled test data is available."""
+    test_dir: Path | None, progress: bool, device: torch.device,
+) -> KnnMonitor | None:
+    """The kNN monitor on its (memory, test) sets, or None when no labelled test data is available."""
     test = Path(knn_test) if knn_test else test_dir
     if test is None:
         if knn_train:
@@ -198,19 +208,19 @@ def knn_sets(
     if test_set.images.classes != memory.images.classes:
         log.warning("kNN monitor off: %s and %s have different class folders", memory.images.root, test)
         return None
-    return memory, test_set
+    return KnnMonitor(memory, test_set, cfg, device)
 
 
-def set_up(
-    cfg: Config, data: Path, out: Path, dinfo: DistInfo, dist_device: torch.device | None, *,
-    resume: str | None = None, overwrite: bool = False, knn_train: str | Path | None = None,
-    knn_test: str | Path | None = None, knn: bool = True, progress: bool = True, max_steps: int | None = None,
-    backbone: torch.nn.Module | None = None,
-) -> tuple[Run, TrainState]:
-    """Check the folder and the checkpoint, open the data, build the model and restore the state."""
+def open_run(
+    cfg: Config, out: Path, dinfo: DistInfo, dist_device: torch.device | None, task: Task,
+    resume: str | None = None, overwrite: bool = False,
+) -> tuple[Config, torch.device, dict[str, Any] | None, Path | None]:
+    """What every run does first: pick the device and resolve the precision (on a copy of ``cfg``; what runs goes
+    into config.yaml, the caller's config keeps its ``auto``), check that all ranks agree, check and clean the run
+    folder, and load the checkpoint to resume (of the same ``task``, with the same structure). Returns (the
+    config as it runs, the device, the checkpoint or None, its path). Seeds torch's global generator."""
     main = dinfo.is_main
     device = dist_device or pick_device(cfg.train.device)
-    # what runs goes into config.yaml; a copy, so the caller's config keeps its `auto`
     cfg = replace(cfg, train=replace(cfg.train, precision=resolve_precision(cfg.train.precision, device)))
     check_same_config(cfg.to_dict(), device)
     if cfg.train.precision == "fp16" and device.type != "cuda":
@@ -222,9 +232,39 @@ def set_up(
     ckpt = None
     if ckpt_path is not None:
         ckpt = require_moco_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
+        kind = ckpt.get("task", "pretrain")
+        if kind != task.name:
+            raise CheckpointError(f"{ckpt_path} is a {kind} checkpoint; `moco {task.name}` resumes only its own")
         check_compatible(from_dict(ckpt["config"]), cfg, ckpt_path)
     torch.manual_seed(cfg.train.seed)
+    return cfg, device, ckpt, ckpt_path
 
+
+def start_state(run: Run, parts: tuple[torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler],
+                gen: torch.Generator, ckpt: dict[str, Any] | None, ckpt_path: Path | None) -> TrainState:
+    """The training state of ``run`` from its (model, optimiser, scaler) and augmentation generator, restored
+    from ``ckpt`` when resuming; rank 0 writes config.yaml."""
+    state = TrainState(*parts, gen=gen)
+    if ckpt is not None:
+        assert ckpt_path is not None
+        state.restore(ckpt, ckpt_path)
+        if run.main:
+            log.info("resumed from %s at epoch %d, step %d", ckpt_path, state.epoch + (state.epoch_step > 0),
+                     state.step)
+    if run.main:
+        (run.out / "config.yaml").write_text(dump_yaml(run.cfg))
+    return state
+
+
+def set_up(
+    cfg: Config, data: Path, out: Path, dinfo: DistInfo, dist_device: torch.device | None, *,
+    resume: str | None = None, overwrite: bool = False, knn_train: str | Path | None = None,
+    knn_test: str | Path | None = None, knn: bool = True, progress: bool = True, max_steps: int | None = None,
+    backbone: torch.nn.Module | None = None,
+) -> tuple[Run, TrainState]:
+    """Check the folder and the checkpoint, open the data, build the model and restore the state."""
+    cfg, device, ckpt, ckpt_path = open_run(cfg, out, dinfo, dist_device, TASKS["pretrain"], resume, overwrite)
+    main = dinfo.is_main
     train_dir, test_dir = find_split(data)
     images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed, cfg.data.strict, warn=main)
     gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws, same on all ranks
@@ -233,16 +273,6 @@ def set_up(
     if len(source.images) // b == 0:
         raise DataError(f"{train_dir} has {len(source.images)} usable image(s), fewer than one batch of {b}; "
                         "lower --batch-size")
-    monitor = knn_sets(cfg, source, knn_train, knn_test, test_dir, progress) if knn and main else None
+    monitor = knn_monitor(cfg, source, knn_train, knn_test, test_dir, progress, device) if knn and main else None
     run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, max_steps)
-
-    state = TrainState(*build_training(cfg, device, run.n_images, backbone), gen=gen)
-    if ckpt is not None:
-        assert ckpt_path is not None
-        state.restore(ckpt, ckpt_path)
-        if main:
-            log.info("resumed from %s at epoch %d, step %d", ckpt_path, state.epoch + (state.epoch_step > 0),
-                     state.step)
-    if main:
-        (out / "config.yaml").write_text(dump_yaml(cfg))
-    return run, state
+    return run, start_state(run, build_training(cfg, device, run.n_images, backbone), gen, ckpt, ckpt_path)

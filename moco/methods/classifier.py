@@ -1,0 +1,72 @@
+"""The supervised objective that fine-tuning trains: a network whose ``fc`` is a new linear classifier,
+under cross-entropy.
+
+It keeps the contrastive methods' contract (``model(a, b, generator=, index=) -> (loss, logits)``, the trained
+network as ``encoder_q``), so the training loop, checkpoints and exports treat it like a dictionary: ``a``
+is a batch of augmented images and ``b`` their labels. ``encoder_q`` is one of our ResNets or ViTs, or an
+:class:`~moco.models.generic.Encoder`, with ``fc`` mapping the pooled features to the classes; a checkpoint's
+``encoder_q.*`` minus ``fc`` is the backbone, as for a pretraining checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKBONE, HEAD = "backbone", "head"
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Every BatchNorm layer of ``module`` to eval mode (running statistics used, not updated), its affine
+    parameters frozen: Detectron2's FrozenBatchNorm, in place."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+class Classifier(nn.Module):
+    """``encoder_q`` (a network with ``forward_features`` and a linear ``fc`` to the classes) trained with
+    cross-entropy. ``bn="frozen"`` keeps the network's BatchNorm statistics and affine parameters as they were
+    (also in train mode); ``"train"`` lets BatchNorm normalise with batch statistics and learn."""
+
+    def __init__(self, network: nn.Module, bn: str = "train", label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(getattr(network, "fc", None), nn.Linear):
+            raise ValueError("the network's fc must be the linear classifier")
+        self.encoder_q, self.bn, self.label_smoothing = network, bn, label_smoothing
+        if bn == "frozen":
+            freeze_batchnorm(network)
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+        index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy in fp32, the logits) of a batch; ``generator`` and ``index`` are the contract's, unused."""
+        logits = self.encoder_q(images)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing), logits
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.bn == "frozen":
+            freeze_batchnorm(self.encoder_q)
+        return self
+
+    def set_momentum(self, m: float) -> None:
+        """No key encoder: the contract's momentum is ignored."""
+
+    def param_groups(self, backbone_lr: float) -> list[dict]:
+        """The optimiser's groups: the backbone at ``backbone_lr`` times the lr (``lr_scale``), the new classifier
+        at the lr; weight decay on both, as the supervised recipes do. Frozen parameters are left out."""
+        head = [p for p in self.encoder_q.fc.parameters() if p.requires_grad]
+        ids = {id(p) for p in self.encoder_q.fc.parameters()}
+        body = [p for p in self.encoder_q.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": body, "lr_scale": backbone_lr, "name": BACKBONE},
+                {"params": head, "lr_scale": 1.0, "name": HEAD}]
+
+
+def hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Which predictions are right: the top logit is the label (a classifier's training accuracy)."""
+    return logits.argmax(1) == labels

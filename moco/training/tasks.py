@@ -1,0 +1,152 @@
+"""What a run trains for, as the loop needs it: how a step's logits are scored, and what the end of an epoch
+evaluates.
+
+The loop, checkpoints, resume and the time budget are the same for pretraining and fine-tuning; a
+:class:`Task` names the training accuracy and scores it, and a :class:`Monitor` is the evaluation run every
+``train.knn_every`` epochs and at the end: the kNN monitor of pretraining, or the fine-tuned classifier's
+top-1 on the test set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from moco.data.cache import DecodedImages
+from moco.evaluation.knn import evaluate_knn, extract_feature_sets
+from moco.methods.classifier import hits
+from moco.schema import Config
+
+
+def positive_first(logits: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
+    """Which queries found their positive key: the positive logit (column 0) is the largest."""
+    return logits.argmax(1) == 0
+
+
+@dataclass(frozen=True)
+class Task:
+    """A kind of run: its name (recorded in checkpoints, so that each resumes only its own kind), its training
+    accuracy (metrics key, log label, and how a step's logits and the batch's second tensor score it), and
+    what to check when the loss stops being finite."""
+
+    name: str
+    acc_key: str
+    acc_label: str
+    hits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    causes: Callable[[Config], str]
+
+
+TASKS = {
+    "pretrain": Task("pretrain", "pretext_acc1", "pretext acc", positive_first,
+                     lambda c: f"learning rate too high (optim.lr={c.optim.lr}), temperature too low "
+                               f"(method.T={c.method.T}) or low precision (train.precision={c.train.precision})"),
+    "finetune": Task("finetune", "train_acc1", "train acc", hits,
+                     lambda c: f"learning rate too high (optim.lr={c.optim.lr}, the backbone's x "
+                               f"{c.finetune.backbone_lr}) or low precision (train.precision={c.train.precision})"),
+}
+"""The kinds of run the loop trains: ``pretrain`` (a contrastive method) and ``finetune`` (a classifier)."""
+
+
+class Monitor(Protocol):
+    """The evaluation at the end of an epoch: record fields, a log fragment, and its cost for a time budget."""
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        """Score ``model`` (the trained method, its network as ``encoder_q``): the epoch record's fields."""
+        ...
+
+    def describe(self, rec: dict[str, Any]) -> str:
+        """The log line's fragment for a record that :meth:`evaluate` filled."""
+        ...
+
+    def estimate_seconds(self, model: nn.Module) -> float:
+        """Seconds :meth:`evaluate` will take, timed on a sample."""
+        ...
+
+
+def _time_per_image(run_features: Callable[[DecodedImages], object], test: DecodedImages) -> float:
+    """Seconds per image of ``run_features``, timed on 1,024 test images after a warming batch of 256."""
+    def timed(n: int) -> float:
+        sample = DecodedImages(test.array[:n], test.images, [])
+        t0 = time.perf_counter()
+        run_features(sample)
+        return (time.perf_counter() - t0) / len(sample.array)
+
+    timed(256)
+    return timed(1024)
+
+
+@dataclass
+class KnnMonitor:
+    """Pretraining's monitor: weighted kNN of the features ``train.knn_features`` names, the labelled
+    ``memory`` classifying ``test``."""
+
+    memory: DecodedImages
+    test: DecodedImages
+    cfg: Config
+    device: torch.device
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        c = self.cfg
+        t = c.train
+        res = evaluate_knn(model.encoder_q, self.memory, self.test, c.data.image_size, self.device, t.precision,
+                           t.knn_k, t.knn_t, t.channels_last, norm=c.data.normalize, features=tuple(t.knn_features))
+        rec = {"knn_top1": res["top1"], "knn_top5": res["top5"], "knn_features": res["features"]}
+        for name in t.knn_features[1:]:
+            rec.update({f"knn_{name}_top1": res[f"{name}_top1"], f"knn_{name}_top5": res[f"{name}_top5"]})
+        return rec
+
+    def describe(self, rec: dict[str, Any]) -> str:
+        extra = "".join(f", {rec[f'knn_{n}_top1']:.2f}% ({n})" for n in self.cfg.train.knn_features[1:])
+        return f"  knn top-1 {rec['knn_top1']:.2f}% ({rec['knn_features']}){extra}"
+
+    def estimate_seconds(self, model: nn.Module) -> float:
+        c = self.cfg
+
+        def features(sample: DecodedImages) -> object:
+            return extract_feature_sets(model.encoder_q, sample, c.data.image_size, self.device,
+                                        tuple(c.train.knn_features), c.train.precision,
+                                        channels_last=c.train.channels_last, norm=c.data.normalize)
+
+        n = len(self.memory.array) + len(self.test.array)
+        return _time_per_image(features, self.test) * n * 1.05 + 0.1
+
+
+@dataclass
+class TestMonitor:
+    """Fine-tuning's monitor: the classifier's top-1 and top-5 on ``test`` (centre crops, eval mode), whose
+    labels are ``labels`` (indices of the training classes). Top-5 is left out with 5 classes or fewer,
+    where it is always 100%."""
+
+    test: DecodedImages
+    labels: torch.Tensor
+    num_classes: int
+    cfg: Config
+    device: torch.device
+
+    def logits(self, model: nn.Module, data: DecodedImages | None = None) -> torch.Tensor:
+        c = self.cfg
+        out = extract_feature_sets(model.encoder_q, data or self.test, c.data.image_size, self.device, ("head",),
+                                   c.train.precision, channels_last=c.train.channels_last, normalize=False,
+                                   norm=c.data.normalize)["head"]
+        model.train(model.training)  # the network's own modes again (frozen BatchNorm stays frozen)
+        return out
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        top = self.logits(model).topk(min(5, self.num_classes), dim=1).indices
+        right = top == self.labels.view(-1, 1)
+        rec: dict[str, Any] = {"test_top1": 100.0 * right[:, 0].float().mean().item()}
+        if self.num_classes > 5:
+            rec["test_top5"] = 100.0 * right.any(1).float().mean().item()
+        return rec
+
+    def describe(self, rec: dict[str, Any]) -> str:
+        top5 = f", top-5 {rec['test_top5']:.2f}%" if "test_top5" in rec else ""
+        return f"  test top-1 {rec['test_top1']:.2f}%{top5}"
+
+    def estimate_seconds(self, model: nn.Module) -> float:
+        return _time_per_image(lambda s: self.logits(model, s), self.test) * len(self.test.array) * 1.05 + 0.1
