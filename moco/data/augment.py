@@ -374,6 +374,38 @@ def two_views(
             batch_augment(images, side, k2, min_scale, generator, norm))
 
 
+def crop_flip_params(
+    n: int, height: int, width: int, size: int, generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The draws of :func:`crop_flip` for ``n`` images of ``height`` x ``width``: (crop boxes (n, 4) in the
+    padded image for small sides, flips (n,), padding)."""
+    if sides.is_small(size):  # CIFAR style: 4-px zero padding, random size-px crop
+        off = torch.randint(0, 9 + (width - size), (n, 2), generator=generator).float()
+        boxes, pad = torch.cat([off, off + size], dim=1), 4
+    else:
+        boxes, pad = sample_crop_boxes(n, height, width, (0.08, 1.0), generator=generator), 0
+    return boxes, torch.rand(n, generator=generator) < 0.5, pad
+
+
+def crop_flip(
+    images: torch.Tensor, size: int, generator: torch.Generator | None = None, norm: str = "imagenet",
+    params: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+) -> torch.Tensor:
+    """The supervised training augmentation (linear protocol, fine-tuning) of a uint8 batch -> normalised float
+    (B, 3, size, size): for sides up to 64 px a 4-px zero padding, a random crop and a flip (the CIFAR
+    recipe); above, a random resized crop (scale 0.08-1) and a flip (the ImageNet recipe). ``params`` are draws
+    from :func:`crop_flip_params` (a process's slice of a global batch's); by default drawn here."""
+    n, _, h, w = images.shape
+    boxes, flip, pad = params if params is not None else crop_flip_params(n, h, w, size, generator)
+    x = images.float().div_(255)
+    if pad:
+        x = F.pad(x, (pad, pad, pad, pad))
+    rois = torch.cat([torch.arange(n, dtype=torch.float).view(-1, 1), boxes], 1).to(x.device)
+    x = roi_align(x, rois, (size, size), 1.0, 1 if pad else -1, aligned=True)
+    x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    return normalize(x, norm)
+
+
 def eval_batch(images: torch.Tensor, size: int, norm: str = "imagenet") -> torch.Tensor:
     """Normalise a (B, 3, S, S) uint8 batch for evaluation (``NORMALIZATIONS[norm]``), resizing to ``size`` if
     needed."""

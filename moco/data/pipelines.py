@@ -4,10 +4,11 @@
 * ``per_image``: the authors' way, PIL augmentation image by image in DataLoader workers.
 * ``device``: workers read the files; the training device decodes and augments the batch.
 
-Every source yields (view 1, view 2, dataset indices) for each step of an epoch. Under torch.distributed
-each process gets its slice of every global batch. The batched pipelines draw the augmentation of the
-whole global batch on every process and apply their slice, so N processes see exactly the views one
-process would.
+Every source yields (view 1, view 2, dataset indices) for each step of an epoch. :class:`LabelledSource`,
+the fine-tuning one, is the cached pipeline with one view and the labels: (images, labels, indices).
+Under torch.distributed each process gets its slice of every global batch. The batched pipelines draw the
+augmentation of the whole global batch on every process and apply their slice, so N processes see exactly
+the views one process would.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from typing import Protocol
 import torch
 
 from moco.core.distributed import SINGLE_PROCESS, DistInfo, barrier
-from moco.data.augment import apply_params, per_image_transform, sample_params, view_recipes
+from moco.data.augment import (
+    apply_params,
+    crop_flip,
+    crop_flip_params,
+    per_image_transform,
+    sample_params,
+    view_recipes,
+)
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.encoded import EncodedFiles, collate, decode_on_device
 from moco.data.folder import ImageList, first_readable, load_rgb
@@ -219,6 +227,30 @@ class DeviceSource(_Source):
     def epoch(self, perm: torch.Tensor, start: int, side: int, seed: int) -> Iterator[Batch]:
         return device_batches(self.files, perm, start, self.d, self.batch_size, self.gen, self.device, self.dinfo,
                               side)
+
+
+class LabelledSource(_Source):
+    """Fine-tuning's batches from decoded labelled images: one :func:`~moco.data.augment.crop_flip` view of
+    each image and its label. As in the cached pipeline, every process draws the augmentation of the whole
+    global batch and applies its slice."""
+
+    def __init__(self, decoded: DecodedImages, d: DataConfig, batch_size: int, gen: torch.Generator,
+                 device: torch.device, dinfo: DistInfo = SINGLE_PROCESS) -> None:
+        if decoded.images.labels is None:
+            raise ValueError("a labelled source needs an ImageFolder (class sub-folders)")
+        super().__init__(decoded.images, d, batch_size, gen, device, dinfo, False)
+        self.decoded = decoded
+        self.labels = torch.tensor(decoded.images.labels)
+
+    def epoch(self, perm: torch.Tensor, start: int, side: int, seed: int) -> Iterator[Batch]:
+        assert self.decoded is not None
+        b, dinfo = self.batch_size, self.dinfo
+        lo, hi = dinfo.rank * (b // dinfo.world_size), (dinfo.rank + 1) * (b // dinfo.world_size)
+        for idx in _slices(perm, start, b, dinfo):
+            x = self.decoded.batch(idx).to(self.device, non_blocking=True)
+            boxes, flip, pad = crop_flip_params(b, x.shape[-2], x.shape[-1], side, self.gen)
+            yield (crop_flip(x, side, norm=self.d.normalize, params=(boxes[lo:hi], flip[lo:hi], pad)),
+                   self.labels[idx].to(self.device, non_blocking=True), idx)
 
 
 PIPELINES: dict[str, type[_Source]] = {"cached": CachedSource, "per_image": PerImageSource, "device": DeviceSource}

@@ -22,13 +22,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_align
 
 from moco.core.precision import autocast
-from moco.data.augment import normalize, sample_crop_boxes
+from moco.data.augment import crop_flip
 from moco.data.cache import DecodedImages
 from moco.data.folder import DataError
-from moco.data.sides import is_small
 from moco.evaluation.knn import extract_features
 from moco.schedules import scheduled_lr
 
@@ -77,22 +75,9 @@ class LinearClassifier(nn.Sequential):
 
 
 def train_augment(images: torch.Tensor, size: int, generator: torch.Generator, norm: str = "imagenet") -> torch.Tensor:
-    """Linear-protocol training augmentation of a uint8 batch -> normalised float (B, 3, size, size)."""
-    n, _, h, w = images.shape
-    x = images.float().div_(255)
-    if is_small(size):  # CIFAR style: 4-px zero padding, random 32-px crop
-        x = F.pad(x, (4, 4, 4, 4))
-        off = torch.randint(0, 9 + (w - size), (n, 2), generator=generator).float()
-        boxes = torch.cat([off, off + size], dim=1)
-        sampling = 1
-    else:
-        boxes = sample_crop_boxes(n, h, w, (0.08, 1.0), generator=generator)
-        sampling = -1
-    rois = torch.cat([torch.arange(n, dtype=torch.float).view(-1, 1), boxes], 1).to(x.device)
-    x = roi_align(x, rois, (size, size), 1.0, sampling, aligned=True)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
-    x = torch.where(flip, x.flip(-1), x)
-    return normalize(x, norm)
+    """Linear-protocol training augmentation of a uint8 batch -> normalised float (B, 3, size, size):
+    :func:`moco.data.augment.crop_flip`, the fine-tuning one too."""
+    return crop_flip(images, size, generator, norm)
 
 
 def augmented_features(
