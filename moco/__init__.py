@@ -12,6 +12,10 @@ or the whole job (checkpoints, resume, kNN monitor) on any backbone::
     cfg = moco.Config.from_preset("cifar10-cpu", {"optim.epochs": 20})
     result = moco.pretrain(cfg, "path/to/images", "runs/mine", backbone=my_backbone)
     backbone = moco.load_backbone("runs/mine/checkpoint_last.pt", backbone=fresh_copy)
+
+and transfer it to a labelled task, with few labels::
+
+    result = moco.finetune("runs/mine/checkpoint_last.pt", "path/to/labelled", "runs/ft", labels="10%")
 """
 
 from moco.config import Config
@@ -22,11 +26,12 @@ from moco.methods import ContrastiveMethod, EndToEnd, MemoryBank, MoCo, MoCoV3
 from moco.methods.moco import batch_shuffle, batch_unshuffle, info_nce, update_momentum
 from moco.models.generic import Encoder, remove_classifier
 from moco.training.pretrain import RunResult, pretrain
+from moco.transfer.finetune import FinetuneResult, finetune
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "ContrastiveMethod", "Encoder", "EndToEnd", "MemoryBank", "MoCo", "MoCoV3", "RunResult", "__version__",
-    "augment", "batch_shuffle", "batch_unshuffle", "info_nce", "knn_accuracy", "load_backbone", "pretrain",
-    "remove_classifier", "update_momentum",
+    "Config", "ContrastiveMethod", "Encoder", "EndToEnd", "FinetuneResult", "MemoryBank", "MoCo", "MoCoV3",
+    "RunResult", "__version__", "augment", "batch_shuffle", "batch_unshuffle", "finetune", "info_nce",
+    "knn_accuracy", "load_backbone", "pretrain", "remove_classifier", "update_momentum",
 ]

@@ -1,4 +1,4 @@
-"""The ``moco`` command: pretrain, knn, linear, embed, neighbors, export, info, presets, reproduce.
+"""The ``moco`` command: pretrain, finetune, knn, linear, embed, neighbors, export, info, presets, reproduce.
 
 Errors in the user's input (config, data, checkpoints) end with one line on
 stderr and exit status 2 (config) or 1 (data, checkpoint, training), never a
@@ -76,6 +76,56 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--no-knn", action="store_true", help="no kNN monitor, even with labelled test data")
     pt.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+EPILOG_FINETUNE = """examples:
+  moco finetune --checkpoint runs/cifar10-cpu/checkpoint_last.pt --labels 10% --out runs/ft10  # CIFAR-10 found
+  moco finetune --checkpoint runs/cifar10-cpu/checkpoint_last.pt --init random --labels 10% --out runs/ft10-random
+  moco finetune --checkpoint CK --data DIR --labels-file runs/ft10/labels.txt --out runs/again  # the same images
+  moco finetune --checkpoint moco_v2_800ep.pth.tar --data ~/birds --labels 50 --time-budget 30m --out runs/birds
+  moco finetune --out runs/ft10 --resume auto        # continue an interrupted run
+
+--data is a folder holding train/ and test/ ImageFolders (or give --train and --test).
+--labels takes a class-balanced, seeded subset of train/: a percentage of each class
+(1%, 10%, 100%) or a number of images per class (50); the images used are written to
+RUN/labels.txt, which --labels-file reads back. The network is fine-tuned end to end with
+a new linear classifier; RUN/results.json holds the test top-1 and top-5, the labels, the
+init and the cost; `moco export --checkpoint RUN/checkpoint_last.pt` writes the network.
+Every recipe value is a setting: --set optim.lr=0.05 --set finetune.backbone_lr=0.1
+--set finetune.bn=frozen (see benchmarks/README.md, "Fine-tuning").
+"""
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained backbone with a new classifier on labelled images",
+                        epilog=EPILOG_FINETUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ft.add_argument("--checkpoint", help="the backbone: momentum-contrast checkpoint, authors' .pth.tar, or "
+                                         "torchvision ResNet state dict")
+    ft.add_argument("--data", help="folder holding train/ and test/ ImageFolders")
+    ft.add_argument("--train", help="labelled ImageFolder to fine-tune on (instead of --data)")
+    ft.add_argument("--test", help="labelled ImageFolder to score on (instead of --data)")
+    ft.add_argument("--labels", help="share of each class's images to learn from: 1%%, 10%%, 100%% (default) or N "
+                                     "images per class")
+    ft.add_argument("--labels-file", help="learn from the images a labels.txt lists (another run's)")
+    ft.add_argument("--init", metavar="checkpoint|random|supervised:CKPT",
+                    help="checkpoint (default with --checkpoint): its backbone; random: the same network from "
+                         "scratch (the baseline); supervised:CKPT: a network trained with labels")
+    ft.add_argument("--out", help="run directory (default: runs/finetune)")
+    ft.add_argument("--epochs", type=int, help="epochs (default 30; an epoch is at least 20 steps)")
+    ft.add_argument("--time-budget", metavar="DURATION",
+                    help="train for this much wall time instead (90s, 15m, 2h), start-up and the final test included")
+    ft.add_argument("--batch-size", type=int)
+    ft.add_argument("--lr", type=float, help="the new classifier's lr (default 0.1; the backbone's is "
+                                             "finetune.backbone_lr times it)")
+    ft.add_argument("--seed", type=int, help="training seed (the labels' draw has its own: finetune.labels_seed)")
+    ft.add_argument("--workers", type=int)
+    ft.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    ft.add_argument("--config", help="YAML file of settings")
+    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    ft.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = latest in --out")
+    ft.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    ft.add_argument("--strict-data", action="store_true", help="fail on the first unreadable image")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _eval_args(sp: argparse.ArgumentParser) -> None:
@@ -171,11 +221,12 @@ def _add_files(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    from moco.experiments import BUDGETS, EXPERIMENTS
+    from moco.experiments import BUDGETS, EXPERIMENTS, RUNNERS
 
     rp = sub.add_parser(
         "reproduce", help="re-run one of the paper's comparisons and write a report",
         epilog="experiments:\n" + "".join(f"  {k:11s} {e.title}\n" for k, e in EXPERIMENTS.items())
+        + "  transfer    fine-tuning with 1%, 10%, 100% of the labels from MoCo, supervised and random init\n"
         + "  all         every experiment in turn\n\nexamples:\n"
         "  moco reproduce momentum --data ../shared/datasets/cifar10 --out reports/momentum\n"
         "  moco reproduce mechanisms --data data/cifar10 --out reports/mechanisms --budget paper\n"
@@ -184,8 +235,8 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
         "shared by experiments run once, finished ones are skipped, and an interrupted one resumes\n"
         "when the same command is run again.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    rp.add_argument("experiment", choices=[*EXPERIMENTS, "all"], metavar="EXPERIMENT",
-                    help=f"one of {', '.join(EXPERIMENTS)}, or all")
+    rp.add_argument("experiment", choices=[*EXPERIMENTS, *RUNNERS, "all"], metavar="EXPERIMENT",
+                    help=f"one of {', '.join([*EXPERIMENTS, *RUNNERS])}, or all")
     rp.add_argument("--data", help="folder with train/ and test/ ImageFolders (default: as for pretrain)")
     rp.add_argument("--out", help="where report.md and the plots go (default: reports/EXPERIMENT)")
     rp.add_argument("--runs", default="runs/reproduce", help="where the runs are kept (default: runs/reproduce)")
@@ -200,7 +251,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moco", description="Momentum Contrast (MoCo) self-supervised pretraining.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_pretrain, _add_evaluation, _add_files, _add_reproduce):
+    for add in (_add_pretrain, _add_finetune, _add_evaluation, _add_files, _add_reproduce):
         add(sub)
     return p
 
@@ -268,6 +319,35 @@ def _pretrain(a: argparse.Namespace) -> int:
     res = pretrain(cfg, data, out, resume=a.resume, overwrite=a.overwrite, knn_train=a.knn_train,
                    knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn, replay_plan=a.replay_plan,
                    started=process_start())
+    if res.stopped:
+        return 130
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(res.summary()))
+    return 0
+
+
+def _finetune(a: argparse.Namespace) -> int:
+    from moco.training.budget import parse_duration, process_start
+    from moco.transfer.finetune import finetune
+
+    if a.time_budget and a.epochs:
+        raise ConfigError("--time-budget and --epochs both set how long to train; give one of them")
+    if a.labels and a.labels_file:
+        raise ConfigError("--labels draws a subset and --labels-file names one; give one of them")
+    flags: dict[str, Any] = {"optim.batch_size": a.batch_size, "optim.lr": a.lr, "data.workers": a.workers,
+                             "train.seed": a.seed, "train.device": a.device,
+                             "data.strict": True if a.strict_data else None}
+    if not a.resume and not (a.data or a.train):
+        data = default_data()
+        if data is None:
+            raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 "
+                              "exists")
+        a.data = str(data)
+    res = finetune(a.checkpoint, a.data, Path(a.out or "runs/finetune"), a.labels, a.init, train_dir=a.train,
+                   test_dir=a.test, labels_file=a.labels_file, epochs=a.epochs,
+                   time_budget=parse_duration(a.time_budget) if a.time_budget else None, overrides=a.set,
+                   config_file=a.config, flags=flags, resume=a.resume, overwrite=a.overwrite,
+                   progress=not a.no_progress, started=process_start())
     if res.stopped:
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
@@ -409,6 +489,11 @@ def _info(a: argparse.Namespace) -> int:
     print(f"method      {c.dictionary}: {describe(full, ck.get('n_images') or 0)}, T={c.T}"
           f"{', symmetric' * c.symmetric}{', no shuffle BN' * (not c.shuffle_bn)}")
     print(f"optim       batch {cfg['optim']['batch_size']}, lr {cfg['optim']['lr']}, {cfg['optim']['schedule']}")
+    if ck.get("task") == "finetune":
+        lab = ck.get("labels", {})
+        print(f"fine-tuned  {ck.get('init')} init{' from ' + ck['source'] if ck.get('source') else ''}, "
+              f"{len(ck.get('classes') or [])} classes, {lab.get('images')} labelled images "
+              f"({lab.get('spec') or lab.get('file')})")
     if ck.get("n_images"):
         print(f"data        {ck['n_images']} images, {cfg['data']['image_size']} px, {cfg['data']['augmentation']} aug")
     for k, v in (ck.get("metrics") or {}).items():
@@ -456,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pretrain" and args.nproc and "WORLD_SIZE" not in os.environ:
         return _launch(args.nproc, argv)
     try:
-        commands = {"pretrain": _pretrain, "knn": _knn, "linear": _linear, "embed": _embed,
+        commands = {"pretrain": _pretrain, "finetune": _finetune, "knn": _knn, "linear": _linear, "embed": _embed,
                     "neighbors": _neighbors, "export": _export, "info": _info, "reproduce": _reproduce,
                     "presets": _presets}
         return commands[args.command](args)

@@ -85,3 +85,32 @@ def test_verdicts_find_settings_by_role_not_by_name_or_position(name):
     moved = {f"#{i} {s.name}": results[s.name] for i, s in enumerate(settings)}
     assert exp.verdicts(renamed, moved) == before  # other display names, reversed order: the same sentences
     assert sum(s.role == "baseline" for s in settings) == 1 and sum(s.role == "seed" for s in settings) == 1
+
+
+def test_transfer_writes_its_report_and_skips_finished_runs(tmp_path, monkeypatch):
+    """The transfer experiment end to end on 4 tiny classes: MoCo and the supervised network on the first two, then
+    each init fine-tuned on the other two; a second invocation runs nothing."""
+    from conftest import make_image_folder
+
+    from moco.experiments import transfer
+
+    data = tmp_path / "d"
+    make_image_folder(data / "train", classes=4, per_class=16, seed=0)
+    make_image_folder(data / "test", classes=4, per_class=4, seed=1)
+    monkeypatch.setitem(transfer.TRANSFER_BUDGETS, "small", transfer.TransferBudget(
+        "cifar10-cpu", ["optim.epochs=1", "method.K=40"], 0.0, 0.0, 1, ("50%",), 1, "a tiny test budget"))
+    out, runs = tmp_path / "reports" / "transfer", tmp_path / "runs"
+    path = reproduce("transfer", data, out, runs, "small", tiny(tmp_path), progress=False)
+    text = path.read_text()
+    assert text.startswith("# Transfer") and "| 50% |" in text and "Pretext classes" in text
+    res = json.loads((out / "results.json").read_text())
+    assert res["pretext_classes"] == ["class0", "class1"] and res["downstream_classes"] == ["class2", "class3"]
+    assert sorted(r["init"] for r in res["finetunes"].values()) == ["MoCo", "random", "supervised"]
+    assert all(r["images"] == 16 for r in res["finetunes"].values())  # 50% of 2 x 16, the same for every init
+    assert set(res["probes"]) == {"MoCo", "supervised"} and "50%" in res["probes"]["MoCo"]["linear"]
+    assert res["supervised"]["seconds"] >= 10  # the same wall time as MoCo, at least the shortest budget
+    assert "[Transfer: fine-tuning with few labels](transfer/report.md)" in (out.parent / "README.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("checkpoint_last.pt")}
+    assert len(stamps) == 5  # MoCo, supervised, 3 fine-tunes
+    reproduce("transfer", data, out, runs, "small", tiny(tmp_path), progress=False)
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("checkpoint_last.pt")} == stamps

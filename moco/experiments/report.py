@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from moco.experiments.base import BUDGETS, Experiment, Results, Setting
-from moco.experiments.registry import EXPERIMENTS
+from moco.experiments.registry import EXPERIMENTS, RUNNERS
 from moco.schema import Config
 
 log = logging.getLogger("moco")
@@ -71,21 +71,22 @@ def write_index(root: Path) -> Path:
     lines = ["# Reproducing the paper: reports", "",
              "Written by `moco reproduce` after each experiment (do not edit by hand). One folder per experiment, "
              "each with `report.md`, plots and `results.json`.", ""]
-    for name in EXPERIMENTS:
+    for name in [*EXPERIMENTS, *RUNNERS]:
         f = root / name / "results.json"
         if not f.is_file():
             continue
         try:
             r = json.loads(f.read_text())
-            r.setdefault("title", EXPERIMENTS[name].title)
+            r.setdefault("title", EXPERIMENTS[name].title if name in EXPERIMENTS else name)
             r.setdefault("verdicts", [])
-        except (OSError, ValueError) as e:  # a torn or foreign file must not stop an experiment
+            table = r.get("index_table") or [  # an experiment of its own kind writes its own table
+                "| setting | kNN top-1 (%) | pretext acc@1 (%) | paper |", "|---|---|---|---|",
+                *(f"| {row['setting']} | {row['knn_top1']:.2f} | {row['pretext_acc1']:.1f} | "
+                  f"{row.get('paper') or '-'} |" for row in r["rows"])]
+        except (OSError, ValueError, KeyError) as e:  # a torn or foreign file must not stop an experiment
             log.warning("index: skipping %s (%s)", f, e)
             continue
-        lines += [f"## [{r['title']}]({name}/report.md)", "", f"`{r['command']}`", "",
-                  "| setting | kNN top-1 (%) | pretext acc@1 (%) | paper |", "|---|---|---|---|",
-                  *(f"| {row['setting']} | {row['knn_top1']:.2f} | {row['pretext_acc1']:.1f} | "
-                    f"{row.get('paper') or '-'} |" for row in r["rows"]),
+        lines += [f"## [{r['title']}]({name}/report.md)", "", f"`{r['command']}`", "", *table,
                   "", *(f"- {v}" for v in r["verdicts"]), ""]
     path = root / "README.md"
     path.write_text("\n".join(lines))

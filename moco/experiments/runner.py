@@ -19,7 +19,7 @@ from moco.config import resolve
 from moco.core.errors import ConfigError, DataError
 from moco.data.folder import find_split
 from moco.experiments.base import BUDGETS, Budget, Setting
-from moco.experiments.registry import EXPERIMENTS
+from moco.experiments.registry import EXPERIMENTS, RUNNERS
 from moco.experiments.report import command_line, write_report
 from moco.schema import Config
 from moco.training.logging import read_metrics
@@ -90,15 +90,17 @@ def reproduce(name: str, data: Path, out: Path, runs: Path, budget: str = "small
     path (None if stopped)."""
     if name == "all":
         path = None
-        for n in EXPERIMENTS:
+        for n in [*EXPERIMENTS, *RUNNERS]:
             path = reproduce(n, data, out / n, runs, budget, extra, progress, dry_run)
             if path is None and not dry_run:
                 return None
         return path
-    if name not in EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)} or all")
+    if name not in EXPERIMENTS and name not in RUNNERS:
+        raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join([*EXPERIMENTS, *RUNNERS])} or all")
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
+    if name in RUNNERS:
+        return RUNNERS[name](data, out, runs, budget, extra, progress, dry_run)
     exp, b, extra = EXPERIMENTS[name], BUDGETS[budget], list(extra or [])
     base = resolve(b.preset, overrides=[*b.overrides, *extra])
     settings = exp.settings(base)

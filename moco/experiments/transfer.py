@@ -1,0 +1,315 @@
+"""Transfer, the paper's main claim in miniature: what pretraining is worth once fine-tuned on a new task.
+
+The classes of the data set (by name) are split in two halves. The first half (CIFAR-10: airplane,
+automobile, bird, cat, deer) is the *pretext* data: MoCo pretrains on its images without labels, and a
+supervised network of the same architecture trains on the same images with their labels for the same wall
+time (the "supervised pre-training counterpart"). The second half (dog, frog, horse, ship, truck) is the
+*downstream* task: each network, and the same architecture from random init, is fine-tuned with 1%, 10% and
+100% of its labels (the same images for every init), 2 seeds each, at an equal budget; the pretrained
+networks are also judged frozen (kNN, linear probe). Every run is an ordinary ``moco pretrain`` or
+``moco finetune`` run under ``runs/``, skipped when finished and resumed when interrupted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import platform
+import shlex
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moco.config import MIN_BUDGET_S, resolve
+from moco.core.errors import DataError
+from moco.data.folder import find_split, scan_images
+from moco.experiments import base as ex
+from moco.experiments.base import Setting
+
+log = logging.getLogger("moco")
+INITS = ("MoCo", "supervised", "random")
+CLAIM = ("Paper, Section 4.2 and Table 2: fine-tuned on a downstream task, MoCo's features match or beat supervised "
+         "pre-training on the same data (Pascal VOC detection with Faster R-CNN R50-C4, AP: supervised 53.5, MoCo v1 "
+         "55.9, MoCo v2 57.0), and both beat random init. The everyday form of the question: how many labels "
+         "does pretraining save on a new task?")
+
+
+@dataclass(frozen=True)
+class TransferBudget:
+    preset: str  # MoCo's recipe on the pretext images
+    overrides: list[str]
+    pretrain_s: float  # MoCo's time budget; 0: the recipe's epochs. The supervised network gets what MoCo used.
+    finetune_s: float  # each fine-tune's time budget; 0: finetune_epochs epochs
+    finetune_epochs: int
+    labels: tuple[str, ...]
+    seeds: int
+    about: str
+
+
+TRANSFER_BUDGETS = {
+    "small": TransferBudget("cifar10-cpu", [], 600.0, 60.0, 0, ("1%", "10%", "100%"), 2,
+                            "MoCo with the `cifar10-cpu` recipe for 10 minutes on the pretext images, the supervised "
+                            "network for the same time, each fine-tune 60 s (about an hour in all on 2 CPU cores)"),
+    "paper": TransferBudget("cifar10-demo", ["optim.epochs=200"], 0.0, 0.0, 100, ("1%", "10%", "100%"), 2,
+                            "MoCo with the authors' CIFAR-10 demo recipe for 200 epochs on the pretext images, the "
+                            "supervised network for the same time, each fine-tune 100 epochs (GPUs)"),
+}
+
+
+def split_classes(data: Path, work: Path) -> dict[str, Path]:
+    """``pretext`` and ``downstream`` folders (each with ``train/`` and ``test/``) of links to the class folders
+    of ``data``'s first and second half of classes by name."""
+    train_dir, test_dir = find_split(data)
+    if test_dir is None:
+        raise DataError(f"{data} needs train/ and test/ ImageFolders: transfer is scored on the test split")
+    classes = scan_images(train_dir).classes
+    if not classes or len(classes) < 4:
+        raise DataError(f"{train_dir} needs at least 4 classes (class sub-folders) to split into pretext and "
+                        "downstream halves")
+    half = len(classes) // 2
+    out = {}
+    for name, names in (("pretext", classes[:half]), ("downstream", classes[half:])):
+        for split, src in (("train", train_dir), ("test", test_dir)):
+            folder = work / name / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for c in names:
+                link = folder / c
+                if not link.is_symlink():
+                    link.symlink_to((src / c).resolve(), target_is_directory=True)
+        out[name] = work / name
+    return out
+
+
+def _finetune_overrides(extra: list[str]) -> list[str]:
+    """The ``--set`` values that concern how fine-tuning runs (data and train settings, seed aside)."""
+    return [x for x in extra if x.split("=", 1)[0].split(".")[0] in ("data", "train", "finetune")
+            and not x.startswith("train.seed=")]
+
+
+def _finetune(name: str, out: Path, data: Path, budget: TransferBudget, time_s: float, extra: list[str],
+              progress: bool, **kw: Any) -> dict[str, Any] | None:
+    """A fine-tuning run, skipped when finished; None when it was interrupted."""
+    from moco.transfer.finetune import finetune
+
+    done = out / "results.json"
+    if done.is_file():
+        log.info("[done] %s (%s)", name, out)
+        return json.loads(done.read_text())
+    log.info("[run] %s -> %s", name, out)
+    resume = "auto" if (out / "checkpoint_last.pt").is_file() else None
+    length = {"time_budget": time_s} if time_s else {"epochs": budget.finetune_epochs}
+    res = finetune(data=data, out=out, overrides=_finetune_overrides(extra), progress=progress, resume=resume,
+                   **(length if resume is None else {}), **({} if resume else kw))
+    return None if res.stopped else json.loads(done.read_text())
+
+
+def _probes(path: Path, nets: dict[str, Path], data: Path, subsets: dict[str, Path]) -> dict[str, Any]:
+    """kNN and the linear probe (``moco linear``'s defaults) of each pretrained backbone on the downstream task:
+    the probe on the fine-tunes' label subsets and on all labels. Kept in ``path``."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    from moco.core.precision import resolve_precision
+    from moco.data.cache import decode_images
+    from moco.data.sides import cache_side
+    from moco.evaluation.knn import evaluate_knn
+    from moco.evaluation.linear import LinearConfig, linear_eval
+    from moco.export.backbone import load_backbone_and_config
+    from moco.transfer.labels import read_labels
+
+    dev = torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda")
+    precision = resolve_precision("auto", dev)
+    out: dict[str, Any] = {}
+    for name, ckpt in nets.items():
+        net, cfg = load_backbone_and_config(ckpt)
+        net = net.to(dev, memory_format=torch.channels_last)
+        size, norm = cfg.data.image_size, cfg.data.normalize
+        full = scan_images(data / "train")
+        train = decode_images(full, cache_side(size), progress=False)
+        test = decode_images(scan_images(data / "test"), cache_side(size), progress=False)
+        r = {"knn_top1": evaluate_knn(net, train, test, size, dev, precision, norm=norm)["top1"], "linear": {}}
+        for labels, txt in {**subsets, "100%": None}.items():
+            sub = train if txt is None else decode_images(read_labels(full, txt), cache_side(size), progress=False)
+            res, _ = linear_eval(net, sub, test, size, dev, LinearConfig(), precision, progress=False, norm=norm)
+            r["linear"][labels] = res["top1"]
+        out[name] = r
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.replace(path)
+    return out
+
+
+def reproduce_transfer(data: Path, out: Path, runs: Path, budget: str = "small", extra: list[str] | None = None,
+                       progress: bool = True, dry_run: bool = False) -> Path | None:
+    """Run the transfer experiment (see the module docstring) and write ``out/report.md``; None if stopped."""
+    from moco.experiments.runner import run_dir, run_setting  # the runner dispatches here: imported when run
+
+    b, extra = TRANSFER_BUDGETS[budget], list(extra or [])
+    moco_over = [*b.overrides, *extra] + ([f"optim.time_budget={b.pretrain_s}"] if b.pretrain_s else [])
+    cfg = resolve(b.preset, overrides=moco_over)
+    key = hashlib.sha1(json.dumps([str(data.resolve()), cfg.to_dict(), b.finetune_s, b.finetune_epochs,
+                                   extra]).encode()).hexdigest()[:10]
+    work = runs / f"transfer-{key}"
+    plan = [("MoCo on the pretext images (no labels)", "moco"), ("supervised on the pretext images", "supervised")]
+    plan += [(f"{init} init, {lab} of the downstream labels, seed {s}", f"ft-{lab.rstrip('%')}pct-{init}-s{s}")
+             for lab in b.labels for init in INITS for s in range(b.seeds)]
+    if dry_run:
+        for name, folder in plan:
+            print(f"transfer    {name:56s} {work / folder}")
+        return None
+    halves = split_classes(data, work / "data")
+    pre, down = halves["pretext"], halves["downstream"]
+    moco_dir = run_dir(work, cfg, pre)
+    moco_res = run_setting(Setting("MoCo, pretext", moco_over), cfg, pre, work, progress)
+    if moco_res is None:
+        return None
+    moco_ckpt = moco_dir / "checkpoint_last.pt"
+    moco_s = moco_res["train_time"] + sum(r.get("eval_time", 0.0) for r in moco_res["metrics"]
+                                          if r.get("type") == "epoch")
+    sup_s = max(round(moco_s, 1), MIN_BUDGET_S)
+    sup = _finetune("supervised, pretext", work / "supervised", pre, b, sup_s, extra, progress,
+                    checkpoint=moco_ckpt, init="random", labels="100%")
+    if sup is None:
+        return None
+    sources = {"MoCo": {"checkpoint": moco_ckpt, "init": "checkpoint"},
+               "supervised": {"checkpoint": None, "init": f"supervised:{work / 'supervised' / 'checkpoint_last.pt'}"},
+               "random": {"checkpoint": moco_ckpt, "init": "random"}}
+    fts: dict[str, dict[str, Any]] = {}
+    for lab in b.labels:
+        for init in INITS:
+            for s in range(b.seeds):
+                folder = f"ft-{lab.rstrip('%')}pct-{init}-s{s}"
+                r = _finetune(f"{init} init, {lab}, seed {s}", work / folder, down, b, b.finetune_s, extra,
+                              progress, labels=lab, flags={"train.seed": s}, **sources[init])
+                if r is None:
+                    return None
+                fts[folder] = {"labels": lab, "init": init, "seed": s, "top1": r["top1"], "steps": r["steps"],
+                               "epochs": r["epochs"], "images": r["labels"]["images"],
+                               "train_seconds": r["train_seconds"]}
+    subsets = {lab: work / f"ft-{lab.rstrip('%')}pct-MoCo-s0" / "labels.txt" for lab in b.labels if lab != "100%"}
+    probes = _probes(work / "probes.json", {"MoCo": moco_ckpt, "supervised": work / "supervised" /
+                                            "checkpoint_last.pt"}, down, subsets)
+    results = {"moco": {k: moco_res[k] for k in ("knn_top1", "train_time", "epochs")}, "moco_seconds": moco_s,
+               "supervised": {"top1": sup["top1"], "seconds": sup_s, "epochs": sup["epochs"],
+                              "train_seconds": sup["train_seconds"]},
+               "finetunes": fts, "probes": probes, "labels": list(b.labels), "seeds": b.seeds,
+               "pretext_classes": scan_images(pre / "train").classes,
+               "downstream_classes": scan_images(down / "train").classes}
+    return write_transfer_report(results, out, data, runs, budget, extra)
+
+
+def _cells(results: dict[str, Any], lab: str, init: str) -> list[float]:
+    return [r["top1"] for r in results["finetunes"].values() if r["labels"] == lab and r["init"] == init]
+
+
+def verdicts(results: dict[str, Any]) -> list[str]:
+    """Sentences on the gaps between inits at each share of labels, against the seed-to-seed noise."""
+    out = []
+    for lab in results["labels"]:
+        m, s, r = (_cells(results, lab, i) for i in INITS)
+        noise = max([max(c) - min(c) for c in (m, s, r) if len(c) > 1] or [0.0])
+        mm, sm, rm = (statistics.mean(c) for c in (m, s, r))
+
+        def gap(a: float, b: float, other: str, noise: float = noise) -> str:
+            d = a - b
+            return (f"{d:+.2f} points against {other} ({ex.within(d, noise)} the seed-to-seed spread of "
+                    f"{noise:.2f})")
+
+        out.append(f"{lab} of the labels: MoCo {mm:.2f}%, {gap(mm, rm, 'random init')}; {gap(mm, sm, 'supervised')}; "
+                   f"supervised {gap(sm, rm, 'random init')}.")
+    first, last = results["labels"][0], results["labels"][-1]
+    g0 = statistics.mean(_cells(results, first, "MoCo")) - statistics.mean(_cells(results, first, "random"))
+    g1 = statistics.mean(_cells(results, last, "MoCo")) - statistics.mean(_cells(results, last, "random"))
+    out.append(f"MoCo's gain over random init is {g0:+.2f} points at {first} of the labels and {g1:+.2f} at {last}: "
+               + ("pretraining is worth most where labels are few, as the semi-supervised results of MoCo v2 and "
+                  "SimCLR show." if g0 > g1 else "the gain does not shrink as labels grow here."))
+    p = results["probes"]
+    out.append(f"Frozen, on the downstream classes: kNN MoCo {p['MoCo']['knn_top1']:.2f}% against supervised "
+               f"{p['supervised']['knn_top1']:.2f}%; linear probe on all labels MoCo "
+               f"{p['MoCo']['linear']['100%']:.2f}% against {p['supervised']['linear']['100%']:.2f}%.")
+    return out
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    fig, ax = ex.plt().subplots(figsize=(6.5, 4))
+    labels = results["labels"]
+    for init in INITS:
+        means = [statistics.mean(_cells(results, lab, init)) for lab in labels]
+        ax.plot(range(len(labels)), means, "o-", label=f"{init} init")
+        for i, lab in enumerate(labels):
+            ax.scatter([i] * len(_cells(results, lab, init)), _cells(results, lab, init), s=10, alpha=0.5)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set(xlabel="share of the downstream labels", ylabel="test top-1 (%)", title="fine-tuned on the downstream "
+           "classes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ex.save(fig, path)
+
+
+def write_transfer_report(results: dict[str, Any], out: Path, data: Path, runs: Path, budget: str,
+                          extra: list[str]) -> Path:
+    from moco import __version__
+    from moco.experiments.report import write_index
+
+    out.mkdir(parents=True, exist_ok=True)
+    b = TRANSFER_BUDGETS[budget]
+    cmd = ["moco", "reproduce", "transfer", "--data", str(data), "--out", str(out)]
+    cmd += ["--runs", str(runs)] if runs != Path("runs/reproduce") else []
+    cmd += ["--budget", budget] if budget != "small" else []
+    command = shlex.join(cmd + [x for s in extra for x in ("--set", s)])
+    plot(results, out / "transfer.png")
+    says = verdicts(results)
+    table = ["| labels | " + " | ".join(f"{i} init" for i in INITS) + " |", "|---|---|---|---|"]
+    for lab in results["labels"]:
+        cells = []
+        for init in INITS:
+            c = _cells(results, lab, init)
+            cells.append(f"**{statistics.mean(c):.2f}**" + (f" ({' / '.join(f'{x:.2f}' for x in c)})" if len(c) > 1
+                                                             else ""))
+        table.append(f"| {lab} | " + " | ".join(cells) + " |")
+    p = results["probes"]
+    probe = ["| pretrained on the pretext images | kNN | " + " | ".join(f"linear, {lab}" for lab in results["labels"])
+             + " |", "|---|---|" + "---|" * len(results["labels"])]
+    for name in ("MoCo", "supervised"):
+        probe.append(f"| {name} | {p[name]['knn_top1']:.2f} | "
+                     + " | ".join(f"{p[name]['linear'][lab]:.2f}" for lab in results["labels"]) + " |")
+    one = next(iter(results["finetunes"].values()))
+    lines = [
+        "# Transfer: fine-tuning with few labels, from MoCo, supervised and random init", "",
+        "Produced by this command (do not edit by hand; rerun it):", "", "```", command, "```", "",
+        f"Budget `{budget}`: {b.about}. Pretext classes (MoCo without labels, the supervised network with them): "
+        f"{', '.join(results['pretext_classes'])}. Downstream classes: {', '.join(results['downstream_classes'])}. "
+        f"MoCo trained {results['moco']['epochs']} epochs ({results['moco_seconds']:.0f} s, kNN "
+        f"{results['moco']['knn_top1']:.2f}% on the pretext classes); the supervised network "
+        f"{results['supervised']['epochs']} epochs in the same {results['supervised']['seconds']:.0f} s (top-1 "
+        f"{results['supervised']['top1']:.2f}% on the pretext test images). Fine-tuning: `moco finetune`'s recipe, "
+        f"{f'{b.finetune_s:.0f} s' if b.finetune_s else f'{b.finetune_epochs} epochs'} each, the same label "
+        f"subsets for every init; test top-1 on all downstream test images (e.g. {one['images']} training images "
+        f"at {one['labels']}).", "",
+        f"momentum-contrast {__version__}, torch {torch.__version__}, {platform.machine()} "
+        f"({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads), "
+        f"{datetime.date.today().isoformat()}.", "",
+        "## The paper", "", CLAIM, "",
+        "## Fine-tuned (test top-1 %, mean and each seed)", "", *table, "", "![transfer.png](transfer.png)", "",
+        "## Frozen (test top-1 % on the downstream classes)", "", *probe, "",
+        "## Against the paper", "", *(f"- {v}" for v in says),
+    ]
+    if budget == "small":
+        lines.append("- Scale: the paper fine-tunes ResNet-50s pretrained for 200 epochs on ImageNet; this is a narrow "
+                     "ResNet-18 pretrained for minutes on 25,000 small images. Differences within the seed-to-seed "
+                     "spread mean nothing.")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    index = [f"| labels | {' | '.join(f'{i} init' for i in INITS)} |", "|---|---|---|---|"]
+    index += [f"| {lab} | " + " | ".join(f"{statistics.mean(_cells(results, lab, i)):.2f}" for i in INITS) + " |"
+              for lab in results["labels"]]
+    (out / "results.json").write_text(json.dumps({"experiment": "transfer", "title": "Transfer: fine-tuning with "
+                                                  "few labels", "budget": budget, "command": command,
+                                                  "verdicts": says, "index_table": index, **results}, indent=2))
+    write_index(out.parent)
+    log.info("transfer: report written to %s", out / "report.md")
+    return out / "report.md"
+

@@ -1,0 +1,363 @@
+"""``moco finetune``: fine-tune a backbone, with a new linear classifier, on a labelled ImageFolder, through
+the same machinery as pretraining (run folder, checkpoints and exact resume, time budget, cached batches,
+metrics.jsonl and curves, progress bar).
+
+The network is the checkpoint's backbone (``init="checkpoint"``: a MoCo checkpoint, the authors'
+``.pth.tar`` or a torchvision state dict; ``"supervised"``: a network trained with labels, e.g. a
+fine-tuning run's checkpoint), or the same architecture from scratch (``"random"``), with ``fc`` a new linear
+classifier. :class:`~moco.methods.classifier.Classifier` trains it with cross-entropy; the run's task is
+``finetune``, its monitor the test set's top-1. ``RUN/results.json`` holds the outcome, ``RUN/labels.txt``
+the images learnt from and ``RUN/classifier.pt`` the classifier; ``moco export`` turns the checkpoint's
+network into a torchvision state dict.
+
+The recipe (:data:`RECIPE`, every value overridable with ``--set``) is measured in
+``benchmarks/README.md`` ("Fine-tuning"): SGD with Nesterov momentum, a cosine lr after a one-epoch
+warm-up, flip and crop augmentation, BatchNorm trained with batch statistics as the paper (4.2) does,
+because MoCo's feature statistics differ from those the network will see on the new task.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from moco.config import Config, MethodConfig, from_dict, merge_dict, resolve
+from moco.core.checkpoint_files import FORMAT, latest_checkpoint, load_checkpoint, load_state_strict
+from moco.core.distributed import cleanup, init_distributed
+from moco.core.errors import CheckpointError, ConfigError, DataError
+from moco.core.precision import memory_format
+from moco.core.run_lock import lock_run_folder
+from moco.data.cache import decode_images
+from moco.data.folder import ImageList, check_data_root, find_split, scan_images
+from moco.data.pipelines import LabelledSource, decode_side
+from moco.export.backbone import load_backbone_and_config
+from moco.methods.classifier import Classifier
+from moco.models import build_resnet, is_named
+from moco.models.generic import Encoder, custom_name, infer_feature_dim, named_backbone
+from moco.models.vit import VITS, build_vit
+from moco.optim import OPTIMIZERS
+from moco.schedules import base_lr
+from moco.training.pretrain import run_length, set_up_budget, train
+from moco.training.run import Run, open_run, start_state
+from moco.training.tasks import TASKS, TestMonitor
+from moco.transfer.labels import balanced_subset, describe_labels, passes_per_epoch, read_labels, write_labels
+
+log = logging.getLogger("moco")
+
+RECIPE: dict[str, dict[str, Any]] = {
+    "optim": {"optimizer": "sgd", "nesterov": True, "momentum": 0.9, "lr": 0.1, "weight_decay": 5e-4,
+              "schedule": "cosine", "warmup_epochs": 1.0, "batch_size": 256, "epochs": 30, "scale_lr": False,
+              "time_budget": 0.0},
+    "train": {"log_every": 10, "checkpoint_every": 10, "knn_every": 5},
+    "data": {"pipeline": "cached", "train_size": 0, "ramp_size": 0},
+}
+"""Fine-tuning's defaults over the network's own settings (``benchmarks/README.md``, "Fine-tuning")."""
+
+RESULTS = "results.json"
+
+
+@dataclass
+class FinetuneResult:
+    """How a fine-tuning run ended: its scores on the test set, the labels and init it used, and its cost."""
+
+    out: Path
+    top1: float | None  # on the test set (None without one)
+    top5: float | None  # None with 5 classes or fewer, where it is always 100%
+    labels: dict[str, Any]  # spec, images, per class, fraction, file
+    init: str  # checkpoint, supervised or random
+    checkpoint: str  # the backbone's source ('' for random init without one)
+    epochs: int
+    steps: int
+    wall_s: float  # this call's wall time
+    stopped: bool
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last epoch's record
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d.pop("metrics")
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def parse_init(init: str | None, checkpoint: str | Path | None) -> tuple[str, str]:
+    """(kind, the checkpoint to load or '') from ``--init`` and ``--checkpoint``: ``checkpoint`` (the default
+    given a checkpoint), ``random`` (the default without one) or ``supervised:CKPT``."""
+    ck = str(checkpoint or "")
+    if init is None:
+        return ("checkpoint", ck) if ck else ("random", "")
+    kind, _, path = init.partition(":")
+    if kind == "supervised":
+        if not path and not ck:
+            raise ConfigError("--init supervised:CKPT names the supervised network's checkpoint")
+        return "supervised", path or ck
+    if path or kind not in ("checkpoint", "random"):
+        raise ConfigError(f"--init takes checkpoint, random or supervised:CKPT, got {init!r}")
+    if kind == "checkpoint" and not ck:
+        raise ConfigError("--init checkpoint needs --checkpoint (or use --init random)")
+    return kind, ck
+
+
+def finetune_config(source: Config, kind: str, ckpt: str, flags: dict[str, Any] | None = None,
+                    overrides: list[str] | None = None, config_file: str | None = None) -> Config:
+    """The run's config: the network's own model and data settings (plain BatchNorm), :data:`RECIPE` over
+    them, then a config file, flags and ``--set`` overrides."""
+    cfg = Config()
+    cfg.model = copy.deepcopy(source.model)
+    cfg.model.bn_splits = 1  # shuffle BN is pretraining's; fine-tuning normalises over the whole batch
+    cfg.model.stop_grad_conv1 = False  # a ViT's patch projection, frozen while pretraining (v3), is fine-tuned too
+    cfg.method = copy.deepcopy(source.method)  # unused, but its dictionary goes with model.head (validation)
+    cfg.method.K = MethodConfig().K  # no queue here: the pretraining's K must not limit the fine-tuning batch
+    cfg.data.image_size, cfg.data.normalize = source.data.image_size, source.data.normalize
+    cfg.data.workers, cfg.train.device = source.data.workers, source.train.device
+    merge_dict(cfg, RECIPE, "the fine-tuning recipe")
+    epochs = (flags or {}).get("optim.epochs")
+    if epochs:  # the warm-up is a tenth of a short run
+        cfg.optim.warmup_epochs = min(cfg.optim.warmup_epochs, epochs / 10)
+    cfg.finetune.init, cfg.finetune.checkpoint = kind, ckpt
+    return resolve(None, config_file, flags, overrides, base=cfg)
+
+
+def build_network(cfg: Config, num_classes: int, backbone: nn.Module | None = None) -> nn.Module:
+    """The network ``cfg.model`` describes (or ``backbone``), randomly initialised, with ``fc`` a new linear
+    classifier to ``num_classes`` (weights N(0, 0.01), bias 0, as the authors' linear classifier)."""
+    m = cfg.model
+    if backbone is not None or is_named(m.arch):
+        try:
+            bb = backbone if backbone is not None else named_backbone(m.arch)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        net: nn.Module = Encoder(bb, nn.Linear(infer_feature_dim(bb, cfg.data.image_size), num_classes))
+    elif m.arch in VITS:
+        net = build_vit(m.arch, cfg.data.image_size, m.patch_size, m.stop_grad_conv1)
+        net.fc = nn.Linear(net.hidden_dim, num_classes)
+    else:
+        net = build_resnet(m.arch, m.width, m.cifar_stem, num_classes=num_classes)
+    net.fc.weight.data.normal_(mean=0.0, std=0.01)
+    net.fc.bias.data.zero_()
+    return net
+
+
+def load_backbone_into(net: nn.Module, source: nn.Module, path: str) -> None:
+    """Copy the backbone ``source`` (as :func:`load_backbone_and_config` returns it, ``fc`` = Identity) into
+    ``net``, all but its classifier, strictly."""
+    fc = net.fc
+    net.fc = nn.Identity()
+    try:
+        load_state_strict(net, source.state_dict(), path, "backbone")
+    finally:
+        net.fc = fc
+
+
+def _labelled(folder: Path, what: str, strict: bool, warn: bool) -> ImageList:
+    images = scan_images(folder, strict=strict, warn=warn)
+    if images.labels is None:
+        raise DataError(f"{what} {folder} has no class sub-folders: fine-tuning needs an ImageFolder "
+                        "(one sub-folder per class)")
+    return images
+
+
+def test_labels(train: ImageList, test: ImageList) -> torch.Tensor:
+    """The test images' labels as indices of the training classes; a test class that training lacks is an
+    error."""
+    assert train.classes is not None and test.classes is not None and test.labels is not None
+    index = {c: i for i, c in enumerate(train.classes)}
+    lacking = [c for c in test.classes if c not in index]
+    if lacking:
+        raise DataError(f"{test.root} has {len(lacking)} class(es) that {train.root} lacks "
+                        f"({', '.join(lacking[:5])}): the classifier cannot predict them")
+    return torch.tensor([index[test.classes[y]] for y in test.labels])
+
+
+def _previous(out: Path, resume: str | None) -> dict[str, Any] | None:
+    """The checkpoint a ``resume`` would continue, when there is one (its config and data are the run's)."""
+    if not resume:
+        return None
+    path = latest_checkpoint(out) if resume == "auto" else Path(resume)
+    if path is None or not path.is_file():
+        return None
+    ck = load_checkpoint(path)
+    if ck.get("format") != FORMAT or ck.get("task") != "finetune":
+        raise CheckpointError(f"{path} is not a fine-tuning checkpoint: `moco finetune --resume` continues only "
+                              "its own runs")
+    return ck
+
+
+def finetune(
+    checkpoint: str | Path | None = None,
+    data: str | Path | None = None,
+    out: str | Path = "runs/finetune",
+    labels: str | None = None,
+    init: str | None = None,
+    *,
+    train_dir: str | Path | None = None,
+    test_dir: str | Path | None = None,
+    labels_file: str | Path | None = None,
+    epochs: int | None = None,
+    time_budget: float | None = None,
+    overrides: list[str] | None = None,
+    config_file: str | None = None,
+    flags: dict[str, Any] | None = None,
+    resume: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_steps: int | None = None,
+    backbone: nn.Module | None = None,
+    started: float | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``checkpoint``'s backbone (or, ``init="random"``, the same network from scratch) with a new
+    linear classifier on ``data`` (a folder with ``train/`` and ``test/`` ImageFolders; or ``train_dir`` and
+    ``test_dir``), using ``labels`` of each class (``"10%"``, ``"50"``; default all) or the images a
+    ``labels_file`` lists. Writes the run folder ``out`` and returns a :class:`FinetuneResult`.
+
+    ``epochs`` or ``time_budget`` (seconds) set the length; ``overrides`` are ``--set`` strings
+    (``"optim.lr=0.05"``, ``"finetune.bn=frozen"``). ``resume="auto"`` continues an interrupted run (the
+    other arguments may then be left out: the run's checkpoint knows them). ``backbone`` is a fresh instance of
+    a network given to ``moco.pretrain(backbone=...)``. The time budget counts from ``started`` (a
+    :func:`time.perf_counter` time; default: the call).
+    """
+    t_start = time.perf_counter()
+    started = t_start if started is None else started
+    out = Path(out)
+    prev = _previous(out, resume)
+    flags = dict(flags or {})
+    flags.update({"optim.epochs": epochs, "optim.time_budget": time_budget})
+    if epochs and time_budget:
+        raise ConfigError("--time-budget and --epochs both set how long to train; give one of them")
+    if prev is not None:  # the run's own settings, with what this call changes on top
+        cfg = resolve(None, config_file, flags, overrides, base=from_dict(prev["config"]))
+        kind, ckpt = cfg.finetune.init, cfg.finetune.checkpoint
+        train_dir = train_dir or prev["data"]["train"]
+        test_dir = test_dir or prev["data"].get("test")
+        labels_file = out / "labels.txt"
+    else:
+        kind, ckpt = parse_init(init, checkpoint)
+        if ckpt:  # the architecture and image settings come with the checkpoint (a copy: random init keeps its own)
+            _, source = load_backbone_and_config(ckpt, copy.deepcopy(backbone))
+        else:  # random init from nothing: the network pretraining's default trains, unless --set says otherwise
+            source = resolve("cifar10-cpu")
+        if backbone is not None:
+            source.model.arch = custom_name(backbone)
+        flags.update({"finetune.labels": labels, "finetune.labels_file": str(labels_file) if labels_file else None})
+        cfg = finetune_config(source, kind, ckpt, flags, overrides, config_file)
+    if cfg.finetune.labels_file and labels_file is None:
+        labels_file = cfg.finetune.labels_file
+    if data is None and train_dir is None:
+        raise ConfigError("fine-tuning needs --data (a folder with train/ and test/) or --train and --test")
+    if train_dir is None:
+        check_data_root(Path(data).expanduser())
+        train_dir, found_test = find_split(Path(data).expanduser())
+        test_dir = test_dir or found_test
+    train_dir = Path(train_dir).expanduser()
+    check_data_root(train_dir)
+    if test_dir is not None:
+        check_data_root(Path(test_dir).expanduser())
+
+    dinfo, dist_device = init_distributed(cfg.train.device)
+    lock = None
+    try:
+        lock = lock_run_folder(out) if dinfo.is_main else None
+        cfg, device, ck, ck_path = open_run(cfg, out, dinfo, dist_device, TASKS["finetune"], resume, overwrite)
+        d = cfg.data
+        full = _labelled(train_dir, "--train", d.strict, dinfo.is_main)
+        chosen = read_labels(full, labels_file) if labels_file else balanced_subset(full, cfg.finetune.labels,
+                                                                                     cfg.finetune.labels_seed)
+        spec = None if cfg.finetune.labels_file else cfg.finetune.labels
+        if dinfo.is_main and (ck is None or not (out / "labels.txt").is_file()):
+            about = (f"the images of {labels_file}" if spec is None else
+                     f"{spec} of each class, seed {cfg.finetune.labels_seed}")
+            write_labels(chosen, out / "labels.txt", about)
+        decoded = decode_images(chosen, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
+        monitor = None
+        if test_dir is not None and dinfo.is_main:
+            test = _labelled(Path(test_dir).expanduser(), "--test", d.strict, True)
+            y_test = test_labels(full, test)
+            test_set = decode_images(test, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
+            keep = {p: i for i, p in enumerate(test.paths)}
+            y_test = y_test[[keep[p] for p in test_set.images.paths]]  # unreadable test images dropped
+            monitor = TestMonitor(test_set, y_test, len(full.classes or []), cfg, device)
+        elif test_dir is None and dinfo.is_main:
+            log.warning("no test folder: the fine-tuned network is not scored (give --data DIR with test/, or --test)")
+
+        network = _network(cfg, kind, ckpt, len(full.classes or []), backbone)
+        if dinfo.enabled and device.type == "cuda" and cfg.finetune.bn == "train":
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)  # the authors' SyncBN, across processes
+        model = Classifier(network, cfg.finetune.bn, cfg.finetune.label_smoothing)
+        model = model.to(device, memory_format=memory_format(cfg.train.channels_last))
+        optimizer = OPTIMIZERS[cfg.optim.optimizer](model.param_groups(cfg.finetune.backbone_lr), base_lr(cfg),
+                                                    cfg.optim)
+        scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
+        gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+        b = cfg.optim.batch_size
+        source_ = LabelledSource(decoded, d, b, gen, device, dinfo)
+        passes = passes_per_epoch(len(decoded.images), b, cfg.finetune.min_epoch_steps)
+        described = describe_labels(decoded.images, full)
+        label_info = {"spec": spec, "file": str(out / "labels.txt"), **described}
+        extra = {"classes": full.classes, "labels": label_info, "init": kind, "source": ckpt,
+                 "data": {"train": str(train_dir.resolve()),
+                          "test": str(Path(test_dir).expanduser().resolve()) if test_dir else None}}
+        run = Run(cfg, out, train_dir, dinfo, device, source_, monitor, progress, max_steps, task=TASKS["finetune"],
+                  passes=passes, checkpoint_extra=extra)
+        state = start_state(run, (model, optimizer, scaler), gen, ck, ck_path)
+        set_up_budget(run, state, None, started)
+        if not run.finished(state):
+            if run.main:
+                log.info("fine-tuning %s (%s init%s) on %d labelled images of %d classes from %s (%s), %d px: "
+                         "%s%s, backbone lr x %g, BatchNorm %s, %s on %s", cfg.model.arch, kind,
+                         f" from {ckpt}" if ckpt else "", described["images"], len(full.classes or []), train_dir,
+                         _spec(spec, labels_file), d.image_size, run_length(run, state),
+                         f" ({passes} passes an epoch)" if passes > 1 else "", cfg.finetune.backbone_lr,
+                         cfg.finetune.bn, cfg.train.precision, device)
+            train(run, state)
+        elif run.main:
+            log.info("run already finished (epoch %d, step %d)", state.epoch, state.step)
+        stopped = not run.finished(state)
+        last = state.last
+        result = FinetuneResult(out, last.get("test_top1"), last.get("test_top5"), label_info, kind, ckpt,
+                                state.epoch, state.step, time.perf_counter() - t_start, stopped, last)
+        if run.main and not stopped:
+            _write_outputs(run, state, result, model)
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+        cleanup()
+
+
+def _spec(spec: str | None, labels_file: str | Path | None) -> str:
+    return f"{spec} of each class" if spec else f"the images of {labels_file}"
+
+
+def _network(cfg: Config, kind: str, ckpt: str, num_classes: int, backbone: nn.Module | None) -> nn.Module:
+    """The network to fine-tune: built from ``cfg`` (the random init's weights drawn from ``train.seed``), then,
+    unless ``kind`` is random, the checkpoint's backbone loaded into it."""
+    net = build_network(cfg, num_classes, backbone)
+    if kind != "random":
+        source, _ = load_backbone_and_config(ckpt, copy.deepcopy(backbone))
+        load_backbone_into(net, source, ckpt)
+    return net
+
+
+def _write_outputs(run: Run, state: Any, result: FinetuneResult, model: Classifier) -> None:
+    """results.json (the result, the precision, the machine), classifier.pt (weight, bias, classes)."""
+    fc = model.encoder_q.fc
+    torch.save({"weight": fc.weight.detach().cpu().clone(), "bias": fc.bias.detach().cpu().clone(),
+                "classes": run.checkpoint_extra["classes"], "test_top1": result.top1}, run.out / "classifier.pt")
+    epochs = [r for r in state.history if r.get("type") == "epoch"]
+    body = {**result.summary(), "precision": run.cfg.train.precision, "device": str(run.device),
+            "images_per_sec": round(sum(r["images_per_sec"] for r in epochs) / max(len(epochs), 1), 1),
+            "train_seconds": round(sum(r["epoch_time"] for r in epochs), 1),
+            "cpu": {"machine": platform.machine(), "capability": torch.backends.cpu.get_cpu_capability(),
+                    "threads": torch.get_num_threads()},
+            "torch": torch.__version__, "config": run.cfg.to_dict()}
+    tmp = run.out / f".{RESULTS}.tmp"
+    tmp.write_text(json.dumps(body, indent=2) + "\n")
+    tmp.replace(run.out / RESULTS)

@@ -1,0 +1,250 @@
+"""Fine-tuning (``moco finetune``): label subsets, initialisations, what trains, exact resume, other backbones,
+exports, and one-line errors for bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from conftest import make_image_folder
+from torch import nn
+
+from moco.cli import main
+from moco.config import resolve
+from moco.core.errors import DataError
+from moco.data.folder import ImageList
+from moco.export import export_backbone, load_backbone
+from moco.methods import build_moco
+from moco.methods.classifier import Classifier
+from moco.models import build_resnet
+from moco.training.checkpoint import FORMAT, load_checkpoint
+from moco.transfer.finetune import _network, finetune, finetune_config
+from moco.transfer.labels import balanced_subset, read_labels, write_labels
+
+# width 4 in bf16: torch 2.14's oneDNN hangs in fp32 4-channel channels_last backward passes (conftest)
+TINY = ["optim.batch_size=8", "data.workers=0", "train.precision=bf16", "train.log_every=2"]
+
+
+def fake_checkpoint(path: Path, *overrides: str) -> nn.Module:
+    """A pretraining checkpoint with random weights: tiny CIFAR-stem ResNet-18 at 16 px unless overridden."""
+    cfg = resolve("cifar10-cpu", overrides=["model.width=4", "data.image_size=16", "method.K=40", "optim.batch_size=8",
+                                            *overrides])
+    torch.manual_seed(123)
+    model = build_moco(cfg)
+    torch.save({"format": FORMAT, "config": cfg.to_dict(), "epoch": 1, "step": 1, "model": model.state_dict()}, path)
+    return model
+
+
+@pytest.fixture
+def ck(tmp_path):
+    fake_checkpoint(tmp_path / "ck.pt")
+    return tmp_path / "ck.pt"
+
+
+def listing(root: Path, sizes: list[int]) -> ImageList:
+    paths, labels = [], []
+    for c, n in enumerate(sizes):
+        paths += [f"c{c}/{i:03d}.png" for i in range(n)]
+        labels += [c] * n
+    return ImageList(root, paths, labels, [f"c{c}" for c in range(len(sizes))])
+
+
+def per_class(images: ImageList) -> list[int]:
+    return [images.labels.count(c) for c in range(len(images.classes))]
+
+
+def test_subsets_are_balanced_seeded_and_repeatable(tmp_path):
+    full = listing(tmp_path, [10, 20, 30])
+    five = balanced_subset(full, "5", seed=0)
+    assert per_class(five) == [5, 5, 5]
+    assert five.paths == balanced_subset(full, "5", seed=0).paths  # same seed, same images
+    assert five.paths != balanced_subset(full, "5", seed=1).paths
+    assert per_class(balanced_subset(full, "10%")) == [1, 2, 3]
+    assert per_class(balanced_subset(full, "1%")) == [1, 1, 1]  # at least one image of every class
+    assert balanced_subset(full, "100%").paths == full.paths
+    assert per_class(balanced_subset(full, "25")) == [10, 20, 25]  # a small class gives all it has
+    # a class's draw does not depend on the other classes: 5 of c0 are the same with c2 grown
+    grown = balanced_subset(listing(tmp_path, [10, 20, 40]), "5", seed=0)
+    assert [p for p in grown.paths if p.startswith("c0/")] == [p for p in five.paths if p.startswith("c0/")]
+
+
+def test_labels_file_round_trips(tmp_path):
+    full = listing(tmp_path, [10, 20, 30])
+    sub = balanced_subset(full, "4", seed=3)
+    write_labels(sub, tmp_path / "labels.txt", "4 of each class, seed 3")
+    back = read_labels(full, tmp_path / "labels.txt")
+    assert back.paths == sub.paths and back.labels == sub.labels
+    (tmp_path / "bad.txt").write_text("c0/000.png\nc9/nowhere.png\n")
+    with pytest.raises(DataError, match="c9/nowhere.png"):
+        read_labels(full, tmp_path / "bad.txt")
+
+
+def test_random_and_checkpoint_init_differ_only_in_their_weights(tmp_path, ck):
+    from moco.export import load_backbone_and_config
+
+    pretrained, src_cfg = load_backbone_and_config(ck)
+    cfg = finetune_config(src_cfg, "checkpoint", str(ck), overrides=TINY)
+    torch.manual_seed(0)
+    a = _network(cfg, "checkpoint", str(ck), 3, None)
+    torch.manual_seed(0)
+    b = _network(cfg, "random", "", 3, None)
+    assert [type(m) for m in a.modules()] == [type(m) for m in b.modules()]
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
+    assert torch.equal(sa["fc.weight"], sb["fc.weight"])  # the new classifier: same draw in both
+    assert not torch.equal(sa["conv1.weight"], sb["conv1.weight"])
+    for k, v in pretrained.state_dict().items():  # the checkpoint init is the checkpoint's backbone, exactly
+        assert torch.equal(sa[k], v), k
+
+
+def run_finetune(ck, data, out, *extra, **kw):
+    return finetune(ck, data, out, overrides=[*TINY, *extra], progress=False, **kw)
+
+
+def test_finetune_trains_the_backbone_and_writes_its_outputs(tmp_path, ck, tiny_data):
+    res = run_finetune(ck, tiny_data, tmp_path / "ft", labels="50%", epochs=2)
+    out = tmp_path / "ft"
+    for name in ("results.json", "labels.txt", "classifier.pt", "metrics.jsonl", "curves.png", "config.yaml",
+                 "checkpoint_last.pt"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["top1"] == res.top1 and res.top1 is not None and saved["init"] == "checkpoint"
+    assert saved["labels"]["images"] == 24 and saved["labels"]["per_class"] == {"class0": 12, "class1": 12}
+    assert saved["epochs"] == 2 and saved["cpu"]["capability"]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "test_top1" in [r for r in records if r["type"] == "epoch"][-1]
+    assert all("train_acc1" in r for r in records if r["type"] in ("step", "epoch"))
+    before, after = load_backbone(ck).state_dict(), load_backbone(out / "checkpoint_last.pt").state_dict()
+    assert not torch.equal(before["conv1.weight"], after["conv1.weight"])  # end to end: the backbone moved
+    # the network exports as a torchvision state dict; the classifier beside it is the network's fc
+    exported = torch.load(export_backbone(out / "checkpoint_last.pt", "torchvision", tmp_path / "bb.pth"),
+                          weights_only=True)
+    net = build_resnet("resnet18", 4, cifar_stem=True)
+    net.fc = nn.Identity()
+    net.load_state_dict(exported, strict=True)
+    clf = torch.load(out / "classifier.pt", weights_only=True)
+    ck_model = load_checkpoint(out / "checkpoint_last.pt")["model"]
+    assert torch.equal(clf["weight"], ck_model["encoder_q.fc.weight"]) and clf["classes"] == ["class0", "class1"]
+
+
+def test_a_frozen_backbone_does_not_move(tmp_path, ck, tiny_data):
+    """backbone lr 0 and frozen BatchNorm: only the classifier trains (a linear probe), the rest is bit-identical."""
+    run_finetune(ck, tiny_data, tmp_path / "ft", "finetune.backbone_lr=0", "finetune.bn=frozen", epochs=1)
+    before, after = load_backbone(ck).state_dict(), load_backbone(tmp_path / "ft" / "checkpoint_last.pt").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    fc = load_checkpoint(tmp_path / "ft" / "checkpoint_last.pt")["model"]["encoder_q.fc.weight"]
+    assert fc.abs().sum() > 0
+
+
+def test_batchnorm_trains_by_default_and_frozen_keeps_its_statistics(ck):
+    from moco.export import load_backbone_and_config
+
+    net, cfg = load_backbone_and_config(ck)
+    net.fc = nn.Linear(32, 2)
+    for bn, changes in (("train", True), ("frozen", False)):
+        model = Classifier(net, bn).train()
+        mean = net.bn1.running_mean.clone()
+        model(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1]))
+        assert (not torch.equal(mean, net.bn1.running_mean)) == changes
+        assert net.bn1.weight.requires_grad == changes
+
+
+@pytest.mark.parametrize("stop_at", [5, 21])  # mid-epoch, and at the end of the first (21 steps an epoch)
+def test_resume_is_exact(tmp_path, ck, tiny_data, stop_at):
+    run_finetune(ck, tiny_data, tmp_path / "full", labels="50%", epochs=2)
+    part = run_finetune(ck, tiny_data, tmp_path / "part", labels="50%", epochs=2, max_steps=stop_at)
+    assert part.stopped and not (tmp_path / "part" / "results.json").exists()
+    res = finetune(None, None, tmp_path / "part", resume="auto", progress=False)  # the run knows the rest
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("full", "part"))
+    assert a["step"] == b["step"] == 42 and not res.stopped
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert res.top1 == json.loads((tmp_path / "full" / "results.json").read_text())["top1"]
+
+
+def test_a_vit_and_a_torchvision_backbone_fine_tune(tmp_path, tiny_data):
+    fake_checkpoint(tmp_path / "vit.pt", "model.arch=vit_tiny", "model.patch_size=4", "model.head=v3",
+                    "method.dictionary=v3", "model.stop_grad_conv1=true")
+    fake_checkpoint(tmp_path / "tv.pt", "model.arch=torchvision:resnet18")
+    for name in ("vit", "tv"):
+        res = run_finetune(tmp_path / f"{name}.pt", tiny_data, tmp_path / name, epochs=1, max_steps=3)
+        assert res.steps == 3
+        before = load_backbone(tmp_path / f"{name}.pt").state_dict()
+        after = load_backbone(tmp_path / name / "checkpoint_last.pt").state_dict()
+        moved = [k for k in before if not torch.equal(before[k], after[k])]
+        assert moved, name
+        if name == "vit":  # frozen while pretraining (v3), the patch projection is fine-tuned like the rest
+            assert "conv_proj.weight" in moved
+    state = torch.load(export_backbone(tmp_path / "tv" / "checkpoint_last.pt", "torchvision", tmp_path / "tv.pth"),
+                       weights_only=True)
+    net = torchvision.models.resnet18()
+    net.fc = nn.Identity()
+    net.load_state_dict(state, strict=True)
+
+
+def test_labels_file_repeats_a_run_and_random_init_needs_no_checkpoint(tmp_path, ck, tiny_data, capsys):
+    base = ["--data", str(tiny_data), "--epochs", "1", "--no-progress", *[x for s in TINY for x in ("--set", s)]]
+    assert main(["finetune", "--checkpoint", str(ck), "--labels", "25%", "--out", str(tmp_path / "a"), *base]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["labels"]["images"] == 12 and printed["top1"] is not None
+    assert main(["finetune", "--init", "random", "--labels-file", str(tmp_path / "a" / "labels.txt"),
+                 "--set", "model.width=4", "--set", "data.image_size=16", "--out", str(tmp_path / "b"), *base]) == 0
+    lines = [(tmp_path / n / "labels.txt").read_text().splitlines() for n in ("a", "b")]
+    assert [x for x in lines[0] if not x.startswith("#")] == [x for x in lines[1] if not x.startswith("#")]
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert b["init"] == "random" and b["checkpoint"] == "" and b["config"]["model"]["width"] == 4
+
+
+def one_line(code_err):
+    code, err = code_err
+    return code, err.strip(), err.strip().count("\n") == 0
+
+
+def cli(argv, capsys):
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_gets_one_line(tmp_path, ck, tiny_data, capsys):
+    base = ["finetune", "--no-progress", "--epochs", "1", *[x for s in TINY for x in ("--set", s)]]
+    odd = tmp_path / "odd"
+    make_image_folder(odd / "train", classes=2, per_class=4)
+    make_image_folder(odd / "test", classes=3, per_class=2)  # class2 is not in train/
+    cases = [
+        (["--checkpoint", str(ck), "--data", str(odd), "--out", str(tmp_path / "o1")], 1, "lacks (class2)"),
+        (["--checkpoint", str(ck), "--data", str(tiny_data), "--labels", "0%", "--out", str(tmp_path / "o2")], 2,
+         "--labels takes"),
+        (["--checkpoint", str(ck), "--data", str(tiny_data), "--labels", "ten", "--out", str(tmp_path / "o3")], 2,
+         "--labels takes"),
+        (["--init", "checkpoint", "--data", str(tiny_data), "--out", str(tmp_path / "o4")], 2, "needs --checkpoint"),
+        (["--checkpoint", str(tmp_path / "nope.pt"), "--data", str(tiny_data), "--out", str(tmp_path / "o5")], 1,
+         "checkpoint not found"),
+        (["--checkpoint", str(ck), "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o6")], 1,
+         "data folder not found"),
+    ]
+    (tmp_path / "list.txt").write_text("class0/000.png\nclass7/x.png\n")
+    cases.append((["--checkpoint", str(ck), "--data", str(tiny_data), "--labels-file", str(tmp_path / "list.txt"),
+                   "--out", str(tmp_path / "o7")], 1, "class7/x.png"))
+    flat = tmp_path / "flat"
+    make_image_folder(flat, classes=1, per_class=3)
+    for f in (flat / "class0").iterdir():
+        f.rename(flat / f.name)
+    cases.append((["--checkpoint", str(ck), "--train", str(flat), "--out", str(tmp_path / "o8")], 1,
+                  "no class sub-folders"))
+    for argv, code, message in cases:
+        got, err, single = one_line(cli(base + argv, capsys))
+        assert got == code and message in err and single, (argv, err)
+
+
+def test_finetune_will_not_resume_a_pretraining_run(tmp_path, ck, tiny_data, capsys):
+    from conftest import tiny_config
+
+    from moco.training.pretrain import pretrain
+
+    pretrain(tiny_config(tmp_path, "optim.epochs=1"), tiny_data, tmp_path / "pre", progress=False, max_steps=2)
+    code, err, single = one_line(cli(["finetune", "--checkpoint", str(ck), "--data", str(tiny_data), "--out",
+                                      str(tmp_path / "pre"), "--resume", "auto", "--no-progress"], capsys))
+    assert code == 1 and single and "not a fine-tuning checkpoint" in err
+
