@@ -32,11 +32,11 @@ from torch import nn
 
 from moco.config import Config, MethodConfig, from_dict, merge_dict, resolve
 from moco.core.checkpoint_files import FORMAT, latest_checkpoint, load_checkpoint, load_state_strict
-from moco.core.distributed import cleanup, init_distributed
+from moco.core.distributed import DistInfo, cleanup, init_distributed
 from moco.core.errors import CheckpointError, ConfigError, DataError
 from moco.core.precision import memory_format
 from moco.core.run_lock import lock_run_folder
-from moco.data.cache import decode_images
+from moco.data.cache import DecodedImages, decode_images
 from moco.data.folder import ImageList, check_data_root, find_split, scan_images
 from moco.data.pipelines import LabelledSource, decode_side
 from moco.export.backbone import load_backbone_and_config
@@ -46,6 +46,7 @@ from moco.models.generic import Encoder, custom_name, infer_feature_dim, named_b
 from moco.models.vit import VITS, build_vit
 from moco.optim import OPTIMIZERS
 from moco.schedules import base_lr
+from moco.training.checkpoint import TrainState
 from moco.training.pretrain import run_length, set_up_budget, train
 from moco.training.run import Run, open_run, start_state
 from moco.training.tasks import TASKS, TestMonitor
@@ -165,7 +166,7 @@ def _labelled(folder: Path, what: str, strict: bool, warn: bool) -> ImageList:
     return images
 
 
-def test_labels(train: ImageList, test: ImageList) -> torch.Tensor:
+def map_test_labels(train: ImageList, test: ImageList) -> torch.Tensor:
     """The test images' labels as indices of the training classes; a test class that training lacks is an
     error."""
     assert train.classes is not None and test.classes is not None and test.labels is not None
@@ -189,6 +190,112 @@ def _previous(out: Path, resume: str | None) -> dict[str, Any] | None:
         raise CheckpointError(f"{path} is not a fine-tuning checkpoint: `moco finetune --resume` continues only "
                               "its own runs")
     return ck
+
+
+@dataclass
+class Job:
+    """What a fine-tuning call resolved before any work: the config, the init and its checkpoint, the folders
+    and the labels file (None: draw ``finetune.labels``)."""
+
+    cfg: Config
+    kind: str
+    ckpt: str
+    train_dir: Path
+    test_dir: Path | None
+    labels_file: Path | None
+
+
+def resolve_job(
+    checkpoint: str | Path | None, data: str | Path | None, out: Path, labels: str | None, init: str | None,
+    train_dir: str | Path | None, test_dir: str | Path | None, labels_file: str | Path | None,
+    flags: dict[str, Any], overrides: list[str] | None, config_file: str | None, resume: str | None,
+    backbone: nn.Module | None,
+) -> Job:
+    """The job a :func:`finetune` call describes; a resumed run's own settings, data and labels come from its
+    checkpoint, with what the call changes on top."""
+    prev = _previous(out, resume)
+    if prev is not None:
+        cfg = resolve(None, config_file, flags, overrides, base=from_dict(prev["config"]))
+        kind, ckpt = cfg.finetune.init, cfg.finetune.checkpoint
+        train_dir = train_dir or prev["data"]["train"]
+        test_dir = test_dir or prev["data"].get("test")
+        labels_file = out / "labels.txt"
+    else:
+        kind, ckpt = parse_init(init, checkpoint)
+        if ckpt:  # the architecture and image settings come with the checkpoint (a copy: random init keeps its own)
+            _, source = load_backbone_and_config(ckpt, copy.deepcopy(backbone))
+        else:  # random init from nothing: the network pretraining's default trains, unless --set says otherwise
+            source = resolve("cifar10-cpu")
+        if backbone is not None:
+            source.model.arch = custom_name(backbone)
+        flags = {**flags, "finetune.labels": labels, "finetune.labels_file": str(labels_file) if labels_file else None}
+        cfg = finetune_config(source, kind, ckpt, flags, overrides, config_file)
+    if data is None and train_dir is None:
+        raise ConfigError("fine-tuning needs --data (a folder with train/ and test/) or --train and --test")
+    if train_dir is None:
+        check_data_root(Path(data).expanduser())
+        train_dir, found = find_split(Path(data).expanduser())
+        test_dir = test_dir or found
+    train_dir = Path(train_dir).expanduser()
+    check_data_root(train_dir)
+    test_dir = Path(test_dir).expanduser() if test_dir is not None else None
+    if test_dir is not None:
+        check_data_root(test_dir)
+    labels_file = labels_file or cfg.finetune.labels_file or None
+    return Job(cfg, kind, ckpt, train_dir, test_dir, Path(labels_file) if labels_file else None)
+
+
+def _labelled_data(job: Job, cfg: Config, out: Path, main: bool, resumed: bool, device: torch.device,
+                   progress: bool) -> tuple[ImageList, DecodedImages, TestMonitor | None, dict[str, Any]]:
+    """(the training folder's listing, the chosen images decoded, the test monitor on rank 0, what the results
+    say of the labels); rank 0 writes labels.txt (kept when resuming)."""
+    d, f = cfg.data, cfg.finetune
+    full = _labelled(job.train_dir, "--train", d.strict, main)
+    chosen = read_labels(full, job.labels_file) if job.labels_file else balanced_subset(full, f.labels, f.labels_seed)
+    spec = None if f.labels_file else f.labels
+    if main and (not resumed or not (out / "labels.txt").is_file()):
+        write_labels(chosen, out / "labels.txt", f"the images of {job.labels_file}" if spec is None else
+                     f"{spec} of each class, seed {f.labels_seed}")
+    decoded = decode_images(chosen, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
+    monitor = None
+    if job.test_dir is not None and main:
+        test = _labelled(job.test_dir, "--test", d.strict, True)
+        y_test = map_test_labels(full, test)
+        test_set = decode_images(test, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
+        keep = {p: i for i, p in enumerate(test.paths)}
+        y_test = y_test[[keep[p] for p in test_set.images.paths]]  # unreadable test images dropped
+        monitor = TestMonitor(test_set, y_test, len(full.classes or []), cfg, device)
+    elif main:
+        log.warning("no test folder: the fine-tuned network is not scored (give --data DIR with test/, or --test)")
+    return full, decoded, monitor, {"spec": spec, "file": str(out / "labels.txt"), **describe_labels(decoded.images,
+                                                                                                    full)}
+
+
+def set_up_finetune(
+    job: Job, out: Path, dinfo: DistInfo, dist_device: torch.device | None, resume: str | None, overwrite: bool,
+    progress: bool, max_steps: int | None, backbone: nn.Module | None,
+) -> tuple[Run, TrainState]:
+    """The fine-tuning run and its state: folder and resume (``open_run``), labelled data, the network and its
+    init, the classifier's optimiser with the backbone's lr share, then ``start_state``."""
+    cfg, device, ck, ck_path = open_run(job.cfg, out, dinfo, dist_device, TASKS["finetune"], resume, overwrite)
+    full, decoded, monitor, label_info = _labelled_data(job, cfg, out, dinfo.is_main, ck is not None, device,
+                                                         progress)
+    network = _network(cfg, job.kind, job.ckpt, len(full.classes or []), backbone)
+    if dinfo.enabled and device.type == "cuda" and cfg.finetune.bn == "train":
+        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)  # the authors' SyncBN, across processes
+    model = Classifier(network, cfg.finetune.bn, cfg.finetune.label_smoothing)
+    model = model.to(device, memory_format=memory_format(cfg.train.channels_last))
+    optimizer = OPTIMIZERS[cfg.optim.optimizer](model.param_groups(cfg.finetune.backbone_lr), base_lr(cfg), cfg.optim)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
+    gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation draws, the same on every rank
+    b = cfg.optim.batch_size
+    extra = {"classes": full.classes, "labels": label_info, "init": job.kind, "source": job.ckpt,
+             "data": {"train": str(job.train_dir.resolve()),
+                      "test": str(job.test_dir.resolve()) if job.test_dir else None}}
+    run = Run(cfg, out, job.train_dir, dinfo, device, LabelledSource(decoded, cfg.data, b, gen, device, dinfo),
+              monitor, progress, max_steps, task=TASKS["finetune"],
+              passes=passes_per_epoch(len(decoded.images), b, cfg.finetune.min_epoch_steps), checkpoint_extra=extra)
+    return run, start_state(run, (model, optimizer, scaler), gen, ck, ck_path)
 
 
 def finetune(
@@ -219,112 +326,36 @@ def finetune(
     ``labels_file`` lists. Writes the run folder ``out`` and returns a :class:`FinetuneResult`.
 
     ``epochs`` or ``time_budget`` (seconds) set the length; ``overrides`` are ``--set`` strings
-    (``"optim.lr=0.05"``, ``"finetune.bn=frozen"``). ``resume="auto"`` continues an interrupted run (the
-    other arguments may then be left out: the run's checkpoint knows them). ``backbone`` is a fresh instance of
-    a network given to ``moco.pretrain(backbone=...)``. The time budget counts from ``started`` (a
-    :func:`time.perf_counter` time; default: the call).
+    (``"optim.lr=0.05"``, ``"finetune.bn=frozen"``); ``flags`` a ``{"optim.lr": 0.05}`` mapping. ``resume="auto"``
+    continues an interrupted run (the other arguments may then be left out: the run's checkpoint knows them).
+    ``backbone`` is a fresh instance of a network given to ``moco.pretrain(backbone=...)``. The time budget counts
+    from ``started`` (a :func:`time.perf_counter` time; default: the call).
     """
     t_start = time.perf_counter()
-    started = t_start if started is None else started
     out = Path(out)
-    prev = _previous(out, resume)
-    flags = dict(flags or {})
-    flags.update({"optim.epochs": epochs, "optim.time_budget": time_budget})
     if epochs and time_budget:
         raise ConfigError("--time-budget and --epochs both set how long to train; give one of them")
-    if prev is not None:  # the run's own settings, with what this call changes on top
-        cfg = resolve(None, config_file, flags, overrides, base=from_dict(prev["config"]))
-        kind, ckpt = cfg.finetune.init, cfg.finetune.checkpoint
-        train_dir = train_dir or prev["data"]["train"]
-        test_dir = test_dir or prev["data"].get("test")
-        labels_file = out / "labels.txt"
-    else:
-        kind, ckpt = parse_init(init, checkpoint)
-        if ckpt:  # the architecture and image settings come with the checkpoint (a copy: random init keeps its own)
-            _, source = load_backbone_and_config(ckpt, copy.deepcopy(backbone))
-        else:  # random init from nothing: the network pretraining's default trains, unless --set says otherwise
-            source = resolve("cifar10-cpu")
-        if backbone is not None:
-            source.model.arch = custom_name(backbone)
-        flags.update({"finetune.labels": labels, "finetune.labels_file": str(labels_file) if labels_file else None})
-        cfg = finetune_config(source, kind, ckpt, flags, overrides, config_file)
-    if cfg.finetune.labels_file and labels_file is None:
-        labels_file = cfg.finetune.labels_file
-    if data is None and train_dir is None:
-        raise ConfigError("fine-tuning needs --data (a folder with train/ and test/) or --train and --test")
-    if train_dir is None:
-        check_data_root(Path(data).expanduser())
-        train_dir, found_test = find_split(Path(data).expanduser())
-        test_dir = test_dir or found_test
-    train_dir = Path(train_dir).expanduser()
-    check_data_root(train_dir)
-    if test_dir is not None:
-        check_data_root(Path(test_dir).expanduser())
-
-    dinfo, dist_device = init_distributed(cfg.train.device)
+    flags = {**(flags or {}), "optim.epochs": epochs, "optim.time_budget": time_budget}
+    job = resolve_job(checkpoint, data, out, labels, init, train_dir, test_dir, labels_file, flags, overrides,
+                      config_file, resume, backbone)
+    dinfo, dist_device = init_distributed(job.cfg.train.device)
     lock = None
     try:
         lock = lock_run_folder(out) if dinfo.is_main else None
-        cfg, device, ck, ck_path = open_run(cfg, out, dinfo, dist_device, TASKS["finetune"], resume, overwrite)
-        d = cfg.data
-        full = _labelled(train_dir, "--train", d.strict, dinfo.is_main)
-        chosen = read_labels(full, labels_file) if labels_file else balanced_subset(full, cfg.finetune.labels,
-                                                                                     cfg.finetune.labels_seed)
-        spec = None if cfg.finetune.labels_file else cfg.finetune.labels
-        if dinfo.is_main and (ck is None or not (out / "labels.txt").is_file()):
-            about = (f"the images of {labels_file}" if spec is None else
-                     f"{spec} of each class, seed {cfg.finetune.labels_seed}")
-            write_labels(chosen, out / "labels.txt", about)
-        decoded = decode_images(chosen, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
-        monitor = None
-        if test_dir is not None and dinfo.is_main:
-            test = _labelled(Path(test_dir).expanduser(), "--test", d.strict, True)
-            y_test = test_labels(full, test)
-            test_set = decode_images(test, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
-            keep = {p: i for i, p in enumerate(test.paths)}
-            y_test = y_test[[keep[p] for p in test_set.images.paths]]  # unreadable test images dropped
-            monitor = TestMonitor(test_set, y_test, len(full.classes or []), cfg, device)
-        elif test_dir is None and dinfo.is_main:
-            log.warning("no test folder: the fine-tuned network is not scored (give --data DIR with test/, or --test)")
-
-        network = _network(cfg, kind, ckpt, len(full.classes or []), backbone)
-        if dinfo.enabled and device.type == "cuda" and cfg.finetune.bn == "train":
-            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)  # the authors' SyncBN, across processes
-        model = Classifier(network, cfg.finetune.bn, cfg.finetune.label_smoothing)
-        model = model.to(device, memory_format=memory_format(cfg.train.channels_last))
-        optimizer = OPTIMIZERS[cfg.optim.optimizer](model.param_groups(cfg.finetune.backbone_lr), base_lr(cfg),
-                                                    cfg.optim)
-        scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
-        gen = torch.Generator().manual_seed(cfg.train.seed + 1)
-        b = cfg.optim.batch_size
-        source_ = LabelledSource(decoded, d, b, gen, device, dinfo)
-        passes = passes_per_epoch(len(decoded.images), b, cfg.finetune.min_epoch_steps)
-        described = describe_labels(decoded.images, full)
-        label_info = {"spec": spec, "file": str(out / "labels.txt"), **described}
-        extra = {"classes": full.classes, "labels": label_info, "init": kind, "source": ckpt,
-                 "data": {"train": str(train_dir.resolve()),
-                          "test": str(Path(test_dir).expanduser().resolve()) if test_dir else None}}
-        run = Run(cfg, out, train_dir, dinfo, device, source_, monitor, progress, max_steps, task=TASKS["finetune"],
-                  passes=passes, checkpoint_extra=extra)
-        state = start_state(run, (model, optimizer, scaler), gen, ck, ck_path)
-        set_up_budget(run, state, None, started)
+        run, state = set_up_finetune(job, out, dinfo, dist_device, resume, overwrite, progress, max_steps, backbone)
+        set_up_budget(run, state, None, t_start if started is None else started)
         if not run.finished(state):
             if run.main:
-                log.info("fine-tuning %s (%s init%s) on %d labelled images of %d classes from %s (%s), %d px: "
-                         "%s%s, backbone lr x %g, BatchNorm %s, %s on %s", cfg.model.arch, kind,
-                         f" from {ckpt}" if ckpt else "", described["images"], len(full.classes or []), train_dir,
-                         _spec(spec, labels_file), d.image_size, run_length(run, state),
-                         f" ({passes} passes an epoch)" if passes > 1 else "", cfg.finetune.backbone_lr,
-                         cfg.finetune.bn, cfg.train.precision, device)
+                _log_start(run, state, job)
             train(run, state)
         elif run.main:
             log.info("run already finished (epoch %d, step %d)", state.epoch, state.step)
-        stopped = not run.finished(state)
-        last = state.last
-        result = FinetuneResult(out, last.get("test_top1"), last.get("test_top5"), label_info, kind, ckpt,
-                                state.epoch, state.step, time.perf_counter() - t_start, stopped, last)
+        stopped, last = not run.finished(state), state.last
+        result = FinetuneResult(out, last.get("test_top1"), last.get("test_top5"), run.checkpoint_extra["labels"],
+                                job.kind, job.ckpt, state.epoch, state.step, time.perf_counter() - t_start, stopped,
+                                last)
         if run.main and not stopped:
-            _write_outputs(run, state, result, model)
+            _write_outputs(run, state, result)
         return result
     finally:
         if lock is not None:
@@ -332,8 +363,14 @@ def finetune(
         cleanup()
 
 
-def _spec(spec: str | None, labels_file: str | Path | None) -> str:
-    return f"{spec} of each class" if spec else f"the images of {labels_file}"
+def _log_start(run: Run, state: TrainState, job: Job) -> None:
+    cfg, lab = run.cfg, run.checkpoint_extra["labels"]
+    spec = f"{lab['spec']} of each class" if lab["spec"] else f"the images of {job.labels_file}"
+    log.info("fine-tuning %s (%s init%s) on %d labelled images of %d classes from %s (%s), %d px: %s%s, backbone "
+             "lr x %g, BatchNorm %s, %s on %s", cfg.model.arch, job.kind, f" from {job.ckpt}" if job.ckpt else "",
+             lab["images"], len(run.checkpoint_extra["classes"] or []), job.train_dir, spec, cfg.data.image_size,
+             run_length(run, state), f" ({run.passes} passes an epoch)" if run.passes > 1 else "",
+             cfg.finetune.backbone_lr, cfg.finetune.bn, cfg.train.precision, run.device)
 
 
 def _network(cfg: Config, kind: str, ckpt: str, num_classes: int, backbone: nn.Module | None) -> nn.Module:
@@ -346,9 +383,9 @@ def _network(cfg: Config, kind: str, ckpt: str, num_classes: int, backbone: nn.M
     return net
 
 
-def _write_outputs(run: Run, state: Any, result: FinetuneResult, model: Classifier) -> None:
+def _write_outputs(run: Run, state: TrainState, result: FinetuneResult) -> None:
     """results.json (the result, the precision, the machine), classifier.pt (weight, bias, classes)."""
-    fc = model.encoder_q.fc
+    fc = state.model.encoder_q.fc
     torch.save({"weight": fc.weight.detach().cpu().clone(), "bias": fc.bias.detach().cpu().clone(),
                 "classes": run.checkpoint_extra["classes"], "test_top1": result.top1}, run.out / "classifier.pt")
     epochs = [r for r in state.history if r.get("type") == "epoch"]
