@@ -330,8 +330,6 @@ def _finetune(a: argparse.Namespace) -> int:
     from moco.training.budget import parse_duration, process_start
     from moco.transfer.finetune import finetune
 
-    if a.time_budget and a.epochs:
-        raise ConfigError("--time-budget and --epochs both set how long to train; give one of them")
     if a.labels and a.labels_file:
         raise ConfigError("--labels draws a subset and --labels-file names one; give one of them")
     flags: dict[str, Any] = {"optim.batch_size": a.batch_size, "optim.lr": a.lr, "data.workers": a.workers,
