@@ -104,7 +104,7 @@ def _finetune(name: str, out: Path, data: Path, budget: TransferBudget, time_s: 
     resume = "auto" if (out / "checkpoint_last.pt").is_file() else None
     length = {"time_budget": time_s} if time_s else {"epochs": budget.finetune_epochs}
     res = finetune(data=data, out=out, overrides=_finetune_overrides(extra), progress=progress, resume=resume,
-                   **(length if resume is None else {}), **({} if resume else kw))
+                   **length, **kw)  # resumed, the run's checkpoint supplies its init and labels
     return None if res.stopped else json.loads(done.read_text())
 
 
