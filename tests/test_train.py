@@ -1,15 +1,16 @@
 """The pretraining loop: run directory, exact resume, refusing to mix runs, failures that keep the last checkpoint."""
 
 import json
+import math
 
 import pytest
 import torch
 from conftest import tiny_config
 
-from moco.config import ConfigError
+from moco.config import ConfigError, resolve
 from moco.core.errors import TrainingError
 from moco.data.folder import DataError
-from moco.schedules import lr_at
+from moco.schedules import base_lr, lr_at
 from moco.training.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from moco.training.pretrain import pretrain
 
@@ -93,6 +94,24 @@ def test_lr_schedules(tmp_path):
     assert [lr_at(step, e) for e in (0, 3.9, 4, 8.5)] == pytest.approx([1, 1, 0.1, 0.01])
     warm = tiny_config(tmp_path, "optim.warmup_epochs=2", "optim.epochs=10", "optim.lr=1")
     assert lr_at(warm, 1) == pytest.approx(0.5, rel=1e-6)
+
+
+def test_the_cosine_after_a_warm_up_is_the_v3_authors_curve():
+    """facebookresearch/moco-v3 main_moco.py adjust_learning_rate: lr * epoch / warmup during the warm-up, then
+    lr * 0.5 * (1 + cos(pi * (epoch - warmup) / (epochs - warmup))): the full lr where the warm-up ends."""
+    cfg = resolve("imagenet-v3-vit-s")  # 40 warm-up epochs of 300
+    base, w, n = base_lr(cfg), cfg.optim.warmup_epochs, cfg.optim.epochs
+    assert (w, n) == (40, 300)
+
+    def authors(epoch: float) -> float:
+        if epoch < w:
+            return base * epoch / w
+        return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - w) / (n - w)))
+
+    for epoch in (0.5, 20, 39.99, 40, 40.01, 100, 170, 250, 299.9, 300):
+        assert lr_at(cfg, epoch) == pytest.approx(authors(epoch), rel=1e-6, abs=1e-12), epoch
+    assert lr_at(cfg, 40) == pytest.approx(base)  # no drop at the boundary (it was 0.957 x base)
+    assert lr_at(cfg, 170) == pytest.approx(base / 2)
 
 
 def test_checkpoint_errors_are_clear(tmp_path):
