@@ -53,19 +53,25 @@ def epochs_for(steps: int, data: str, labels: str, batch: int = 256, min_steps: 
     return max(1, -(-steps // spe))
 
 
-def finetune_run(out: Path, ckpt: str, data: str, labels: str, init: str, seed: int, length: list[str]) -> dict:
-    """One `moco finetune` run (skipped when its results.json exists), with its wall time from outside."""
+def run_once(out: Path, cmd: list[str]) -> dict:
+    """A `moco` command run into ``out`` (skipped when its results.json exists), with its wall time from outside
+    (start-up included) kept in wall.txt; returns results.json with ``wall_outside_s``."""
     res = out / "results.json"
     if not res.is_file():
-        cmd = [sys.executable, "-m", "moco", "finetune", "--checkpoint", ckpt, "--data", data, "--labels", labels,
-               "--init", init, "--seed", str(seed), *length, "--out", str(out), "--no-progress", "--resume", "auto"]
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "moco", *cmd, "--out", str(out), "--no-progress", "--resume", "auto"],
+                       check=True, stdout=subprocess.DEVNULL)
         (out / "wall.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
     r = json.loads(res.read_text())
     wall = out / "wall.txt"
     r["wall_outside_s"] = float(wall.read_text()) if wall.is_file() else None
     return r
+
+
+def finetune_run(out: Path, ckpt: str, data: str, labels: str, init: str, seed: int, length: list[str]) -> dict:
+    """One `moco finetune` run (skipped when its results.json exists), with its wall time from outside."""
+    return run_once(out, ["finetune", "--checkpoint", ckpt, "--data", data, "--labels", labels, "--init", init,
+                          "--seed", str(seed), *length])
 
 
 def linear_on(ckpt: str, data: Path, labels_txt: Path) -> dict:

@@ -16,6 +16,10 @@ or the whole job (checkpoints, resume, kNN monitor) on any backbone::
 and transfer it to a labelled task, with few labels::
 
     result = moco.finetune("runs/mine/checkpoint_last.pt", "path/to/labelled", "runs/ft", labels="10%")
+
+or to detection, on COCO-format data (torchvision's Faster R-CNN, COCO AP by pycocotools)::
+
+    result = moco.detect("runs/mine/checkpoint_last.pt", "train.json", "train/", "val.json", "val/", "runs/det")
 """
 
 from moco.config import Config
@@ -26,12 +30,14 @@ from moco.methods import ContrastiveMethod, EndToEnd, MemoryBank, MoCo, MoCoV3
 from moco.methods.moco import batch_shuffle, batch_unshuffle, info_nce, update_momentum
 from moco.models.generic import Encoder, remove_classifier
 from moco.training.pretrain import RunResult, pretrain
+from moco.transfer.detect import DetectResult, detect
 from moco.transfer.finetune import FinetuneResult, finetune
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "ContrastiveMethod", "Encoder", "EndToEnd", "FinetuneResult", "MemoryBank", "MoCo", "MoCoV3",
-    "RunResult", "__version__", "augment", "batch_shuffle", "batch_unshuffle", "finetune", "info_nce",
+    "Config", "ContrastiveMethod", "DetectResult", "Encoder", "EndToEnd", "FinetuneResult", "MemoryBank", "MoCo",
+    "MoCoV3",
+    "RunResult", "__version__", "augment", "batch_shuffle", "batch_unshuffle", "detect", "finetune", "info_nce",
     "knn_accuracy", "load_backbone", "pretrain", "remove_classifier", "update_momentum",
 ]

@@ -96,36 +96,87 @@ Every recipe value is a setting: --set optim.lr=0.05 --set finetune.backbone_lr=
 """
 
 
+def _transfer_args(sp: argparse.ArgumentParser, command: str, epochs: str, batch: str, lr: str, seed: str,
+                   workers: str, strict: str, final: str) -> None:
+    """The flags ``moco finetune`` and ``moco detect`` share: the backbone and its init, the run folder and
+    length, the optimiser's lr and batch, and resume; the rest of each help text is the command's."""
+    sp.add_argument("--checkpoint", help="the backbone: momentum-contrast checkpoint, authors' .pth.tar, or "
+                                         "torchvision ResNet state dict")
+    sp.add_argument("--init", metavar="checkpoint|random|supervised:CKPT",
+                    help="checkpoint (default with --checkpoint): its backbone; random: the same network from "
+                         "scratch (the baseline); supervised:CKPT: a network trained with labels")
+    sp.add_argument("--out", help=f"run directory (default: runs/{command})")
+    sp.add_argument("--epochs", type=int, help=epochs)
+    sp.add_argument("--time-budget", metavar="DURATION",
+                    help=f"train for this much wall time instead (90s, 15m, 2h), start-up and {final} included")
+    sp.add_argument("--batch-size", type=int, help=batch)
+    sp.add_argument("--lr", type=float, help=lr)
+    sp.add_argument("--seed", type=int, help=seed)
+    sp.add_argument("--workers", type=int, help=workers)
+    sp.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    sp.add_argument("--config", help="YAML file of settings")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    sp.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = latest in --out")
+    sp.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    sp.add_argument("--strict-data", action="store_true", help=strict)
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _transfer_flags(a: argparse.Namespace) -> dict[str, Any]:
+    """The settings the shared transfer flags give (None: not given)."""
+    return {"optim.batch_size": a.batch_size, "optim.lr": a.lr, "data.workers": a.workers, "train.seed": a.seed,
+            "train.device": a.device, "data.strict": True if a.strict_data else None}
+
+
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     ft = sub.add_parser("finetune", help="fine-tune a pretrained backbone with a new classifier on labelled images",
                         epilog=EPILOG_FINETUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ft.add_argument("--checkpoint", help="the backbone: momentum-contrast checkpoint, authors' .pth.tar, or "
-                                         "torchvision ResNet state dict")
     ft.add_argument("--data", help="folder holding train/ and test/ ImageFolders")
     ft.add_argument("--train", help="labelled ImageFolder to fine-tune on (instead of --data)")
     ft.add_argument("--test", help="labelled ImageFolder to score on (instead of --data)")
     ft.add_argument("--labels", help="share of each class's images to learn from: 1%%, 10%%, 100%% (default) or N "
                                      "images per class")
     ft.add_argument("--labels-file", help="learn from the images a labels.txt lists (another run's)")
-    ft.add_argument("--init", metavar="checkpoint|random|supervised:CKPT",
-                    help="checkpoint (default with --checkpoint): its backbone; random: the same network from "
-                         "scratch (the baseline); supervised:CKPT: a network trained with labels")
-    ft.add_argument("--out", help="run directory (default: runs/finetune)")
-    ft.add_argument("--epochs", type=int, help="epochs (default 30; an epoch is at least 20 steps)")
-    ft.add_argument("--time-budget", metavar="DURATION",
-                    help="train for this much wall time instead (90s, 15m, 2h), start-up and the final test included")
-    ft.add_argument("--batch-size", type=int)
-    ft.add_argument("--lr", type=float, help="the new classifier's lr (default 0.1; the backbone's is "
-                                             "finetune.backbone_lr times it)")
-    ft.add_argument("--seed", type=int, help="training seed (the labels' draw has its own: finetune.labels_seed)")
-    ft.add_argument("--workers", type=int)
-    ft.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    ft.add_argument("--config", help="YAML file of settings")
-    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
-    ft.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = latest in --out")
-    ft.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    ft.add_argument("--strict-data", action="store_true", help="fail on the first unreadable image")
-    ft.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _transfer_args(ft, "finetune", "epochs (default 30; an epoch is at least 20 steps)", "images per step",
+                   "the new classifier's lr (default 0.1; the backbone's is finetune.backbone_lr times it)",
+                   "training seed (the labels' draw has its own: finetune.labels_seed)", "decoding processes",
+                   "fail on the first unreadable image", "the final test")
+
+
+EPILOG_DETECT = """examples:
+  python benchmarks/make_detection_set.py --out data/pasted   # a small set from CIFAR-10 (COCO JSON)
+  moco detect --checkpoint runs/cifar10-cpu/checkpoint_last.pt --train-ann data/pasted/train.json \\
+      --train-images data/pasted/train --val-ann data/pasted/val.json --val-images data/pasted/val \\
+      --time-budget 10m --out runs/detect
+  moco detect --checkpoint CK ... --init random --out runs/detect-random      # the baseline
+  moco detect --checkpoint moco_v2_800ep.pth.tar --train-ann voc/train.json ... --nproc 8 \\
+      --set detect.min_size=[480,512,544,576,608,640,672,704,736,768,800] --out runs/voc
+  moco detect --out runs/detect --resume auto        # continue an interrupted run
+
+The detector is torchvision's Faster R-CNN (Mask R-CNN when the annotations carry
+segmentations) with a feature pyramid over the ResNet's stages. Annotations that cannot be
+trained on (unknown image or category, missing file, malformed, zero-area or out-of-bounds
+box) are counted and skipped with one warning (--strict-data refuses them); crowd regions
+are scored as COCO does, not trained on. RUN/results.json holds AP, AP50, AP75 and AP by
+size from pycocotools' COCOeval. BatchNorm is trained (SyncBN under torchrun), as the
+authors' Detectron2 configs do; --set finetune.bn=frozen freezes it. Every recipe value is
+a setting (see benchmarks/README.md, "Detection").
+"""
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    dt = sub.add_parser("detect", help="train Faster R-CNN on a pretrained backbone with COCO-format data; COCO AP",
+                        epilog=EPILOG_DETECT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dt.add_argument("--train-ann", help="COCO annotation file (JSON) of the training images")
+    dt.add_argument("--train-images", help="folder of the training images (the annotations' file_name)")
+    dt.add_argument("--val-ann", help="COCO annotation file of the validation images (scored with COCO AP)")
+    dt.add_argument("--val-images", help="folder of the validation images")
+    _transfer_args(dt, "detect", "epochs (default 12)", "images per step, all processes together (default 8)",
+                   "the detector's lr (default 0.02; the backbone's is finetune.backbone_lr times it)",
+                   "training seed", "image-reading processes",
+                   "fail on the first bad annotation or unreadable image", "the final AP")
+    dt.add_argument("--nproc", type=int, metavar="N",
+                    help="run N processes on this machine via torchrun (one per GPU, or gloo on CPU)")
 
 
 def _eval_args(sp: argparse.ArgumentParser) -> None:
@@ -251,7 +302,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moco", description="Momentum Contrast (MoCo) self-supervised pretraining.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_pretrain, _add_finetune, _add_evaluation, _add_files, _add_reproduce):
+    for add in (_add_pretrain, _add_finetune, _add_detect, _add_evaluation, _add_files, _add_reproduce):
         add(sub)
     return p
 
@@ -332,9 +383,7 @@ def _finetune(a: argparse.Namespace) -> int:
 
     if a.labels and a.labels_file:
         raise ConfigError("--labels draws a subset and --labels-file names one; give one of them")
-    flags: dict[str, Any] = {"optim.batch_size": a.batch_size, "optim.lr": a.lr, "data.workers": a.workers,
-                             "train.seed": a.seed, "train.device": a.device,
-                             "data.strict": True if a.strict_data else None}
+    flags = _transfer_flags(a)
     if not a.resume and not (a.data or a.train):
         data = default_data()
         if data is None:
@@ -346,6 +395,22 @@ def _finetune(a: argparse.Namespace) -> int:
                    time_budget=parse_duration(a.time_budget) if a.time_budget else None, overrides=a.set,
                    config_file=a.config, flags=flags, resume=a.resume, overwrite=a.overwrite,
                    progress=not a.no_progress, started=process_start())
+    if res.stopped:
+        return 130
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(res.summary()))
+    return 0
+
+
+def _detect(a: argparse.Namespace) -> int:
+    from moco.training.budget import parse_duration, process_start
+    from moco.transfer.detect import detect
+
+    flags = _transfer_flags(a)
+    res = detect(a.checkpoint, a.train_ann, a.train_images, a.val_ann, a.val_images, Path(a.out or "runs/detect"),
+                 a.init, epochs=a.epochs, time_budget=parse_duration(a.time_budget) if a.time_budget else None,
+                 overrides=a.set, config_file=a.config, flags=flags, resume=a.resume, overwrite=a.overwrite,
+                 progress=not a.no_progress, started=process_start())
     if res.stopped:
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
@@ -492,6 +557,11 @@ def _info(a: argparse.Namespace) -> int:
         print(f"fine-tuned  {ck.get('init')} init{' from ' + ck['source'] if ck.get('source') else ''}, "
               f"{len(ck.get('classes') or [])} classes, {lab.get('images')} labelled images "
               f"({lab.get('spec') or lab.get('file')})")
+    if ck.get("task") == "detect":
+        d = cfg.get("detect", {})
+        print(f"detector    {'Mask' if ck.get('masks') else 'Faster'} R-CNN, {ck.get('init')} init"
+              f"{' from ' + ck['source'] if ck.get('source') else ''}, {len(ck.get('categories') or [])} categories, "
+              f"shorter side {d.get('min_size')}, trained on {ck.get('data', {}).get('train_ann')}")
     if ck.get("n_images"):
         print(f"data        {ck['n_images']} images, {cfg['data']['image_size']} px, {cfg['data']['augmentation']} aug")
     for k, v in (ck.get("metrics") or {}).items():
@@ -536,11 +606,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s", stream=sys.stderr)
     args = _parser().parse_args(argv)
-    if args.command == "pretrain" and args.nproc and "WORLD_SIZE" not in os.environ:
+    if args.command in ("pretrain", "detect") and args.nproc and "WORLD_SIZE" not in os.environ:
         return _launch(args.nproc, argv)
     try:
-        commands = {"pretrain": _pretrain, "finetune": _finetune, "knn": _knn, "linear": _linear, "embed": _embed,
-                    "neighbors": _neighbors, "export": _export, "info": _info, "reproduce": _reproduce,
+        commands = {"pretrain": _pretrain, "finetune": _finetune, "detect": _detect, "knn": _knn, "linear": _linear,
+                    "embed": _embed, "neighbors": _neighbors, "export": _export, "info": _info, "reproduce": _reproduce,
                     "presets": _presets}
         return commands[args.command](args)
     except ConfigError as e:

@@ -27,13 +27,21 @@ from moco.models.resnet import ARCHS
 from moco.models.vit import VITS
 from moco.optim import OPTIMIZERS
 from moco.presets import PRESETS
-from moco.schema import DataConfig, FinetuneConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig
+from moco.schema import (
+    DataConfig,
+    DetectConfig,
+    FinetuneConfig,
+    MethodConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
 
 MIN_BUDGET_S = 10.0  # the shortest time budget accepted: below it not even one step and the final kNN fit
 
 __all__ = [
-    "PRESETS", "Config", "ConfigError", "DataConfig", "FinetuneConfig", "MethodConfig", "ModelConfig", "OptimConfig",
-    "TrainConfig",
+    "PRESETS", "Config", "ConfigError", "DataConfig", "DetectConfig", "FinetuneConfig", "MethodConfig", "ModelConfig",
+    "OptimConfig", "TrainConfig",
     "all_keys", "dump_yaml", "from_dict", "load_yaml", "merge_dict", "resolve", "set_value", "validate",
 ]
 class Config(schema.Config):
@@ -47,7 +55,8 @@ class Config(schema.Config):
         return resolve(name, overrides=list(overrides or []))
 
 
-_SECTIONS = {c.__name__: c for c in (ModelConfig, MethodConfig, DataConfig, OptimConfig, TrainConfig, FinetuneConfig)}
+_SECTIONS = {c.__name__: c for c in (ModelConfig, MethodConfig, DataConfig, OptimConfig, TrainConfig, FinetuneConfig,
+                                         DetectConfig)}
 
 
 def _section_fields(section: str) -> dict[str, dataclasses.Field]:
@@ -304,6 +313,7 @@ def validate(cfg: Config) -> None:
     _check(t.knn_k >= 1, f"train.knn_k must be >= 1, got {t.knn_k}")
     _check(t.knn_t > 0, f"train.knn_t must be > 0, got {t.knn_t}")
     validate_finetune(cfg.finetune)
+    validate_detect(cfg.detect)
 
 
 FINETUNE_INITS = ("checkpoint", "supervised", "random")
@@ -333,6 +343,23 @@ def validate_finetune(f: FinetuneConfig) -> None:
     _check(f.backbone_lr >= 0, f"finetune.backbone_lr must be >= 0 (a fraction of optim.lr), got {f.backbone_lr}")
     _check(0 <= f.label_smoothing < 1, f"finetune.label_smoothing must be in [0, 1), got {f.label_smoothing}")
     _check(f.min_epoch_steps >= 1, f"finetune.min_epoch_steps must be >= 1, got {f.min_epoch_steps}")
+
+
+DETECT_MASKS = ("auto", "off")
+
+
+def validate_detect(d: DetectConfig) -> None:
+    _check(all(s >= 16 for s in d.min_size), f"detect.min_size must list sides of 16 px or more, got {d.min_size}")
+    _check(d.max_size == 0 or d.max_size >= max(d.min_size or [0]),
+           f"detect.max_size ({d.max_size}) must be 0 (auto) or at least the largest detect.min_size")
+    _check(all(1 <= s <= 4 for s in d.levels) and len(set(d.levels)) == len(d.levels),
+           f"detect.levels must list ResNet stages 1-4 once each, got {d.levels}")
+    _check(d.fpn_channels >= 0, f"detect.fpn_channels must be >= 0 (0: auto), got {d.fpn_channels}")
+    _check(d.anchor_scale > 0, f"detect.anchor_scale must be > 0, got {d.anchor_scale}")
+    _check(d.rois_per_image >= 1, f"detect.rois_per_image must be >= 1, got {d.rois_per_image}")
+    _check(d.box_head_dim >= 0, f"detect.box_head_dim must be >= 0 (0: auto), got {d.box_head_dim}")
+    _choice("detect.masks", d.masks, DETECT_MASKS)
+    _check(0 <= d.flip <= 1, f"detect.flip must be in [0, 1], got {d.flip}")
 
 
 def dump_yaml(cfg: Config) -> str:

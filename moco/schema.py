@@ -1,5 +1,5 @@
-"""The run's settings as plain dataclasses: one section each for model, method, data, optim, train
-and finetune.
+"""The run's settings as plain dataclasses: one section each for model, method, data, optim, train,
+finetune (what transfer starts from: fine-tuning and detection) and detect (the detector).
 
 Only the schema and its defaults live here. Presets are YAML files in ``moco/presets``; reading files,
 ``--set`` overrides and validation are in :mod:`moco.config`; each choice list (dictionaries, heads,
@@ -102,7 +102,8 @@ class TrainConfig:
 @dataclass
 class FinetuneConfig:
     """``moco finetune``: the network, the new classifier ``fc`` on it, and the labels it learns from. The lr,
-    schedule, batch and length are ``optim``'s; the view side and normalisation are ``data``'s."""
+    schedule, batch and length are ``optim``'s; the view side and normalisation are ``data``'s. ``moco detect``
+    starts from the same ``init``, ``checkpoint``, ``bn`` and ``backbone_lr``."""
 
     labels: str = "100%"  # a class-balanced subset of train/: a fraction (1%, 10%, 100%) or N images per class
     labels_seed: int = 0  # the subset's draw (kept apart from train.seed, so seeds of a comparison share labels)
@@ -118,6 +119,24 @@ class FinetuneConfig:
 
 
 @dataclass
+class DetectConfig:
+    """``moco detect``: torchvision's Faster R-CNN (Mask R-CNN with segmentations) with a feature pyramid over
+    the backbone's ResNet stages. Lengths, lr and batch (images per step) are ``optim``'s."""
+
+    min_size: list[int] = field(default_factory=list)  # training images' shorter side, one drawn per image
+    # (Detectron2's INPUT.MIN_SIZE_TRAIN); the last also at test. Empty: the training images' median shorter side
+    max_size: int = 0  # the longer side's cap; 0: 1333/800 of the largest min_size (Detectron2's ratio)
+    levels: list[int] = field(default_factory=list)  # ResNet stages (1-4) under the pyramid; empty: those of
+    # stride 2 or more (all four with the ImageNet stem; 2-4 with the CIFAR stem, whose layer1 is full size)
+    fpn_channels: int = 0  # the pyramid's width; 0: half the last stage's channels, at most 256
+    anchor_scale: float = 8.0  # anchors of 8 and 8 x sqrt(2) strides a side at each level, ratios 0.5, 1, 2
+    rois_per_image: int = 512  # RoIs sampled per image for the box head (Detectron2's BATCH_SIZE_PER_IMAGE)
+    box_head_dim: int = 0  # the two-layer box head's width; 0: 4 x fpn_channels (1024 over 256, as torchvision)
+    masks: str = "auto"  # auto: Mask R-CNN when the training annotations carry segmentations; off: boxes only
+    flip: float = 0.5  # horizontal flip probability
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -125,6 +144,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -51,6 +51,22 @@ def tiny_cfg(tmp_path: Path) -> Config:
     return tiny_config(tmp_path)
 
 
+def fake_checkpoint(path: Path, *overrides: str, width: int = 4):  # noqa: ANN201 - the MoCo model
+    """A pretraining checkpoint with random weights (seed 123): a CIFAR-stem ResNet-18 of ``width`` at 16 px
+    unless ``overrides`` say otherwise. Returns the model it holds."""
+    import torch
+
+    from moco.methods import build_moco
+    from moco.training.checkpoint import FORMAT
+
+    cfg = resolve("cifar10-cpu", overrides=[f"model.width={width}", "data.image_size=16", "method.K=40",
+                                            "optim.batch_size=8", *overrides])
+    torch.manual_seed(123)
+    model = build_moco(cfg)
+    torch.save({"format": FORMAT, "config": cfg.to_dict(), "epoch": 1, "step": 1, "model": model.state_dict()}, path)
+    return model
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoded-image caches of tests go to a temporary folder, not ~/.cache."""

@@ -7,33 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import make_image_folder
+from conftest import fake_checkpoint, make_image_folder
 from torch import nn
 
 from moco.cli import main
-from moco.config import resolve
 from moco.core.errors import DataError
 from moco.data.folder import ImageList
 from moco.export import export_backbone, load_backbone
-from moco.methods import build_moco
 from moco.methods.classifier import Classifier
 from moco.models import build_resnet
-from moco.training.checkpoint import FORMAT, load_checkpoint
+from moco.training.checkpoint import load_checkpoint
 from moco.transfer.finetune import _network, finetune, finetune_config
 from moco.transfer.labels import balanced_subset, read_labels, write_labels
 
 # width 4 in bf16: torch 2.14's oneDNN hangs in fp32 4-channel channels_last backward passes (conftest)
 TINY = ["optim.batch_size=8", "data.workers=0", "train.precision=bf16", "train.log_every=2"]
-
-
-def fake_checkpoint(path: Path, *overrides: str) -> nn.Module:
-    """A pretraining checkpoint with random weights: tiny CIFAR-stem ResNet-18 at 16 px unless overridden."""
-    cfg = resolve("cifar10-cpu", overrides=["model.width=4", "data.image_size=16", "method.K=40", "optim.batch_size=8",
-                                            *overrides])
-    torch.manual_seed(123)
-    model = build_moco(cfg)
-    torch.save({"format": FORMAT, "config": cfg.to_dict(), "epoch": 1, "step": 1, "model": model.state_dict()}, path)
-    return model
 
 
 @pytest.fixture

@@ -285,10 +285,12 @@ def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
 
 
 def first_readable(
-    images: ImageList, i: int, read: Callable[[Path], T], lost: Mapping[int, str], strict: bool = False,
+    images: ImageList, i: int, read: Callable[..., T], lost: Mapping[int, str], strict: bool = False,
+    indexed: bool = False,
 ) -> tuple[T, int, list[tuple[int, str]]]:
     """``read`` image ``i``; if it cannot be read (deleted, truncated or made unreadable since the scan),
     the next readable one after it, passing over those in ``lost`` (index -> why) without trying them.
+    ``read`` takes the path, and with ``indexed`` also the image's index.
 
     Returns (what ``read`` returned, the index it read, [(index, why) of the files that failed now]).
     ``strict`` raises :class:`DataError` naming the first file that fails instead.
@@ -300,7 +302,7 @@ def first_readable(
             continue
         path = images.root / images.paths[k]
         try:
-            return read(path), k, failed
+            return (read(path, k) if indexed else read(path)), k, failed
         except Exception as e:  # noqa: BLE001 - whatever the reason, this file cannot be used
             why = f"{type(e).__name__}: {e}"
             if strict:

@@ -27,18 +27,36 @@ def freeze_batchnorm(module: nn.Module) -> None:
                 p.requires_grad_(False)
 
 
-class Classifier(nn.Module):
-    """``encoder_q`` (a network with ``forward_features`` and a linear ``fc`` to the classes) trained with
-    cross-entropy. ``bn="frozen"`` keeps the network's BatchNorm statistics and affine parameters as they were
-    (also in train mode); ``"train"`` lets BatchNorm normalise with batch statistics and learn."""
+class Transfer(nn.Module):
+    """What the transfer objectives share: the pretrained network as ``encoder_q``, its BatchNorm trained
+    (``bn="train"``: batch statistics, affine parameters learnt) or frozen (``"frozen"``: the statistics and
+    affine parameters kept as they were, also in train mode), and no key encoder."""
 
-    def __init__(self, network: nn.Module, bn: str = "train", label_smoothing: float = 0.0) -> None:
+    def __init__(self, network: nn.Module, bn: str = "train") -> None:
         super().__init__()
-        if not isinstance(getattr(network, "fc", None), nn.Linear):
-            raise ValueError("the network's fc must be the linear classifier")
-        self.encoder_q, self.bn, self.label_smoothing = network, bn, label_smoothing
+        self.encoder_q, self.bn = network, bn
         if bn == "frozen":
             freeze_batchnorm(network)
+
+    def train(self, mode: bool = True) -> Transfer:
+        super().train(mode)
+        if self.bn == "frozen":
+            freeze_batchnorm(self.encoder_q)
+        return self
+
+    def set_momentum(self, m: float) -> None:
+        """No key encoder: the contract's momentum is ignored."""
+
+
+class Classifier(Transfer):
+    """``encoder_q`` (a network with ``forward_features`` and a linear ``fc`` to the classes) trained with
+    cross-entropy, its BatchNorm trained or frozen (:class:`Transfer`)."""
+
+    def __init__(self, network: nn.Module, bn: str = "train", label_smoothing: float = 0.0) -> None:
+        if not isinstance(getattr(network, "fc", None), nn.Linear):
+            raise ValueError("the network's fc must be the linear classifier")
+        super().__init__(network, bn)
+        self.label_smoothing = label_smoothing
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
@@ -48,23 +66,19 @@ class Classifier(nn.Module):
         logits = self.encoder_q(images)
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing), logits
 
-    def train(self, mode: bool = True) -> Classifier:
-        super().train(mode)
-        if self.bn == "frozen":
-            freeze_batchnorm(self.encoder_q)
-        return self
-
-    def set_momentum(self, m: float) -> None:
-        """No key encoder: the contract's momentum is ignored."""
-
     def param_groups(self, backbone_lr: float) -> list[dict]:
         """The optimiser's groups: the backbone at ``backbone_lr`` times the lr (``lr_scale``), the new classifier
         at the lr; weight decay on both, as the supervised recipes do. Frozen parameters are left out."""
-        head = [p for p in self.encoder_q.fc.parameters() if p.requires_grad]
-        ids = {id(p) for p in self.encoder_q.fc.parameters()}
-        body = [p for p in self.encoder_q.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": body, "lr_scale": backbone_lr, "name": BACKBONE},
-                {"params": head, "lr_scale": 1.0, "name": HEAD}]
+        head = list(self.encoder_q.fc.parameters())
+        ids = {id(p) for p in head}
+        return lr_groups([p for p in self.encoder_q.parameters() if id(p) not in ids], head, backbone_lr)
+
+
+def lr_groups(backbone: list[nn.Parameter], rest: list[nn.Parameter], backbone_lr: float) -> list[dict]:
+    """Optimiser groups for transfer: ``backbone`` at ``backbone_lr`` times the lr (``lr_scale``), ``rest`` (what
+    is new: a classifier, a detector's heads) at the lr; frozen parameters left out."""
+    return [{"params": [p for p in backbone if p.requires_grad], "lr_scale": backbone_lr, "name": BACKBONE},
+            {"params": [p for p in rest if p.requires_grad], "lr_scale": 1.0, "name": HEAD}]
 
 
 def hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

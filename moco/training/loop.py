@@ -162,7 +162,8 @@ def train_one_epoch(run: Run, state: TrainState, net: torch.nn.Module) -> EpochT
         for g in state.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)  # fine-tuning's backbone trains at a fraction of the lr
         state.model.set_momentum(momentum_at(cfg, t))
-        im_q, im_k = (x.contiguous(memory_format=fmt) if x.dim() == 4 else x for x in (im_q, im_k))
+        im_q, im_k = (x.contiguous(memory_format=fmt) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
+                      for x in (im_q, im_k))  # detection's batches are lists (images of their own sizes)
         loss, logits = train_step(net, state.optimizer, state.scaler, im_q, im_k, state.gen, cfg.train.precision,
                                   run.device, index)
         acc = run.task.hits(logits, im_k).float().mean() * 100

@@ -174,12 +174,13 @@ def _log_start(run: Run, state: TrainState) -> None:
 
 def train(run: Run, state: TrainState) -> RunResult:
     """Train from where ``state`` stands to the end (``optim.epochs``, or a time budget's plan), or until a
-    signal or ``max_steps``: the loop of every kind of run (``run.task``), pretraining and fine-tuning."""
+    signal or ``max_steps``: the loop of every kind of run (``run.task``): pretraining, fine-tuning, detection."""
     net: torch.nn.Module = state.model
     if run.dinfo.enabled:  # gradients of encoder_q are all-reduced; the queue is kept identical by gathering keys
         dev = run.device
         net = torch.nn.parallel.DistributedDataParallel(
-            state.model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False)
+            state.model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False,
+            find_unused_parameters=run.task.unused_parameters)
     run.metrics = MetricsLogger(run.out) if run.main else None
     run.stop.install()
     try:

@@ -17,7 +17,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from moco.core.precision import autocast
 from moco.data.cache import DecodedImages
+from moco.data.coco import CocoSet, eval_batches
+from moco.evaluation.coco_ap import coco_ap, detections_to_coco
 from moco.evaluation.knn import evaluate_knn, extract_feature_sets
 from moco.methods.classifier import hits
 from moco.schema import Config
@@ -39,6 +42,7 @@ class Task:
     acc_label: str
     hits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     causes: Callable[[Config], str]
+    unused_parameters: bool = False  # some parameters may get no gradient in a step (DDP must look for them)
 
 
 TASKS = {
@@ -48,8 +52,13 @@ TASKS = {
     "finetune": Task("finetune", "train_acc1", "train acc", hits,
                      lambda c: f"learning rate too high (optim.lr={c.optim.lr}, the backbone's x "
                                f"{c.finetune.backbone_lr}) or low precision (train.precision={c.train.precision})"),
+    "detect": Task("detect", "box_acc1", "box acc", lambda right, _targets: right,
+                   lambda c: f"learning rate too high (optim.lr={c.optim.lr}, the backbone's x "
+                             f"{c.finetune.backbone_lr}), no warm-up (optim.warmup_epochs={c.optim.warmup_epochs}) "
+                             f"or low precision (train.precision={c.train.precision})", unused_parameters=True),
 }
-"""The kinds of run the loop trains: ``pretrain`` (a contrastive method) and ``finetune`` (a classifier)."""
+"""The kinds of run the loop trains: ``pretrain`` (a contrastive method), ``finetune`` (a classifier) and
+``detect`` (a detector; its training accuracy is the box classifier's on the RoIs it sampled)."""
 
 
 class Monitor(Protocol):
@@ -150,3 +159,50 @@ class TestMonitor:
 
     def estimate_seconds(self, model: nn.Module) -> float:
         return _time_per_image(lambda s: self.logits(model, s), self.test) * len(self.test.array) * 1.05 + 0.1
+
+
+@dataclass
+class DetectionMonitor:
+    """Detection's monitor: COCO AP of the detector's boxes (and masks, when it predicts them) on ``val``,
+    by pycocotools, in batches of ``batch_size`` images; the detector's class i is ``category_ids[i - 1]``."""
+
+    val: CocoSet
+    category_ids: list[int]
+    batch_size: int
+    cfg: Config
+    device: torch.device
+    masks: bool = False
+
+    def detections(self, model: nn.Module, limit: int | None = None) -> list[dict[str, Any]]:
+        """The COCO result entries of the first ``limit`` (default all) validation images."""
+        ids, cats = self.val.ids, self.category_ids
+        res: list[dict[str, Any]] = []
+        seen = 0
+        for images, idx in eval_batches(self.val, self.batch_size, self.cfg.data.workers, self.device):
+            with autocast(self.device, self.cfg.train.precision):
+                outs = model.detect(images)
+            res += detections_to_coco(outs, [ids[k] for k in idx], cats)
+            seen += len(idx)
+            if limit is not None and seen >= limit:
+                break
+        return res
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        found = self.detections(model)
+        rec: dict[str, Any] = coco_ap(self.val.gt, found, "bbox")
+        if self.masks:
+            rec.update({f"mask_{k}": v for k, v in coco_ap(self.val.gt, found, "segm").items()})
+        rec["detections"] = len(found)
+        return rec
+
+    def describe(self, rec: dict[str, Any]) -> str:
+        mask = f", mask AP {rec['mask_AP']:.2f}" if rec.get("mask_AP") is not None else ""
+        return f"  box AP {rec['AP']:.2f}, AP50 {rec['AP50']:.2f}{mask}"
+
+    def estimate_seconds(self, model: nn.Module) -> float:
+        n = min(len(self.val.ids), 2 * self.batch_size)
+        self.detections(model, self.batch_size)  # warm-up
+        t0 = time.perf_counter()
+        self.detections(model, n)
+        per_image = (time.perf_counter() - t0) / n
+        return per_image * len(self.val.ids) * 1.1 + 1.0  # + the evaluator's own time

@@ -19,9 +19,7 @@ because MoCo's feature statistics differ from those the network will see on the 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,10 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from moco.config import Config, MethodConfig, from_dict, merge_dict, resolve
-from moco.core.checkpoint_files import FORMAT, latest_checkpoint, load_checkpoint, load_state_strict
+from moco.config import Config, from_dict, resolve
+from moco.core.checkpoint_files import load_state_strict
 from moco.core.distributed import DistInfo, cleanup, init_distributed
-from moco.core.errors import CheckpointError, ConfigError, DataError
+from moco.core.errors import ConfigError, DataError
 from moco.core.precision import memory_format
 from moco.core.run_lock import lock_run_folder
 from moco.data.cache import DecodedImages, decode_images
@@ -47,9 +45,10 @@ from moco.models.vit import VITS, build_vit
 from moco.optim import OPTIMIZERS
 from moco.schedules import base_lr
 from moco.training.checkpoint import TrainState
-from moco.training.pretrain import run_length, set_up_budget, train
+from moco.training.pretrain import run_length
 from moco.training.run import Run, open_run, start_state
 from moco.training.tasks import TASKS, TestMonitor
+from moco.transfer.common import previous_checkpoint, run_record, train_to_end, transfer_config, write_results
 from moco.transfer.labels import balanced_subset, describe_labels, passes_per_epoch, read_labels, write_labels
 
 log = logging.getLogger("moco")
@@ -62,9 +61,6 @@ RECIPE: dict[str, dict[str, Any]] = {
     "data": {"pipeline": "cached", "train_size": 0, "ramp_size": 0},
 }
 """Fine-tuning's defaults over the network's own settings (``benchmarks/README.md``, "Fine-tuning")."""
-
-RESULTS = "results.json"
-
 
 @dataclass
 class FinetuneResult:
@@ -111,20 +107,7 @@ def finetune_config(source: Config, kind: str, ckpt: str, flags: dict[str, Any] 
                     overrides: list[str] | None = None, config_file: str | None = None) -> Config:
     """The run's config: the network's own model and data settings (plain BatchNorm), :data:`RECIPE` over
     them, then a config file, flags and ``--set`` overrides."""
-    cfg = Config()
-    cfg.model = copy.deepcopy(source.model)
-    cfg.model.bn_splits = 1  # shuffle BN is pretraining's; fine-tuning normalises over the whole batch
-    cfg.model.stop_grad_conv1 = False  # a ViT's patch projection, frozen while pretraining (v3), is fine-tuned too
-    cfg.method = copy.deepcopy(source.method)  # unused, but its dictionary goes with model.head (validation)
-    cfg.method.K = MethodConfig().K  # no queue here: the pretraining's K must not limit the fine-tuning batch
-    cfg.data.image_size, cfg.data.normalize = source.data.image_size, source.data.normalize
-    cfg.data.workers, cfg.train.device = source.data.workers, source.train.device
-    merge_dict(cfg, RECIPE, "the fine-tuning recipe")
-    epochs = (flags or {}).get("optim.epochs")
-    if epochs:  # the warm-up is a tenth of a short run
-        cfg.optim.warmup_epochs = min(cfg.optim.warmup_epochs, epochs / 10)
-    cfg.finetune.init, cfg.finetune.checkpoint = kind, ckpt
-    return resolve(None, config_file, flags, overrides, base=cfg)
+    return transfer_config(source, kind, ckpt, RECIPE, "the fine-tuning recipe", flags, overrides, config_file)
 
 
 def build_network(cfg: Config, num_classes: int, backbone: nn.Module | None = None) -> nn.Module:
@@ -178,20 +161,6 @@ def map_test_labels(train: ImageList, test: ImageList) -> torch.Tensor:
     return torch.tensor([index[test.classes[y]] for y in test.labels])
 
 
-def _previous(out: Path, resume: str | None) -> dict[str, Any] | None:
-    """The checkpoint a ``resume`` would continue, when there is one (its config and data are the run's)."""
-    if not resume:
-        return None
-    path = latest_checkpoint(out) if resume == "auto" else Path(resume)
-    if path is None or not path.is_file():
-        return None
-    ck = load_checkpoint(path)
-    if ck.get("format") != FORMAT or ck.get("task") != "finetune":
-        raise CheckpointError(f"{path} is not a fine-tuning checkpoint: `moco finetune --resume` continues only "
-                              "its own runs")
-    return ck
-
-
 @dataclass
 class Job:
     """What a fine-tuning call resolved before any work: the config, the init and its checkpoint, the folders
@@ -213,7 +182,7 @@ def resolve_job(
 ) -> Job:
     """The job a :func:`finetune` call describes; a resumed run's own settings, data and labels come from its
     checkpoint, with what the call changes on top."""
-    prev = _previous(out, resume)
+    prev = previous_checkpoint(out, resume, "finetune")
     if prev is not None:
         cfg = resolve(None, config_file, flags, overrides, base=from_dict(prev["config"]))
         kind, ckpt = cfg.finetune.init, cfg.finetune.checkpoint
@@ -343,14 +312,9 @@ def finetune(
     try:
         lock = lock_run_folder(out) if dinfo.is_main else None
         run, state = set_up_finetune(job, out, dinfo, dist_device, resume, overwrite, progress, max_steps, backbone)
-        set_up_budget(run, state, None, t_start if started is None else started)
-        if not run.finished(state):
-            if run.main:
-                _log_start(run, state, job)
-            train(run, state)
-        elif run.main:
-            log.info("run already finished (epoch %d, step %d)", state.epoch, state.step)
-        stopped, last = not run.finished(state), state.last
+        stopped = train_to_end(run, state, t_start if started is None else started,
+                               lambda: _log_start(run, state, job))
+        last = state.last
         result = FinetuneResult(out, last.get("test_top1"), last.get("test_top5"), run.checkpoint_extra["labels"],
                                 job.kind, job.ckpt, state.epoch, state.step, time.perf_counter() - t_start, stopped,
                                 last)
@@ -388,13 +352,4 @@ def _write_outputs(run: Run, state: TrainState, result: FinetuneResult) -> None:
     fc = state.model.encoder_q.fc
     torch.save({"weight": fc.weight.detach().cpu().clone(), "bias": fc.bias.detach().cpu().clone(),
                 "classes": run.checkpoint_extra["classes"], "test_top1": result.top1}, run.out / "classifier.pt")
-    epochs = [r for r in state.history if r.get("type") == "epoch"]
-    body = {**result.summary(), "precision": run.cfg.train.precision, "device": str(run.device),
-            "images_per_sec": round(sum(r["images_per_sec"] for r in epochs) / max(len(epochs), 1), 1),
-            "train_seconds": round(sum(r["epoch_time"] for r in epochs), 1),
-            "cpu": {"machine": platform.machine(), "capability": torch.backends.cpu.get_cpu_capability(),
-                    "threads": torch.get_num_threads()},
-            "torch": torch.__version__, "config": run.cfg.to_dict()}
-    tmp = run.out / f".{RESULTS}.tmp"
-    tmp.write_text(json.dumps(body, indent=2) + "\n")
-    tmp.replace(run.out / RESULTS)
+    write_results(run.out, {**result.summary(), **run_record(run, state)})

@@ -1,0 +1,305 @@
+"""Detection data in the COCO format: reading and checking an annotation file, loading its images with their
+targets, and the batches ``moco detect`` trains on.
+
+:func:`read_coco` keeps what a detector can learn from and counts the rest, each kind once in one warning
+line (or, ``strict``, refuses the first with one line): an annotation of an unknown image or category, an
+image whose file is missing, a box that is malformed, of zero area or outside its image. A malformed file is
+refused. Crowd regions (``iscrowd``) stay in the ground truth that COCO AP is scored against, as the COCO
+evaluator expects, and are not trained on, as in Detectron2. Images without boxes are valid, and category ids
+need not be contiguous: the detector's classes are the categories in id order, 1..C (0 is the background).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moco.core.distributed import SINGLE_PROCESS, DistInfo
+from moco.core.errors import DataError
+from moco.data.folder import ImageList, first_readable, load_rgb
+from moco.data.pipelines import _slices, note_lost
+
+log = logging.getLogger("moco")
+EDGE_TOLERANCE = 1.0  # px a box may pass its image's edge (clipped back); beyond it the box is out of bounds
+Target = dict[str, torch.Tensor]
+
+
+@dataclass
+class CocoSet:
+    """An annotation file's usable images, their training targets, and the checked ground truth."""
+
+    ann_file: Path
+    images: ImageList  # root = the images folder, paths = file names; labels None
+    ids: list[int]  # the COCO image ids, in the order of ``images``
+    sizes: list[tuple[int, int]]  # (height, width) as the annotations give them
+    boxes: list[torch.Tensor]  # per image (n, 4) x1, y1, x2, y2 in pixels, crowd regions left out
+    labels: list[torch.Tensor]  # per image (n,) int64 class indices 1..C
+    segmentations: list[list[Any]] | None  # per image, each box's polygons or RLE (when every box has one)
+    categories: list[dict[str, Any]]  # {"id", "name"} in id order: class index i + 1 is categories[i]
+    gt: dict[str, Any]  # the checked file (kept images and annotations, crowd included) for the COCO evaluator
+    skipped: Counter[str] = field(default_factory=Counter)  # annotations left out, by reason
+    crowd: int = 0  # crowd regions (in the ground truth, not trained on)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    @property
+    def n_boxes(self) -> int:
+        return sum(len(b) for b in self.boxes)
+
+    def median_short_side(self) -> int:
+        return int(statistics.median(min(s) for s in self.sizes)) if self.sizes else 0
+
+
+def _refuse(path: Path, what: str) -> DataError:
+    return DataError(f"{path}: {what}")
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise _refuse(path, "annotation file not found")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise _refuse(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _refuse(path, f"cannot be read ({e})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("images"), list) or not isinstance(d.get("categories"), list):
+        raise _refuse(path, "not a COCO annotation file (it needs 'images' and 'categories' lists)")
+    if not isinstance(d.get("annotations", []), list):
+        raise _refuse(path, "'annotations' must be a list")
+    return d
+
+
+def _categories(path: Path, d: dict[str, Any]) -> list[dict[str, Any]]:
+    cats: dict[int, str] = {}
+    for c in d["categories"]:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or isinstance(c.get("id"), bool):
+            raise _refuse(path, f"a category needs an integer 'id', got {c!r}")
+        if c["id"] in cats:
+            raise _refuse(path, f"category id {c['id']} appears twice")
+        cats[c["id"]] = str(c.get("name", c["id"]))
+    if not cats:
+        raise _refuse(path, "no categories")
+    return [{"id": i, "name": cats[i]} for i in sorted(cats)]
+
+
+def _box(ann: dict[str, Any], h: int, w: int) -> tuple[list[float] | None, str]:
+    """(x1, y1, x2, y2) of an annotation's ``bbox``, clipped within :data:`EDGE_TOLERANCE`, or (None, why)."""
+    b = ann.get("bbox")
+    if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b):
+        return None, "malformed bbox"
+    x, y, bw, bh = (float(v) for v in b)
+    if bw <= 0 or bh <= 0:
+        return None, "zero-area box"
+    t = EDGE_TOLERANCE
+    if x < -t or y < -t or x + bw > w + t or y + bh > h + t:
+        return None, "box out of bounds"
+    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, float(w)), min(y + bh, float(h))
+    if x2 - x1 < 1e-3 or y2 - y1 < 1e-3:
+        return None, "zero-area box"
+    return [x1, y1, x2, y2], ""
+
+
+def read_coco(ann_file: str | Path, images_dir: str | Path, strict: bool = False, warn: bool = True) -> CocoSet:
+    """Read and check a COCO annotation file whose ``file_name`` s are under ``images_dir``."""
+    path, root = Path(ann_file).expanduser(), Path(images_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"images folder not found: {root}")
+    d = _load_json(path)
+    cats = _categories(path, d)
+    index = {c["id"]: i + 1 for i, c in enumerate(cats)}
+    skipped: Counter[str] = Counter()
+    first: dict[str, str] = {}
+
+    def skip(why: str, what: str) -> None:
+        if strict:
+            raise _refuse(path, f"{what}: {why} (--strict-data refuses it)")
+        skipped[why] += 1
+        first.setdefault(why, what)
+
+    images: dict[int, dict[str, Any]] = {}
+    for im in d["images"]:
+        ok = (isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)
+              and all(isinstance(im.get(k), int) and im[k] > 0 for k in ("width", "height")))
+        if not ok:
+            raise _refuse(path, f"an image entry needs an integer id, a file_name, width and height; got {im!r}")
+        if im["id"] in images:
+            raise _refuse(path, f"image id {im['id']} appears twice")
+        images[im["id"]] = im
+    missing = {i for i, im in images.items() if not (root / im["file_name"]).is_file()}
+    for i in sorted(missing):
+        skip("image file missing", f"image {i} ({root / images[i]['file_name']})")
+    per_image: dict[int, list[tuple[list[float], int, Any]]] = {i: [] for i in images if i not in missing}
+    kept_anns, crowd = [], 0
+    for n, ann in enumerate(d.get("annotations", [])):
+        what = f"annotation {ann.get('id', f'#{n}') if isinstance(ann, dict) else f'#{n}'}"
+        if not isinstance(ann, dict):
+            skip("malformed annotation", what)
+            continue
+        img = ann.get("image_id")
+        if img not in images:
+            skip("unknown image id", what)
+            continue
+        if img in missing:
+            skip("annotation of a missing image file", what)
+            continue
+        if ann.get("category_id") not in index:
+            skip("unknown category id", what)
+            continue
+        h, w = images[img]["height"], images[img]["width"]
+        box, why = _box(ann, h, w)
+        if box is None:
+            skip(why, what)
+            continue
+        x1, y1, x2, y2 = box
+        area = float(ann.get("area") or (x2 - x1) * (y2 - y1))  # COCO's area is the mask's, when it has one
+        kept_anns.append({**ann, "id": len(kept_anns) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area,
+                          "iscrowd": int(bool(ann.get("iscrowd")))})  # ids renumbered: the evaluator keys on them
+        if ann.get("iscrowd"):
+            crowd += 1
+            continue
+        per_image[img].append((box, index[ann["category_id"]], ann.get("segmentation")))
+    order = sorted(per_image)
+    has_seg = [bool(s) for i in order for _, _, s in per_image[i]]
+    segmentations = [[s for _, _, s in per_image[i]] for i in order] if has_seg and all(has_seg) else None
+    if has_seg and any(has_seg) and not all(has_seg) and warn:
+        log.warning("%s: %d of %d boxes have no segmentation: training boxes only", path,
+                    has_seg.count(False), len(has_seg))
+    if skipped and warn:
+        log.warning("%s: left out %s (first: %s)", path,
+                    ", ".join(f"{n} x {why}" for why, n in skipped.most_common()),
+                    "; ".join(f"{first[w]}" for w in list(first)[:2]))
+    gt = {"images": [images[i] for i in order], "annotations": kept_anns, "categories": d["categories"]}
+    return CocoSet(
+        path, ImageList(root, [images[i]["file_name"] for i in order]), order,
+        [(images[i]["height"], images[i]["width"]) for i in order],
+        [torch.tensor([b for b, _, _ in per_image[i]], dtype=torch.float32).view(-1, 4) for i in order],
+        [torch.tensor([c for _, c, _ in per_image[i]], dtype=torch.int64) for i in order],
+        segmentations, cats, gt, skipped, crowd,
+    )
+
+
+def polygons_to_mask(seg: Any, h: int, w: int) -> np.ndarray:
+    """A COCO segmentation (polygons, or RLE compressed or not) as an (h, w) uint8 mask (pycocotools)."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        rle = mask_utils.frPyObjects(seg, h, w)
+    else:
+        rle = seg
+    return mask_utils.decode(rle)
+
+
+class CocoImages(torch.utils.data.Dataset):
+    """Item ``i``: (image ``i`` as (3, H, W) uint8, its target, the index read, [(index, why) of files that
+    failed]); an image that cannot be read, or whose size is not the annotations', is replaced by the next
+    readable one (and passed over from then on, as the folder pipelines do). The target holds ``boxes``,
+    ``labels`` and, with ``masks``, the boxes' masks."""
+
+    def __init__(self, data: CocoSet, masks: bool, strict: bool) -> None:
+        self.data, self.masks, self.strict = data, masks and data.segmentations is not None, strict
+        self.lost: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.data.ids)
+
+    def _read(self, path: Path, k: int) -> torch.Tensor:
+        img = load_rgb(path)
+        h, w = self.data.sizes[k]
+        if img.size != (w, h):
+            raise ValueError(f"it is {img.size[0]}x{img.size[1]}, the annotations say {w}x{h}")
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def target(self, k: int) -> Target:
+        t = {"boxes": self.data.boxes[k], "labels": self.data.labels[k]}
+        if self.masks:
+            assert self.data.segmentations is not None
+            h, w = self.data.sizes[k]
+            ms = [polygons_to_mask(s, h, w) for s in self.data.segmentations[k]]
+            t["masks"] = torch.from_numpy(np.stack(ms)) if ms else torch.zeros((0, h, w), dtype=torch.uint8)
+        return t
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Target, int, list[tuple[int, str]]]:
+        img, k, failed = first_readable(self.data.images, i, self._read, self.lost, self.strict, indexed=True)
+        return img, self.target(k), k, failed
+
+
+def flip_target(t: Target, width: int) -> Target:
+    """A target mirrored left to right, as its image flipped in a ``width``-px frame."""
+    b = t["boxes"]
+    out = {**t, "boxes": torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1) if len(b) else b}
+    if "masks" in t:
+        out["masks"] = t["masks"].flip(-1)
+    return out
+
+
+def _items(batch: list) -> list:  # noqa: ANN001 - the DataLoader's collate: keep the items as they are
+    return batch
+
+
+class DetectionSource:
+    """``moco detect``'s batches: this process's slice of each global batch of images, read in DataLoader
+    workers, each flipped with probability ``flip`` (drawn for the whole global batch from ``gen``, the same on
+    every process); yields (images as float (3, H, W) in [0, 1], their targets, the indices read). The detector
+    resizes, normalises and pads."""
+
+    decoded = None  # no decoded cache: images keep their sizes
+
+    def __init__(self, data: CocoSet, masks: bool, flip: float, workers: int, batch_size: int,
+                 gen: torch.Generator, device: torch.device, dinfo: DistInfo = SINGLE_PROCESS,
+                 strict: bool = False) -> None:
+        self.data, self.flip, self.workers, self.batch_size = data, flip, workers, batch_size
+        self.gen, self.device, self.dinfo = gen, device, dinfo
+        self.dataset = CocoImages(data, masks, strict)
+        self.images, self.lost = data.images, self.dataset.lost
+
+    def epoch(self, perm: torch.Tensor, start: int, side: int, seed: int) -> Iterator[tuple[list, list, torch.Tensor]]:
+        b, dinfo = self.batch_size, self.dinfo
+        lo, hi = dinfo.rank * (b // dinfo.world_size), (dinfo.rank + 1) * (b // dinfo.world_size)
+        batches = [s.tolist() for s in _slices(perm, start, b, dinfo)]
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=_items,
+            generator=torch.Generator().manual_seed(seed + 7919 * dinfo.rank), pin_memory=self.device.type == "cuda")
+        for items in loader:
+            flips = (torch.rand(b, generator=self.gen) < self.flip)[lo:hi]
+            note_lost(self.lost, [f for it in items for f in it[3]], self.images)
+            images, targets = [], []
+            for (img, t, _, _), f in zip(items, flips.tolist()):
+                x = img.to(self.device, non_blocking=True).float().div_(255)
+                if f:
+                    x, t = x.flip(-1), flip_target(t, x.shape[-1])
+                images.append(x)
+                targets.append({k: v.to(self.device, non_blocking=True) for k, v in t.items()})
+            yield images, targets, torch.tensor([it[2] for it in items])
+
+
+def eval_batches(data: CocoSet, batch_size: int, workers: int, device: torch.device,
+                 ) -> Iterator[tuple[list[torch.Tensor], list[int]]]:
+    """The images of ``data`` in order, in batches, as float (3, H, W) in [0, 1] with their indices; an
+    unreadable image is left out (with a warning), so that it scores as missed."""
+    ds = CocoImages(data, False, False)
+    order = list(range(len(ds)))
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=[order[i:i + batch_size]
+                                                            for i in range(0, len(order), batch_size)],
+                                         num_workers=workers, collate_fn=_items)
+    for items in loader:
+        note_lost(ds.lost, [f for it in items for f in it[3]], data.images)
+        fresh = {}
+        for img, _, k, _ in items:
+            fresh.setdefault(k, img)  # a replaced image is the next one again: score each once
+        yield [fresh[k].to(device).float().div_(255) for k in fresh], list(fresh)

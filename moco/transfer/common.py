@@ -1,0 +1,94 @@
+"""What ``moco finetune`` and ``moco detect`` share: the run's config from the pretrained network and a
+recipe, the checkpoint a resume continues, training to the end on the pretraining machinery, and the record
+of the run that results.json carries."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moco.config import Config, merge_dict, resolve
+from moco.core.checkpoint_files import FORMAT, latest_checkpoint, load_checkpoint
+from moco.core.errors import CheckpointError
+from moco.training.checkpoint import TrainState
+from moco.training.pretrain import set_up_budget, train
+from moco.training.run import Run
+
+log = logging.getLogger("moco")
+RESULTS = "results.json"
+
+
+def transfer_config(source: Config, kind: str, ckpt: str, recipe: dict[str, dict[str, Any]], what: str,
+                    flags: dict[str, Any] | None = None, overrides: list[str] | None = None,
+                    config_file: str | None = None) -> Config:
+    """A transfer run's config: the pretrained network's model and image settings (plain BatchNorm, a ViT's
+    patch projection trainable), ``recipe`` over them, then a config file, flags and ``--set`` overrides."""
+    cfg = Config()
+    cfg.model = copy.deepcopy(source.model)
+    cfg.model.bn_splits = 1  # shuffle BN is pretraining's; transfer normalises over the whole batch
+    cfg.model.stop_grad_conv1 = False  # a ViT's patch projection, frozen while pretraining (v3), is trained too
+    cfg.method = copy.deepcopy(source.method)  # unused, but its dictionary goes with model.head (validation)
+    cfg.method.K = Config().method.K  # no queue here: the pretraining's K must not limit the batch
+    cfg.data.image_size, cfg.data.normalize = source.data.image_size, source.data.normalize
+    cfg.data.workers, cfg.train.device = source.data.workers, source.train.device
+    merge_dict(cfg, recipe, what)
+    epochs = (flags or {}).get("optim.epochs")
+    if epochs:  # the warm-up is a tenth of a short run
+        cfg.optim.warmup_epochs = min(cfg.optim.warmup_epochs, epochs / 10)
+    cfg.finetune.init, cfg.finetune.checkpoint = kind, ckpt
+    return resolve(None, config_file, flags, overrides, base=cfg)
+
+
+def previous_checkpoint(out: Path, resume: str | None, task: str) -> dict[str, Any] | None:
+    """The checkpoint of kind ``task`` that a ``resume`` of ``out`` continues, when there is one (its config and
+    data are the run's); a checkpoint of another kind is refused."""
+    if not resume:
+        return None
+    path = latest_checkpoint(out) if resume == "auto" else Path(resume)
+    if path is None or not path.is_file():
+        return None
+    ck = load_checkpoint(path)
+    if ck.get("format") != FORMAT or ck.get("task") != task:
+        what = {"finetune": "fine-tuning", "detect": "detection"}.get(task, task)
+        raise CheckpointError(f"{path} is not a {what} checkpoint: `moco {task} --resume` continues only its own "
+                              "runs")
+    return ck
+
+
+def train_to_end(run: Run, state: TrainState, started: float, log_start: Callable[[], None]) -> bool:
+    """Set the time budget up (counted from ``started``), then train to the end unless the run is finished
+    (``log_start`` announces it on rank 0). Returns whether it stopped before the end."""
+    set_up_budget(run, state, None, started)
+    if not run.finished(state):
+        if run.main:
+            log_start()
+        train(run, state)
+    elif run.main:
+        log.info("run already finished (epoch %d, step %d)", state.epoch, state.step)
+    return not run.finished(state)
+
+
+def run_record(run: Run, state: TrainState) -> dict[str, Any]:
+    """What results.json says of how a run trained: precision, device, mean images/s and training seconds over its
+    epochs, the machine, torch, and the config."""
+    epochs = [r for r in state.history if r.get("type") == "epoch"]
+    return {"precision": run.cfg.train.precision, "device": str(run.device),
+            "images_per_sec": round(sum(r["images_per_sec"] for r in epochs) / max(len(epochs), 1), 2),
+            "train_seconds": round(sum(r["epoch_time"] for r in epochs), 1),
+            "cpu": {"machine": platform.machine(), "capability": torch.backends.cpu.get_cpu_capability(),
+                    "threads": torch.get_num_threads()},
+            "torch": torch.__version__, "config": run.cfg.to_dict()}
+
+
+def write_results(out: Path, body: dict[str, Any]) -> None:
+    """``out/results.json``, written whole or not at all."""
+    tmp = out / f".{RESULTS}.tmp"
+    tmp.write_text(json.dumps(body, indent=2) + "\n")
+    tmp.replace(out / RESULTS)

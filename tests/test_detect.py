@@ -1,0 +1,257 @@
+"""Detection transfer (``moco detect``): COCO parsing and its bad annotations, the detector's backbone, COCO AP
+by pycocotools, training, exact resume, Mask R-CNN, and one-line errors."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fake_checkpoint as _fake
+from conftest import make_image_folder
+
+from moco.cli import main
+from moco.config import resolve
+from moco.core.errors import DataError
+from moco.data.coco import CocoImages, flip_target, read_coco
+from moco.data.pasted import PastedSpec, make_pasted_set
+from moco.evaluation.coco_ap import coco_ap, detections_to_coco
+from moco.export import load_backbone
+from moco.training.checkpoint import load_checkpoint
+from moco.training.tasks import DetectionMonitor
+from moco.transfer.detect import detect
+
+# width 8 in fp32 without channels_last: small, and clear of oneDNN's 4-channel channels_last hang (conftest)
+TINY = ["optim.batch_size=4", "data.workers=0", "train.precision=fp32", "train.channels_last=false",
+        "train.log_every=2", "detect.min_size=[40]", "detect.rois_per_image=32"]
+
+
+def fake_checkpoint(path: Path, *overrides: str) -> torch.nn.Module:
+    return _fake(path, *overrides, width=8)
+
+
+@pytest.fixture
+def ck(tmp_path):
+    fake_checkpoint(tmp_path / "ck.pt")
+    return tmp_path / "ck.pt"
+
+
+@pytest.fixture
+def pasted(tmp_path):
+    """16 training and 8 validation canvases of 48 x 40 px with 1-2 coloured squares of 3 classes (ids 3, 7, 11:
+    not contiguous), 2 training canvases empty."""
+    src = make_image_folder(tmp_path / "objects", classes=3, per_class=16, size=16)
+    make_pasted_set(src, tmp_path / "pasted", PastedSpec(16, 8, (48, 40), (1, 2), (10, 16), seed=0),
+                    category_ids=[3, 7, 11])
+    t = json.loads((tmp_path / "pasted" / "train.json").read_text())  # two canvases without boxes
+    t["annotations"] = [a for a in t["annotations"] if a["image_id"] not in (1, 2)]
+    (tmp_path / "pasted" / "train.json").write_text(json.dumps(t))
+    return tmp_path / "pasted"
+
+
+def files(p: Path) -> dict:
+    return {"train_ann": p / "train.json", "train_images": p / "train", "val_ann": p / "val.json",
+            "val_images": p / "val"}
+
+
+def run_detect(ck, pasted, out, *extra, **kw):
+    return detect(ck, **files(pasted), out=out, overrides=[*TINY, *extra], progress=False, **kw)
+
+
+def write_coco(path: Path, images: list, annotations: list, categories: list) -> Path:
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def test_coco_parsing_keeps_crowd_for_scoring_empty_images_and_sparse_category_ids(tmp_path):
+    make_image_folder(tmp_path / "im", classes=1, per_class=3, size=20)
+    imgs = [{"id": 10 + i, "file_name": f"class0/{i:03d}.png", "width": 20, "height": 20} for i in range(3)]
+    anns = [{"id": 1, "image_id": 10, "category_id": 40, "bbox": [1, 2, 5, 6]},
+            {"id": 2, "image_id": 10, "category_id": 7, "bbox": [0, 0, 20, 20], "iscrowd": 1},
+            {"id": 3, "image_id": 11, "category_id": 7, "bbox": [3, 3, 4, 4]}]  # image 12 has no boxes
+    cats = [{"id": 40, "name": "far"}, {"id": 7, "name": "near"}]
+    data = read_coco(write_coco(tmp_path / "a.json", imgs, anns, cats), tmp_path / "im")
+    assert [c["id"] for c in data.categories] == [7, 40]  # classes 1, 2 in id order
+    assert data.ids == [10, 11, 12] and not data.skipped and data.crowd == 1
+    assert data.boxes[0].tolist() == [[1, 2, 6, 8]] and data.labels[0].tolist() == [2]  # crowd: not trained on
+    assert data.labels[1].tolist() == [1] and data.boxes[2].shape == (0, 4)
+    assert sum(a["iscrowd"] for a in data.gt["annotations"]) == 1  # but scored as COCO does
+    img, target, k, failed = CocoImages(data, False, False)[2]
+    assert img.shape == (3, 20, 20) and k == 2 and not failed and len(target["boxes"]) == 0
+
+
+def test_each_bad_annotation_is_counted_and_skipped_or_refused_when_strict(tmp_path, caplog):
+    make_image_folder(tmp_path / "im", classes=1, per_class=2, size=20)
+    imgs = [{"id": 1, "file_name": "class0/000.png", "width": 20, "height": 20},
+            {"id": 2, "file_name": "class0/gone.png", "width": 20, "height": 20}]
+    good = {"image_id": 1, "category_id": 1, "bbox": [2, 2, 5, 5]}
+    bad = {"unknown image id": {**good, "image_id": 9}, "unknown category id": {**good, "category_id": 5},
+           "zero-area box": {**good, "bbox": [2, 2, 0, 5]}, "box out of bounds": {**good, "bbox": [10, 10, 15, 5]},
+           "malformed bbox": {**good, "bbox": [1, 2, "x", 4]},
+           "annotation of a missing image file": {**good, "image_id": 2}}
+    anns = [{**good, "id": 1}, {**good, "id": 2, "bbox": [-0.5, 0, 20.9, 20]}]  # within a pixel: clipped, kept
+    anns += [{**a, "id": 10 + i} for i, a in enumerate(bad.values())]
+    path = write_coco(tmp_path / "a.json", imgs, anns, [{"id": 1, "name": "x"}])
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        data = read_coco(path, tmp_path / "im")
+    assert data.skipped == {**{why: 1 for why in bad}, "image file missing": 1}
+    assert data.boxes[0].tolist() == [[2, 2, 7, 7], [0, 0, 20, 20]]
+    warned = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(warned) == 1 and all(why in warned[0] for why in bad) and "\n" not in warned[0]
+    for why, ann in bad.items():
+        one = write_coco(tmp_path / "one.json", imgs[:1] if "missing" not in why else imgs, [ann],
+                         [{"id": 1, "name": "x"}])
+        with pytest.raises(DataError, match="image file missing" if "missing" in why else why):  # the file first
+            read_coco(one, tmp_path / "im", strict=True)
+
+
+def test_malformed_files_are_refused_in_one_line(tmp_path):
+    (tmp_path / "im").mkdir()
+    cases = {"{not json": "not valid JSON", "[1, 2]": "not a COCO annotation file",
+             '{"images": [], "categories": []}': "no categories",
+             '{"images": [{"id": 1}], "categories": [{"id": 1}]}': "an image entry needs"}
+    for text, message in cases.items():
+        (tmp_path / "a.json").write_text(text)
+        with pytest.raises(DataError, match=message) as e:
+            read_coco(tmp_path / "a.json", tmp_path / "im")
+        assert "\n" not in str(e.value)
+
+
+def test_flipping_a_target_mirrors_its_boxes_and_masks():
+    t = {"boxes": torch.tensor([[1.0, 2.0, 4.0, 6.0]]), "labels": torch.tensor([1]),
+         "masks": torch.zeros(1, 8, 10, dtype=torch.uint8)}
+    t["masks"][0, 2:6, 1:4] = 1
+    f = flip_target(t, 10)
+    assert f["boxes"].tolist() == [[6.0, 2.0, 9.0, 6.0]]
+    ys, xs = torch.nonzero(f["masks"][0], as_tuple=True)
+    assert (xs.min().item(), xs.max().item() + 1) == (6, 9)
+
+
+def test_coco_ap_is_pycocotools_on_the_detections(pasted):
+    val = read_coco(pasted / "val.json", pasted / "val")
+    cats = [c["id"] for c in val.categories]
+    perfect = [{"boxes": b, "labels": lab, "scores": torch.ones(len(b))} for b, lab in zip(val.boxes, val.labels)]
+    assert coco_ap(val.gt, detections_to_coco(perfect, val.ids, cats))["AP"] == 100.0
+    wrong = [{**p, "labels": p["labels"] % 3 + 1} for p in perfect]  # every box given another class
+    assert coco_ap(val.gt, detections_to_coco(wrong, val.ids, cats))["AP"] == 0.0
+    shifted = [{**p, "boxes": p["boxes"] + 1.0} for p in perfect]  # IoU 0.68-0.78: found at 0.5, not all at 0.75
+    ap = coco_ap(val.gt, detections_to_coco(shifted, val.ids, cats))
+    assert 0 < ap["AP"] < 100 and ap["AP50"] > ap["AP75"]
+    assert coco_ap(val.gt, [])["AP"] == 0.0
+
+
+def test_the_monitor_maps_classes_to_sparse_category_ids(pasted):
+    val = read_coco(pasted / "val.json", pasted / "val")
+
+    class Oracle(torch.nn.Module):  # answers the images, in the set's order, with their ground truth
+        seen = 0
+
+        def detect(self, images):
+            ks = range(self.seen, self.seen + len(images))
+            self.seen += len(images)
+            return [{"boxes": val.boxes[k], "labels": val.labels[k], "scores": torch.ones(len(val.boxes[k]))}
+                    for k in ks]
+
+    mon = DetectionMonitor(val, [3, 7, 11], 4, resolve("cifar10-cpu", overrides=["data.workers=0"]),
+                           torch.device("cpu"))
+    rec = mon.evaluate(Oracle())
+    assert rec["AP"] == 100.0 and rec["detections"] == len(val.gt["annotations"]) > 0
+    shuffled = DetectionMonitor(val, [7, 11, 3], 4, mon.cfg, mon.device)  # another mapping: every class wrong
+    assert shuffled.evaluate(Oracle())["AP"] == 0.0
+
+
+def test_the_detector_starts_from_the_checkpoints_backbone_and_trains(tmp_path, ck, pasted, capsys):
+    res = run_detect(ck, pasted, tmp_path / "d", epochs=1)
+    assert res.steps == 4 and not res.stopped and res.AP is not None and 0 <= res.AP <= 100
+    body = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "init", "images_per_sec"} <= set(body)
+    assert body["categories"] == [{"id": 3, "name": "class0"}, {"id": 7, "name": "class1"},
+                                  {"id": 11, "name": "class2"}]
+    before = load_backbone(ck).state_dict()
+    after = load_backbone(tmp_path / "d" / "checkpoint_last.pt").state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])]  # the backbone was fine-tuned
+
+    # loading: the detector's body is the checkpoint's backbone, exactly
+    from moco.transfer.detect import _network
+    cfg = resolve("cifar10-cpu", overrides=["model.width=8"])
+    net = _network(cfg, "checkpoint", str(ck), None)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    frozen = run_detect(ck, pasted, tmp_path / "f", "finetune.bn=frozen", "finetune.backbone_lr=0", epochs=1)
+    assert frozen.steps == 4
+    kept = load_backbone(tmp_path / "f" / "checkpoint_last.pt").state_dict()
+    assert all(torch.equal(before[k], kept[k]) for k in before)  # lr 0 and frozen BN: bit-identical
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])  # mid-epoch, and at the end of the first (4 steps an epoch)
+def test_resume_is_exact(tmp_path, ck, pasted, stop_at):
+    run_detect(ck, pasted, tmp_path / "full", epochs=2)
+    part = run_detect(ck, pasted, tmp_path / "part", epochs=2, max_steps=stop_at)
+    assert part.stopped and not (tmp_path / "part" / "results.json").exists()
+    res = detect(out=tmp_path / "part", resume="auto", progress=False)  # the run knows the rest
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("full", "part"))
+    assert a["step"] == b["step"] == 8 and not res.stopped
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert res.AP == json.loads((tmp_path / "full" / "results.json").read_text())["AP"]
+
+
+def test_segmentations_train_mask_rcnn_and_score_masks(tmp_path, ck):
+    src = make_image_folder(tmp_path / "objects", classes=2, per_class=12, size=16)
+    make_pasted_set(src, tmp_path / "p", PastedSpec(8, 4, (48, 40), (1, 2), (10, 16), segmentations=True))
+    res = run_detect(ck, tmp_path / "p", tmp_path / "m", epochs=1)
+    assert res.steps == 2 and "mask_AP" in res.summary()
+    assert load_checkpoint(tmp_path / "m" / "checkpoint_last.pt")["masks"] is True
+
+
+def test_a_vit_and_bad_input_get_one_line(tmp_path, ck, pasted, capsys):
+    fake_checkpoint(tmp_path / "vit.pt", "model.arch=vit_tiny", "model.patch_size=4", "model.head=v3",
+                    "method.dictionary=v3")
+    f = {k: str(v) for k, v in files(pasted).items()}
+    base = ["detect", "--no-progress", "--epochs", "1", *[x for s in TINY for x in ("--set", s)]]
+    data = ["--train-ann", f["train_ann"], "--train-images", f["train_images"]]
+    (tmp_path / "broken.json").write_text('{"images": [')
+    cases = [
+        (["--checkpoint", str(tmp_path / "vit.pt"), *data], 2, "is a ViT"),
+        (["--checkpoint", str(ck), "--train-ann", str(tmp_path / "broken.json"), "--train-images",
+          f["train_images"]], 1, "not valid JSON"),
+        (["--checkpoint", str(ck), "--train-ann", str(tmp_path / "none.json"), "--train-images", f["train_images"]],
+         1, "annotation file not found"),
+        (["--checkpoint", str(ck), "--train-ann", f["train_ann"], "--train-images", str(tmp_path / "nowhere")], 1,
+         "images folder not found"),
+        (["--checkpoint", str(ck), "--train-images", f["train_images"]], 2, "needs --train-ann"),
+        (["--checkpoint", str(ck), *data, "--val-ann", f["val_ann"]], 2, "go together"),
+    ]
+    for i, (argv, code, message) in enumerate(cases):
+        got = main([*base, *argv, "--out", str(tmp_path / f"o{i}")])
+        err = capsys.readouterr().err.strip()
+        assert got == code and message in err and "\n" not in err, (argv, err)
+    # a run of another kind is not resumed
+    assert main(["finetune", "--out", str(tmp_path / "o0"), "--resume", "auto"]) != 0
+    capsys.readouterr()
+
+
+def test_the_pasted_set_is_seeded(tmp_path):
+    src = make_image_folder(tmp_path / "objects", classes=2, per_class=8, size=16)
+    spec = PastedSpec(4, 2, (48, 40), (1, 2), (10, 16), seed=3)
+    make_pasted_set(src, tmp_path / "a", spec)
+    make_pasted_set(src, tmp_path / "b", spec)
+    for name in ("train.json", "val.json"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    a, b = ((tmp_path / n / "train" / "000001.jpg").read_bytes() for n in ("a", "b"))
+    assert a == b
+
+
+def test_a_torchvision_resnet_detects_and_exports_strictly(tmp_path, pasted):
+    import torchvision
+
+    from moco.export import export_backbone
+
+    fake_checkpoint(tmp_path / "tv.pt", "model.arch=torchvision:resnet18")
+    res = run_detect(tmp_path / "tv.pt", pasted, tmp_path / "tv", epochs=1, max_steps=2)
+    assert res.steps == 2
+    state = torch.load(export_backbone(tmp_path / "tv" / "checkpoint_last.pt", "torchvision", tmp_path / "tv.pth"),
+                       weights_only=True)
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()
+    net.load_state_dict(state, strict=True)
+    before = load_backbone(tmp_path / "tv.pt").state_dict()
+    assert any(not torch.equal(before[f"backbone.{k}"], v) for k, v in state.items())  # trained, then exported
