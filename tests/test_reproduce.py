@@ -89,7 +89,8 @@ def test_verdicts_find_settings_by_role_not_by_name_or_position(name):
 
 def test_transfer_writes_its_report_and_skips_finished_runs(tmp_path, monkeypatch):
     """The transfer experiment end to end on 4 tiny classes: MoCo and the supervised network on the first two, then
-    each init fine-tuned on the other two; a second invocation runs nothing."""
+    each init fine-tuned on the other two and trained as a detector on them pasted on canvases; a second
+    invocation runs nothing."""
     from conftest import make_image_folder
 
     from moco.experiments import transfer
@@ -98,7 +99,9 @@ def test_transfer_writes_its_report_and_skips_finished_runs(tmp_path, monkeypatc
     make_image_folder(data / "train", classes=4, per_class=16, seed=0)
     make_image_folder(data / "test", classes=4, per_class=4, seed=1)
     monkeypatch.setitem(transfer.TRANSFER_BUDGETS, "small", transfer.TransferBudget(
-        "cifar10-cpu", ["optim.epochs=1", "method.K=40"], 0.0, 0.0, 1, ("50%",), 1, "a tiny test budget"))
+        "cifar10-cpu", ["optim.epochs=1", "method.K=40"], 0.0, 0.0, 1, ("50%",), 1, "a tiny test budget",
+        detect_s=0.0, detect_epochs=1, detect_set=transfer.PastedSpec(8, 4, (48, 40), (1, 2), (10, 16)),
+        detect_overrides=("detect.min_size=[40]", "detect.rois_per_image=16")))
     out, runs = tmp_path / "reports" / "transfer", tmp_path / "runs"
     path = reproduce("transfer", data, out, runs, "small", tiny(tmp_path), progress=False)
     text = path.read_text()
@@ -109,8 +112,12 @@ def test_transfer_writes_its_report_and_skips_finished_runs(tmp_path, monkeypatc
     assert all(r["images"] == 16 for r in res["finetunes"].values())  # 50% of 2 x 16, the same for every init
     assert set(res["probes"]) == {"MoCo", "supervised"} and "50%" in res["probes"]["MoCo"]["linear"]
     assert res["supervised"]["seconds"] >= 10  # the same wall time as MoCo, at least the shortest budget
-    assert "[Transfer: fine-tuning with few labels](transfer/report.md)" in (out.parent / "README.md").read_text()
+    assert sorted(r["init"] for r in res["detection"].values()) == ["MoCo", "random", "supervised"]
+    assert all(0 <= r["AP"] <= 100 and r["steps"] == 1 for r in res["detection"].values())  # 8 canvases, batch 8
+    assert "## Detection (COCO AP" in text and "Detection (COCO AP on the pasted" in text
+    assert ("[Transfer: fine-tuning with few labels and detection](transfer/report.md)"
+            in (out.parent / "README.md").read_text())
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("checkpoint_last.pt")}
-    assert len(stamps) == 5  # MoCo, supervised, 3 fine-tunes
+    assert len(stamps) == 8  # MoCo, supervised, 3 fine-tunes, 3 detectors
     reproduce("transfer", data, out, runs, "small", tiny(tmp_path), progress=False)
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("checkpoint_last.pt")} == stamps
