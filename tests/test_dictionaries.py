@@ -70,6 +70,28 @@ def test_end_to_end_shuffle_bn_equals_unshuffled_with_plain_bn():
     assert torch.allclose(la, lb, atol=1e-5)
 
 
+def test_end_to_end_shuffle_bn_normalises_each_key_with_the_group_it_was_shuffled_into():
+    """With 2 BN groups (SplitBatchNorm), the key batch is shuffled before the groups are formed: each key is its
+    image encoded, with batch statistics, among the 2 others of its shuffled group, then put back in place."""
+    torch.manual_seed(0)
+    split = build_resnet("resnet18", width=4, cifar_stem=True, num_classes=8, bn_splits=2)
+    plain = build_resnet("resnet18", width=4, cifar_stem=True, num_classes=8, bn_splits=1)
+    plain.load_state_dict(split.state_dict())
+    x1, x2 = torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16)
+    loss, logits = EndToEnd(split, T=0.2, shuffle_bn=True)(x1, x2, generator=torch.Generator().manual_seed(3))
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(3))  # the draw the shuffle made
+    assert not torch.equal(order[:3].sort().values, torch.arange(3))  # the groups are not the batch's halves
+    with torch.no_grad():
+        k = torch.empty(6, 8)
+        for group in (order[:3], order[3:]):
+            k[group] = F.normalize(plain(x2[group]), dim=1)
+        q = torch.cat([F.normalize(plain(x1[:3]), dim=1), F.normalize(plain(x1[3:]), dim=1)])  # unshuffled
+    expected, _ = batch_nce(q, k, T=0.2)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-4)
+    unshuffled, _ = EndToEnd(split, T=0.2, shuffle_bn=False)(x1, x2)
+    assert abs(unshuffled.item() - loss.item()) > 1e-3  # with 2 groups the shuffle changes the keys
+
+
 def test_update_bank_rule():
     bank = F.normalize(torch.randn(5, 3), dim=1)
     old = bank.clone()

@@ -30,8 +30,21 @@ def test_autocast_auto_runs_the_resolved_precision(monkeypatch, native, dtype):
         assert (a @ b).dtype == dtype
 
 
-def test_native_bf16_on_this_cpu_matches_onednn():
-    assert precision.native_bf16(CPU) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def test_native_bf16_follows_the_cpus_avx512_core_flags(monkeypatch):
+    """oneDNN runs bf16 at speed on AVX-512 core CPUs (BW, VL and DQ, as on Zen 4); an AVX2-only CPU emulates it.
+    Checked against /proc/cpuinfo, not against the call native_bf16 makes."""
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        pytest.skip("no x86 /proc/cpuinfo")
+    assert precision.native_bf16(CPU) == all(f in flags for f in ("avx512bw", "avx512vl", "avx512dq"))
+
+    def no_onednn() -> bool:
+        raise RuntimeError("built without oneDNN")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", no_onednn)
+    assert precision.native_bf16(CPU) is False  # a build without oneDNN: fp32
+    assert precision.native_bf16(torch.device("meta")) is False
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])

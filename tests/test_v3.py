@@ -63,6 +63,26 @@ def test_v3_predictor_only_on_the_query_side_and_no_gradient_to_keys():
     assert ids == {id(p) for p in [*model.encoder_q.parameters(), *model.predictor.parameters()]}
 
 
+def test_v3_key_encoder_follows_the_query_encoder_by_momentum_before_the_keys():
+    """Each forward first moves encoder_k to m * encoder_k + (1 - m) * encoder_q (parameters only), then encodes
+    the keys with it: the authors' order. Without the update the keys would come from the initial weights."""
+    model = tiny_v3()
+    model.set_momentum(0.75)
+    with torch.no_grad():
+        for p in model.encoder_q.parameters():  # a query encoder that has moved away from the key encoder
+            p.add_(0.1 * torch.randn_like(p))
+    q = {k: v.clone() for k, v in model.encoder_q.named_parameters()}
+    k0 = {k: v.clone() for k, v in model.encoder_k.named_parameters()}
+    x1, x2 = torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16)
+    _, logits = model(x1, x2)
+    for name, p in model.encoder_k.named_parameters():
+        assert torch.allclose(p, 0.75 * k0[name] + 0.25 * q[name], atol=1e-6), name
+    with torch.no_grad():  # the keys of this step came from the updated key encoder
+        q1 = F.normalize(model.predictor(model.encoder_q(x1)), dim=1)
+        k2 = F.normalize(model.encoder_k(x2), dim=1)
+    assert torch.allclose(logits[:, 0], (q1 * k2).sum(1) / model.T, atol=1e-5)
+
+
 def test_momentum_schedule_endpoints():
     cfg = resolve("cifar10-v3-cpu", overrides=["method.m=0.99", "optim.epochs=10"])
     assert momentum_at(cfg, 0.0) == pytest.approx(0.99)

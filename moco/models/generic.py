@@ -64,11 +64,6 @@ def split_batchnorm(module: nn.Module, splits: int) -> nn.Module:
     return module
 
 
-def has_batchnorm(module: nn.Module) -> bool:
-    """Whether shuffle BN has anything to act on: a BatchNorm2d (or SplitBatchNorm) in ``module``."""
-    return any(isinstance(m, nn.BatchNorm2d) for m in module.modules())
-
-
 def custom_name(backbone: nn.Module) -> str:
     """``custom:MODULE.CLASS`` for a user's backbone, so that the CLI and ``load_backbone`` can rebuild it
     when its class is importable and takes no arguments."""
