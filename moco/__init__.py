@@ -22,7 +22,10 @@ or to detection, on COCO-format data (torchvision's Faster R-CNN, COCO AP by pyc
     result = moco.detect("runs/mine/checkpoint_last.pt", "train.json", "train/", "val.json", "val/", "runs/det")
 """
 
+import logging
+
 from moco.config import Config
+from moco.core.errors import escaped
 from moco.data.augment import two_views as augment
 from moco.evaluation.knn import knn_accuracy
 from moco.export.backbone import load_backbone
@@ -34,6 +37,15 @@ from moco.transfer.detect import DetectResult, detect
 from moco.transfer.finetune import FinetuneResult, finetune
 
 __version__ = "0.1.0"
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """Every message of the ``moco`` logger on one line: control characters (a newline in a file name) escaped."""
+    record.msg, record.args = escaped(record.getMessage()), None
+    return True
+
+
+logging.getLogger("moco").addFilter(_one_line)
 
 __all__ = [
     "Config", "ContrastiveMethod", "DetectResult", "Encoder", "EndToEnd", "FinetuneResult", "MemoryBank", "MoCo",

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moco.core.errors import CheckpointError, ConfigError, DataError, TrainingError
+from moco.core.errors import CheckpointError, ConfigError, DataError, TrainingError, escaped
 from moco.presets import PRESETS
 
 log = logging.getLogger("moco")
@@ -336,7 +336,7 @@ def _launch(nproc: int, argv: list[str]) -> int:
 
 def _pretrain(a: argparse.Namespace) -> int:
     from moco.config import dump_yaml, from_dict, resolve
-    from moco.core.checkpoint_files import latest_checkpoint, load_checkpoint, require_moco_checkpoint
+    from moco.core.checkpoint_files import load_checkpoint, load_newest_intact, require_moco_checkpoint
     from moco.training.budget import parse_duration, process_start
     from moco.training.pretrain import pretrain
 
@@ -352,12 +352,15 @@ def _pretrain(a: argparse.Namespace) -> int:
     }
     preset = a.preset or ("cifar10-cpu" if not a.config else None)
     out = Path(a.out) if a.out else Path("runs") / (preset or "run")
-    ckpt = None
-    if a.resume:
-        ckpt = latest_checkpoint(out) if a.resume == "auto" else Path(a.resume)
-    if ckpt is not None and ckpt.is_file():
+    previous = None
+    if a.resume == "auto":
+        found = load_newest_intact(out, warn=False)  # the run warns when it falls back to an older one
+        previous = found[0] if found else None
+    elif a.resume and Path(a.resume).is_file():
+        previous = require_moco_checkpoint(load_checkpoint(a.resume), a.resume)
+    if previous is not None:
         # Resuming: the checkpoint's config is the base; explicit flags and --set still apply.
-        base = from_dict(require_moco_checkpoint(load_checkpoint(ckpt), ckpt)["config"])
+        base = from_dict(previous["config"])
         cfg = resolve(None, a.config, flags, a.set, base=base)
     else:
         cfg = resolve(preset, a.config, flags, a.set)
@@ -367,9 +370,11 @@ def _pretrain(a: argparse.Namespace) -> int:
     data = Path(a.data) if a.data else default_data()
     if data is None:
         raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 exists")
+    chose_size = a.preset or a.config or previous is not None or any(
+        s.split("=", 1)[0].strip() in ("data.image_size", "data.train_size") for s in a.set)
     res = pretrain(cfg, data, out, resume=a.resume, overwrite=a.overwrite, knn_train=a.knn_train,
                    knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn, replay_plan=a.replay_plan,
-                   started=process_start())
+                   started=process_start(), size_hint=not chose_size)
     if res.stopped:
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
@@ -614,12 +619,12 @@ def main(argv: list[str] | None = None) -> int:
                     "presets": _presets}
         return commands[args.command](args)
     except ConfigError as e:
-        print(f"moco: error: {e}", file=sys.stderr)
+        print(f"moco: error: {escaped(str(e))}", file=sys.stderr)
         return 2
     except (DataError, CheckpointError, TrainingError) as e:
         if os.environ.get("MOCO_DEBUG"):
             raise
-        print(f"moco: error: {e}", file=sys.stderr)
+        print(f"moco: error: {escaped(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("moco: interrupted", file=sys.stderr)

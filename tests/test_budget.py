@@ -1,6 +1,7 @@
 """Training for a time budget: the plan, its schedules, re-planning, resume, replay and the refusals."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -183,3 +184,57 @@ def test_replaying_a_budgeted_run_reproduces_it_bit_for_bit(tmp_path):
     losses = [[r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["type"] == "step"]
               for run in ("timed", "replayed")]
     assert losses[0] == losses[1]
+
+
+def test_a_budgeted_checkpoint_resumed_without_a_budget_follows_its_plan_and_refuses_another(tmp_path):
+    """Resumed without --time-budget, a budgeted run finishes its recorded plan as a replay would (the same
+    weights as the run that was never interrupted); --replay-plan of another run's plan is refused in one line."""
+    data = budget_data(tmp_path)
+    pretrain(budget_cfg(tmp_path, 15), data, tmp_path / "timed", progress=False)
+    cfg = budget_cfg(tmp_path, 0)
+    part = pretrain(cfg, data, tmp_path / "part", progress=False, replay_plan=tmp_path / "timed", max_steps=10)
+    assert part.stopped
+    pretrain(cfg, data, tmp_path / "part", resume="auto", progress=False)  # no budget, no replay flag
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("timed", "part"))
+    assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    pretrain(budget_cfg(tmp_path, 11), data, tmp_path / "other", progress=False)
+    other = load_checkpoint(tmp_path / "other" / "checkpoint_last.pt")["budget"]["plan"]
+    assert other != a["budget"]["plan"]
+    assert pretrain(cfg, data, tmp_path / "again", progress=False, replay_plan=tmp_path / "timed",
+                    max_steps=10).stopped
+    with pytest.raises(ConfigError, match="follows another plan"):
+        pretrain(cfg, data, tmp_path / "again", resume="auto", progress=False, replay_plan=tmp_path / "other")
+
+
+def simulate(monkeypatch, noise: float, seed: int = 0, budget: float = 890.0, rate: float = 0.8, spe: int = 195):
+    """A budgeted run of the README's main job's shape on a fake clock: steps at ``rate`` steps/s, each ±``noise``
+    at random and the speed itself drifting ±``noise`` over the run; returns (plans shown, by epoch; re-plans;
+    the time training ended; the deadline)."""
+    import random
+
+    rnd = random.Random(seed)
+    now = [0.0]
+    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: now[0])
+    clock = BudgetClock(budget, 0.0, lambda: 60.0, started=0.0)  # a minute kept for the final kNN
+    plan, shown, log = Plan(10, [(0, 10 * spe)]), {}, budget_module.PlanLog()
+    step, replans = 0, 0
+    while step < plan.total_at(step):
+        drift = 1 + noise * math.sin(2 * math.pi * now[0] / 300)  # slower and faster over 5-minute waves
+        now[0] += (1 + rnd.uniform(-noise, noise)) / (rate * drift)
+        step += 1
+        if clock.due(step):
+            fit = clock.fit(step, plan.total_at(step))
+            if fit is not None and plan.replan(step, fit):
+                replans += 1
+                if log.show(fit, step // spe):
+                    shown.setdefault(step // spe, 0)
+                    shown[step // spe] += 1
+    return shown, replans, now[0], clock.deadline - 60.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_noisy_machine_gets_at_most_one_plan_line_an_epoch_and_meets_the_deadline(monkeypatch, seed):
+    shown, replans, ended, deadline = simulate(monkeypatch, noise=0.15, seed=seed)
+    assert all(n == 1 for n in shown.values())  # at most one line an epoch (the README's job: about 3-10 epochs)
+    assert sum(shown.values()) <= 12 and replans >= sum(shown.values())  # metrics.jsonl keeps every re-plan
+    assert deadline - 0.02 * 890 <= ended <= deadline + 3.0  # not late (3 s: one step), at most 2% early

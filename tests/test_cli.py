@@ -1,6 +1,7 @@
 """The ``moco`` command: exit codes, one-line errors, print-config, info, knn --json."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -55,7 +56,7 @@ def test_data_errors_exit_1(capsys, tmp_path):
     assert code == 1 and "data folder not found" in err
 
 
-def test_pretrain_info_knn_roundtrip(capsys, tmp_path, tiny_data):
+def test_pretrain_info_knn_roundtrip(capsys, caplog, tmp_path, tiny_data):
     code, out, _ = run(["pretrain", "--data", str(tiny_data), "--out", str(tmp_path / "r"),
                         "--set", f"data.cache_dir={tmp_path / 'c'}", *TINY], capsys)
     assert code == 0
@@ -76,9 +77,16 @@ def test_pretrain_info_knn_roundtrip(capsys, tmp_path, tiny_data):
     # a second pretrain into the same folder is refused; --resume auto on a finished run is a no-op
     code, _, err = run(["pretrain", "--data", str(tiny_data), "--out", str(tmp_path / "r"), *TINY], capsys)
     assert code == 2 and "already holds a run" in err
-    code, _, _ = run(["pretrain", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--resume", "auto",
-                      *TINY], capsys)
-    assert code == 0
+    run_dir = tmp_path / "r"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
+    with caplog.at_level(logging.INFO, logger="moco"):
+        code, out, _ = run(["pretrain", "--data", str(tiny_data), "--out", str(run_dir), "--resume", "auto",
+                            *TINY], capsys)
+    assert code == 0 and "run already finished (epoch 2" in caplog.text
+    assert json.loads(out.strip().splitlines()[-1])["step"] == summary["step"]  # nothing trained
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "config.yaml"} == {k: v for k, v in before.items()
+                                                                       if k != "config.yaml"}
 
 
 def test_bad_checkpoints_exit_1(capsys, tmp_path):
@@ -95,3 +103,34 @@ def test_bad_checkpoints_exit_1(capsys, tmp_path):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "moco", "pretrain", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "examples:" in out.stdout and "--resume" in out.stdout
+
+
+def _photos(root, side_w, side_h, n=8):
+    from PIL import Image
+
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (side_w, side_h), (40 * c, 9 * i, 90)).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("side, hinted", [(160, True), (32, False)])
+def test_the_start_line_says_the_sizes_and_large_photos_get_one_hint(tmp_path, caplog, capsys, side, hinted):
+    data = _photos(tmp_path / f"photos{side}", side, side - 20 if side > 32 else side)
+    argv = ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8",
+            "--workers", "0", "--no-progress", "--no-knn", "--set", "method.K=40", "--set", "model.width=4",
+            "--set", "train.precision=bf16", "--set", "model.bn_splits=2"]
+    with caplog.at_level(logging.INFO, logger="moco"):
+        assert main(argv) == 0
+    start = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("pretraining"))
+    assert "training views 32 px (cifar augmentation), evaluation 32 px" in start
+    hints = [r.getMessage() for r in caplog.records if "your images are about" in r.getMessage()]
+    assert len(hints) == hinted
+    if hinted:
+        assert "140 px" in hints[0] and "--preset imagenet-v2" in hints[0] and "data.image_size" in hints[0]
+        with caplog.at_level(logging.INFO, logger="moco"):  # a size chosen: no hint
+            caplog.clear()
+            assert main([*argv[:4], str(tmp_path / "run2"), *argv[5:], "--set", "data.image_size=32"]) == 0
+        assert not [r for r in caplog.records if "your images are about" in r.getMessage()]
+    capsys.readouterr()

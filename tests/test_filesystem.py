@@ -216,6 +216,23 @@ def test_a_file_deleted_before_decoding_is_a_skipped_bad_file(tmp_path, caplog):
     assert "skipped 1 unreadable image" in caplog.text and "002.png" in caplog.text
 
 
+def test_names_with_control_characters_are_quoted_and_escaped_in_every_message(tmp_path, caplog, capsys):
+    """A file named with a newline (or an escape code) would split a warning over two lines, or drive the
+    terminal; such names are shown quoted with the characters escaped, as ls does."""
+    root = _images(tmp_path / "d", 4)
+    (root / "new\nline.png").write_bytes(b"not an image")
+    (root / "bell\x1b[31m.png").write_bytes(b"not an image either")
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        decode_images(scan_images(root), 8, tmp_path / "cache", workers=0, progress=False)
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0] and "\x1b" not in warned[0]
+    assert "'new\\nline.png'" in warned[0] and "'bell\\x1b[31m.png'" in warned[0]
+    code = main(["pretrain", "--data", str(root), "--out", str(tmp_path / "run"), "--strict-data", *TINY])
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]
+    assert code == 1 and last.startswith("moco: error") and "bell\\x1b[31m.png'" in last, err  # one line
+
+
 # ---------------------------------------------------------------- the run folder
 
 

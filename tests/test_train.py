@@ -1,6 +1,7 @@
 """The pretraining loop: run directory, exact resume, refusing to mix runs, failures that keep the last checkpoint."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -54,6 +55,17 @@ def test_resume_continues_exactly(tmp_path, tiny_data, tiny_cfg, stop_at):
     assert a["step"] == b["step"] and a["epoch"] == b["epoch"]
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+
+
+@pytest.mark.parametrize("pipeline", ["per_image", "device"])
+def test_resume_continues_exactly_with_the_other_pipelines(tmp_path, tiny_data, pipeline):
+    """The per-image (PIL views) and decode-on-device pipelines resume mid-epoch bit for bit too."""
+    cfg = tiny_config(tmp_path, f"data.pipeline={pipeline}", "optim.epochs=2")
+    pretrain(cfg, tiny_data, tmp_path / "full", progress=False, knn=False)
+    assert pretrain(cfg, tiny_data, tmp_path / "part", progress=False, knn=False, max_steps=8).stopped
+    pretrain(cfg, tiny_data, tmp_path / "part", resume="auto", progress=False, knn=False)
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("full", "part"))
+    assert a["step"] == b["step"] == 12 and states_equal(a["model"], b["model"])
 
 
 def test_refuses_to_mix_runs(tmp_path, tiny_data, tiny_cfg):
@@ -154,3 +166,22 @@ def test_progressive_resizing_run_records_sizes_and_resumes_exactly(tmp_path, ti
     a = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")
     b = load_checkpoint(tmp_path / "part" / "checkpoint_last.pt")
     assert states_equal(a["model"], b["model"])
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, tiny_data, caplog):
+    cfg = tiny_config(tmp_path, "optim.epochs=2", "train.checkpoint_every=1")
+    pretrain(cfg, tiny_data, tmp_path / "run", progress=False, knn=False)
+    run = tmp_path / "run"
+    data = (run / "checkpoint_last.pt").read_bytes()
+    (run / "checkpoint_last.pt").write_bytes(data[: len(data) // 3])  # a copy cut short
+    (run / "checkpoint_0002.pt").write_bytes(b"")  # a full disk
+    longer = tiny_config(tmp_path, "optim.epochs=3", "train.checkpoint_every=1")
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        res = pretrain(longer, tiny_data, run, resume="auto", progress=False, knn=False)
+    warned = [r.getMessage() for r in caplog.records if "resuming from" in r.getMessage()]
+    assert len(warned) == 1 and "checkpoint_last.pt" in warned[0] and "checkpoint_0001.pt" in warned[0]
+    assert res.epoch == 3 and not res.stopped  # trained epochs 2 and 3 again from epoch 1's checkpoint
+    for name in ("checkpoint_last.pt", "checkpoint_0001.pt", "checkpoint_0002.pt", "checkpoint_0003.pt"):
+        (run / name).write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="no checkpoint in .* can be read"):
+        pretrain(longer, tiny_data, run, resume="auto", progress=False, knn=False)

@@ -9,7 +9,9 @@ queue and queue pointer), ``optimizer``, ``rng``, ``metrics`` and ``history``.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import torch
 from moco.core.errors import CheckpointError
 
 FORMAT = "momentum-contrast/1"
+log = logging.getLogger("moco")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -100,6 +103,40 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], p
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
         raise CheckpointError(f"{path}: the {what} does not match this model ({'; '.join(parts)})")
     module.load_state_dict(state, strict=True)
+
+
+def resume_candidates(out: str | Path) -> list[Path]:
+    """The checkpoints a run in ``out`` could resume from, newest first: ``checkpoint_last.pt``, then the kept
+    ``checkpoint_NNNN.pt`` from the highest epoch down."""
+    out = Path(out)
+    last = [out / "checkpoint_last.pt"] if (out / "checkpoint_last.pt").is_file() else []
+    return last + sorted(out.glob("checkpoint_[0-9][0-9][0-9][0-9].pt"), reverse=True)
+
+
+def load_newest_intact(out: str | Path, warn: bool = True) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint of ``out`` that loads (None when it has none). A damaged newer one (a copy cut
+    short, a full disk) is passed over with one warning that names both files and the epochs lost; when none
+    loads, :class:`CheckpointError` names the newest and why."""
+    tried: list[tuple[Path, str]] = []
+    for path in resume_candidates(out):
+        try:
+            ck = require_moco_checkpoint(load_checkpoint(path), path)
+        except CheckpointError as e:
+            tried.append((path, str(e)))
+            continue
+        if tried and warn:
+            newest = tried[0][0]
+            lost = ""
+            m = re.fullmatch(r"checkpoint_(\d{4})\.pt", newest.name)
+            if m:
+                lost = f", epochs {ck.get('epoch', 0) + 1}-{int(m.group(1))} lost"
+            log.warning("%s cannot be read (%s); resuming from %s instead (epoch %s%s)", newest.name,
+                        tried[0][1], path.name, ck.get("epoch"), lost or ", the steps after it lost")
+        return ck, path
+    if tried:
+        raise CheckpointError(f"no checkpoint in {Path(out)} can be read: {tried[0][1]}"
+                              + (f" (and {len(tried) - 1} older one(s))" if len(tried) > 1 else ""))
+    return None
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from moco.core.errors import shown
 from moco.data.folder import DataError, ImageList, load_rgb
 
 log = logging.getLogger("moco")
@@ -81,7 +82,7 @@ def _key(images: ImageList, size: int) -> str:
 
 def report_skipped(skipped: list[tuple[str, str]], root: Path) -> None:
     if skipped:
-        first = "; ".join(f"{p} ({why})" for p, why in skipped[:5])
+        first = "; ".join(f"{shown(p)} ({why})" for p, why in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         log.warning("skipped %d unreadable image(s) in %s: %s%s", len(skipped), root, first, more)
 
@@ -106,7 +107,7 @@ def decode_images(
             skipped = [tuple(s) for s in info["skipped"]]
             if arr.shape == (len(keep), size, size, 3):
                 if strict and skipped:
-                    raise DataError(f"unreadable image: {images.root / skipped[0][0]} ({skipped[0][1]})")
+                    raise DataError(f"unreadable image: {shown(images.root / skipped[0][0])} ({skipped[0][1]})")
                 report_skipped(skipped, images.root)
                 return DecodedImages(arr, images.subset(keep), skipped)
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
@@ -137,7 +138,7 @@ def decode_images(
     keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
     skipped = [(images.paths[i], r) for i, r in enumerate(results) if isinstance(r, str)]
     if strict and skipped:
-        raise DataError(f"unreadable image: {images.root / skipped[0][0]} ({skipped[0][1]})")
+        raise DataError(f"unreadable image: {shown(images.root / skipped[0][0])} ({skipped[0][1]})")
     if not keep:
         raise DataError(f"none of the {len(full)} image files in {images.root} could be read "
                         f"(first: {skipped[0][0]}: {skipped[0][1]})")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from moco.core.errors import shown
 from moco.data.folder import ImageList, first_readable, load_rgb
 
 log = logging.getLogger("moco")
@@ -85,7 +86,7 @@ def decode_on_device(
                     decoded.append(decode_jpeg(items[i], mode=ImageReadMode.RGB, device=device))
                 except RuntimeError as e:
                     name = names[i] if names else f"item {i} of the batch"
-                    log.warning("could not decode %s (%s); a gray image takes its place", name, e)
+                    log.warning("could not decode %s (%s); a gray image takes its place", shown(name), e)
                     decoded.append(torch.full((3, 8, 8), 128, dtype=torch.uint8, device=device))
         for i, img in zip(jpeg, decoded):
             out[i] = img

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from moco.core.errors import DataError
+from moco.core.errors import DataError, shown
 
 log = logging.getLogger("moco")
 T = TypeVar("T")
@@ -75,16 +75,16 @@ class ScanReport:
         if self.not_files:
             log.warning("skipped %d entr%s that cannot be read as image files in %s: %s",
                         len(self.not_files), "y" if len(self.not_files) == 1 else "ies", root,
-                        _first(f"{p} ({why})" for p, why in self.not_files))
+                        _first(f"{shown(p)} ({why})" for p, why in self.not_files))
         if self.loops:
             log.warning("skipped %d symlink loop(s) in %s (links back to a folder they are in): %s",
-                        len(self.loops), root, _first(self.loops))
+                        len(self.loops), root, _first(map(shown, self.loops)))
         if self.repeat_dirs:
             log.warning("skipped %d link(s) to folders already scanned in %s: %s", len(self.repeat_dirs), root,
-                        _first(self.repeat_dirs))
+                        _first(map(shown, self.repeat_dirs)))
         if self.repeat_files:
             log.warning("skipped %d second path(s) to image files already listed in %s: %s",
-                        len(self.repeat_files), root, _first(self.repeat_files))
+                        len(self.repeat_files), root, _first(map(shown, self.repeat_files)))
 
 
 def _first(items, n: int = 5) -> str:  # noqa: ANN001 - any iterable of str
@@ -225,7 +225,8 @@ def scan_images(
     report = walk.report
     if strict and report.not_files:
         p, why = report.not_files[0]
-        raise DataError(f"not a readable image file: {root / p} ({why}); without --strict-data it is skipped")
+        raise DataError(f"not a readable image file: {shown(root / p)} ({why}); without --strict-data it is "
+                        "skipped")
     if warn:
         report.warn(root)
     if not paths:
@@ -306,7 +307,7 @@ def first_readable(
         except Exception as e:  # noqa: BLE001 - whatever the reason, this file cannot be used
             why = f"{type(e).__name__}: {e}"
             if strict:
-                raise DataError(f"unreadable image: {path} ({why})") from None
+                raise DataError(f"unreadable image: {shown(path)} ({why})") from None
             failed.append((k, why))
     raise DataError(f"no readable image left in {images.root}")
 

@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from moco.core.distributed import SINGLE_PROCESS, DistInfo, barrier
+from moco.core.errors import shown
 from moco.data.augment import (
     apply_params,
     crop_flip,
@@ -79,7 +80,7 @@ def note_lost(lost: dict[int, str], failed: list[tuple[int, str]], images: Image
         if k not in lost:
             lost[k] = why
             log.warning("%s could not be read (%s); skipping it for the rest of the run",
-                        images.root / images.paths[k], why)
+                        shown(images.root / images.paths[k]), why)
 
 
 def _slices(perm: torch.Tensor, start: int, batch_size: int, dinfo: DistInfo) -> list[torch.Tensor]:

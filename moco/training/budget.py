@@ -152,13 +152,36 @@ class BudgetClock:
         self.times = deque(((s, t + seconds) for s, t in self.times), maxlen=self.times.maxlen)
 
     def fit(self, step: int, planned_total: int) -> int | None:
-        """The total steps that fit the time left at the speed of the last window, when it differs from the plan's
-        by more than ``tolerance`` of the remaining steps (always at the first check); else None."""
+        """The total steps that fit the time left at the speed of the last window, when the plan should change
+        (always at the first check); else None.
+
+        With hysteresis, so that a speed that drifts ±15% does not make the plan oscillate: a plan that no longer
+        fits (the run would end late) is shortened as soon as it is off by ``tolerance`` of the remaining steps;
+        one that could be longer is lengthened only when it gains ``tolerance`` of the remaining steps and 1% of
+        the whole run (ending a few seconds early costs little; ending late breaks the budget)."""
         (s0, t0), (s1, t1) = self.times[0], self.times[-1]
         self.rate = (s1 - s0) / max(t1 - t0, 1e-9)
         fit = step + max(0, math.floor((self.deadline - t1 - self.reserve()) * self.rate))
         left_now, left_new = planned_total - step, fit - step
         first = step - (self.first_step or 0) - self.warmup == self.every
-        if first or abs(left_new - left_now) > max(1.0, self.tolerance * max(left_now, 1)):
+        off = max(1.0, self.tolerance * max(left_now, 1))
+        if first or left_new < left_now - off or left_new > left_now + max(off, 0.01 * planned_total):
             return fit
         return None
+
+
+@dataclass
+class PlanLog:
+    """Which re-plans the terminal shows: the first, then one when the planned end has moved by more than
+    ``moved`` of the run since the last one shown, at most one an epoch (metrics.jsonl keeps every re-plan)."""
+
+    moved: float = 0.03
+    shown_total: int | None = None
+    shown_epoch: int = -1
+
+    def show(self, total: int, epoch: int) -> bool:
+        if self.shown_total is not None and (epoch == self.shown_epoch
+                                             or abs(total - self.shown_total) <= self.moved * self.shown_total):
+            return False
+        self.shown_total, self.shown_epoch = total, epoch
+        return True

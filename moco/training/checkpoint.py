@@ -23,6 +23,7 @@ from moco.core.checkpoint_files import (
     atomic_save,
     latest_checkpoint,
     load_checkpoint,
+    load_newest_intact,
     load_state_strict,
     require_moco_checkpoint,
 )
@@ -32,7 +33,7 @@ from moco.training.budget import Plan
 
 __all__ = [
     "FORMAT", "CheckpointError", "TrainState", "atomic_save", "check_compatible", "latest_checkpoint",
-    "load_checkpoint", "load_state_strict", "require_moco_checkpoint",
+    "load_checkpoint", "load_newest_intact", "load_state_strict", "require_moco_checkpoint",
 ]
 
 # Settings a checkpoint's weights depend on; everything else (schedule, BN splits for another process

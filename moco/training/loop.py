@@ -123,7 +123,7 @@ def budget_check(run: Run, state: TrainState, bar) -> None:  # noqa: ANN001 - tq
            "time_left": clock.time_left(), "spent_s": clock.spent, "reserve_s": clock.reserve()}
     if run.metrics is not None:
         run.metrics.write(rec)
-    if run.main:
+    if run.main and run.plan_log.show(fit, state.epoch):
         log.info("plan: %d steps (%.2f epochs) at %.2f steps/s to end %s from now, start-up and final evaluation "
                  "included",
                  fit, fit / spe, clock.rate, _mmss(clock.time_left()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import signal
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from moco.config import validate
 from moco.core.distributed import cleanup, env_world_size, init_distributed
 from moco.core.errors import CheckpointError, ConfigError
 from moco.core.run_lock import lock_run_folder
-from moco.data.folder import check_data_root
+from moco.data.folder import ImageList, check_data_root
 from moco.methods import describe
 from moco.models.generic import custom_name
 from moco.schema import Config
@@ -64,6 +65,7 @@ def pretrain(
     backbone: torch.nn.Module | None = None,
     replay_plan: str | Path | None = None,
     started: float | None = None,
+    size_hint: bool = False,
 ) -> RunResult:
     """Pretrain MoCo on the images under ``data``, writing the run to ``out``.
 
@@ -78,7 +80,8 @@ def pretrain(
     final checkpoint and kNN included (:mod:`moco.training.budget`). ``replay_plan`` (a budgeted run's folder
     or checkpoint) follows that run's recorded plan without the clock: the same run, bit for bit. The budget
     counts from ``started`` (a :func:`time.perf_counter` time; default: the call), so a command can count
-    its own start-up as well.
+    its own start-up as well. ``size_hint`` (the CLI, when no preset or image size was chosen) says in one line
+    when the images are much larger than the training views, and what to change.
     """
     started = time.perf_counter() if started is None else started
     out = Path(out)
@@ -105,6 +108,8 @@ def pretrain(
             return _result(run, state)
         if run.main:
             _log_start(run, state)
+            if size_hint:
+                _hint_larger_images(run)
         return train(run, state)
     finally:
         if lock is not None:
@@ -166,10 +171,41 @@ def run_length(run: Run, state: TrainState) -> str:
 
 
 def _log_start(run: Run, state: TrainState) -> None:
-    cfg = run.cfg
-    log.info("pretraining %s (width %d) on %d images from %s: %s, %s, T=%s, %s on %s",
-             cfg.model.arch, cfg.model.width, run.n_images, run.train_dir, run_length(run, state),
-             describe(cfg, run.n_images), cfg.method.T, cfg.train.precision, run.device)
+    cfg, d = run.cfg, run.cfg.data
+    log.info("pretraining %s (width %d) on %d images from %s: %s, %s, T=%s, %s on %s; training views %d px "
+             "(%s augmentation), evaluation %d px", cfg.model.arch, cfg.model.width, run.n_images, run.train_dir,
+             run_length(run, state), describe(cfg, run.n_images), cfg.method.T, cfg.train.precision, run.device,
+             d.view_size, d.augmentation, d.image_size)
+
+
+LARGER = 4  # images this many times the training side (median) get the size hint
+
+
+def median_side(images: ImageList, sample: int = 64) -> int:
+    """The median shorter side of up to ``sample`` images spread over the list (read from their headers)."""
+    from PIL import Image
+
+    step = max(1, len(images) // sample)
+    sides = []
+    for p in images.paths[::step][:sample]:
+        try:
+            with Image.open(images.root / p) as im:
+                sides.append(min(im.size))
+        except Exception:  # noqa: BLE001 - an unreadable file says nothing about the others' size
+            continue
+    return int(statistics.median(sides)) if sides else 0
+
+
+def _hint_larger_images(run: Run) -> None:
+    """One line when the images are far larger than the training views: what the model misses, the preset or
+    setting to change, and what it costs per image."""
+    side, view = median_side(run.source.images), run.cfg.data.view_size
+    if side < LARGER * view:
+        return
+    log.warning("your images are about %d px a side (median), %d times the %d-px training views: the model does "
+                "not see their detail. For photos use --preset imagenet-v2 (224-px views) or --set "
+                "data.image_size=N; 224 px costs about %d times the compute per image of %d px", side, side // view,
+                view, round((224 / view) ** 2), view)
 
 
 def train(run: Run, state: TrainState) -> RunResult:

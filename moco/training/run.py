@@ -25,12 +25,13 @@ from moco.data.pipelines import BatchSource, decode_side, open_source
 from moco.methods import build_moco
 from moco.optim import build_optimizer
 from moco.schema import Config
-from moco.training.budget import BudgetClock
+from moco.training.budget import BudgetClock, PlanLog
 from moco.training.checkpoint import (
     TrainState,
     check_compatible,
     latest_checkpoint,
     load_checkpoint,
+    load_newest_intact,
     require_moco_checkpoint,
 )
 from moco.training.logging import MetricsLogger
@@ -85,6 +86,7 @@ class Run:
     stop: StopFlag = field(default_factory=StopFlag)
     metrics: MetricsLogger | None = None  # rank 0, while training
     clock: BudgetClock | None = None  # with optim.time_budget (not when replaying a plan): measures, re-plans
+    plan_log: PlanLog = field(default_factory=PlanLog)  # which re-plans the terminal shows
     end_seconds: float = 1.0  # the last end of epoch's duration without its evaluation (a budget keeps it for the end)
     eval_timings: list[float] = field(default_factory=list)  # a budget's estimates of the final evaluation: in
     # the warm-up and again near the end, when the machine may have slowed down; the larger counts
@@ -230,8 +232,11 @@ def open_run(
     if not main:  # rank 0 has checked and cleaned the folder; the others only look for the checkpoint
         ckpt_path = (latest_checkpoint(out) if resume == "auto" else Path(resume)) if resume else None
     ckpt = None
-    if ckpt_path is not None:
+    if resume == "auto" and ckpt_path is not None:  # a damaged newest checkpoint: the newest that loads
+        ckpt, ckpt_path = load_newest_intact(out, warn=main) or (None, None)
+    elif ckpt_path is not None:
         ckpt = require_moco_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
+    if ckpt is not None:
         kind = ckpt.get("task", "pretrain")
         if kind != task.name:
             raise CheckpointError(f"{ckpt_path} is a {kind} checkpoint; `moco {task.name}` resumes only its own")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from moco.config import Config, merge_dict, resolve
-from moco.core.checkpoint_files import FORMAT, latest_checkpoint, load_checkpoint
+from moco.core.checkpoint_files import FORMAT, load_checkpoint, load_newest_intact
 from moco.core.errors import CheckpointError
 from moco.training.checkpoint import TrainState
 from moco.training.pretrain import set_up_budget, train
@@ -51,10 +51,16 @@ def previous_checkpoint(out: Path, resume: str | None, task: str) -> dict[str, A
     data are the run's); a checkpoint of another kind is refused."""
     if not resume:
         return None
-    path = latest_checkpoint(out) if resume == "auto" else Path(resume)
-    if path is None or not path.is_file():
-        return None
-    ck = load_checkpoint(path)
+    if resume == "auto":
+        found = load_newest_intact(out, warn=False)  # the run warns when it falls back to an older one
+        if found is None:
+            return None
+        ck, path = found
+    else:
+        path = Path(resume)
+        if not path.is_file():
+            return None
+        ck = load_checkpoint(path)
     if ck.get("format") != FORMAT or ck.get("task") != task:
         what = {"finetune": "fine-tuning", "detect": "detection"}.get(task, task)
         raise CheckpointError(f"{path} is not a {what} checkpoint: `moco {task} --resume` continues only its own "
