@@ -277,7 +277,8 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser(
         "reproduce", help="re-run one of the paper's comparisons and write a report",
         epilog="experiments:\n" + "".join(f"  {k:11s} {e.title}\n" for k, e in EXPERIMENTS.items())
-        + "  transfer    fine-tuning with 1%, 10%, 100% of the labels from MoCo, supervised and random init\n"
+        + "  transfer    fine-tuning with 1%, 10%, 100% of the labels, and detection, from MoCo, supervised and\n"
+        + "              random init\n"
         + "  all         every experiment in turn\n\nexamples:\n"
         "  moco reproduce momentum --data ../shared/datasets/cifar10 --out reports/momentum\n"
         "  moco reproduce mechanisms --data data/cifar10 --out reports/mechanisms --budget paper\n"
