@@ -255,3 +255,28 @@ def test_a_torchvision_resnet_detects_and_exports_strictly(tmp_path, pasted):
     net.load_state_dict(state, strict=True)
     before = load_backbone(tmp_path / "tv.pt").state_dict()
     assert any(not torch.equal(before[f"backbone.{k}"], v) for k, v in state.items())  # trained, then exported
+
+
+def test_two_processes_train_a_detector(tmp_path, ck, pasted):
+    """`moco detect --nproc 2` on CPU (gloo): each process takes its half of every batch, DDP finds the
+    parameters a step does not use, and rank 0 scores the detector."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    f = files(pasted)
+    argv = [sys.executable, "-m", "moco", "detect", "--nproc", "2", "--checkpoint", str(ck), "--train-ann",
+            str(f["train_ann"]), "--train-images", str(f["train_images"]), "--val-ann", str(f["val_ann"]),
+            "--val-images", str(f["val_images"]), "--out", str(tmp_path / "two"), "--epochs", "1", "--no-progress",
+            *[x for s in TINY for x in ("--set", s)]]
+    r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "MASTER_PORT": str(port)},
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["steps"] == 4 and res["AP"] is not None  # 16 images, 4 a step (2 a process)
+    ck2 = load_checkpoint(tmp_path / "two" / "checkpoint_last.pt")
+    assert ck2["world_size"] == 2
