@@ -101,21 +101,26 @@ def _finetune_overrides(extra: list[str]) -> list[str]:
             and not x.startswith("train.seed=")]
 
 
-def _finetune(name: str, out: Path, data: Path, budget: TransferBudget, time_s: float, extra: list[str],
-              progress: bool, **kw: Any) -> dict[str, Any] | None:
-    """A fine-tuning run, skipped when finished; None when it was interrupted."""
-    from moco.transfer.finetune import finetune
-
+def _once(name: str, out: Path, run: Any) -> dict[str, Any] | None:
+    """A transfer run into ``out``: its results.json when finished (skipped), else ``run(resume)`` (resumed when
+    a checkpoint is there); None when it was interrupted."""
     done = out / "results.json"
     if done.is_file():
         log.info("[done] %s (%s)", name, out)
         return json.loads(done.read_text())
     log.info("[run] %s -> %s", name, out)
-    resume = "auto" if (out / "checkpoint_last.pt").is_file() else None
-    length = {"time_budget": time_s} if time_s else {"epochs": budget.finetune_epochs}
-    res = finetune(data=data, out=out, overrides=_finetune_overrides(extra), progress=progress, resume=resume,
-                   **length, **kw)  # resumed, the run's checkpoint supplies its init and labels
+    res = run("auto" if (out / "checkpoint_last.pt").is_file() else None)
     return None if res.stopped else json.loads(done.read_text())
+
+
+def _finetune(name: str, out: Path, data: Path, budget: TransferBudget, time_s: float, extra: list[str],
+              progress: bool, **kw: Any) -> dict[str, Any] | None:
+    """A fine-tuning run, skipped when finished; None when it was interrupted."""
+    from moco.transfer.finetune import finetune
+
+    length = {"time_budget": time_s} if time_s else {"epochs": budget.finetune_epochs}
+    return _once(name, out, lambda resume: finetune(  # resumed, the checkpoint supplies its init and labels
+        data=data, out=out, overrides=_finetune_overrides(extra), progress=progress, resume=resume, **length, **kw))
 
 
 def _detect(name: str, out: Path, pasted: Path, budget: TransferBudget, extra: list[str], progress: bool,
@@ -123,18 +128,12 @@ def _detect(name: str, out: Path, pasted: Path, budget: TransferBudget, extra: l
     """A detection run on the pasted set, skipped when finished; None when it was interrupted."""
     from moco.transfer.detect import detect
 
-    done = out / "results.json"
-    if done.is_file():
-        log.info("[done] %s (%s)", name, out)
-        return json.loads(done.read_text())
-    log.info("[run] %s -> %s", name, out)
-    resume = "auto" if (out / "checkpoint_last.pt").is_file() else None
     length = {"time_budget": budget.detect_s} if budget.detect_s else {"epochs": budget.detect_epochs}
     files = {"train_ann": pasted / "train.json", "train_images": pasted / "train", "val_ann": pasted / "val.json",
              "val_images": pasted / "val"}
-    res = detect(**files, out=out, overrides=[*budget.detect_overrides, *_finetune_overrides(extra)],
-                 progress=progress, resume=resume, **length, **kw)
-    return None if res.stopped else json.loads(done.read_text())
+    return _once(name, out, lambda resume: detect(
+        **files, out=out, overrides=[*budget.detect_overrides, *_finetune_overrides(extra)], progress=progress,
+        resume=resume, **length, **kw))
 
 
 def _probes(path: Path, nets: dict[str, Path], data: Path, subsets: dict[str, Path]) -> dict[str, Any]:
