@@ -16,7 +16,7 @@ import torch
 
 from moco.config import Config, merge_dict, resolve
 from moco.core.checkpoint_files import FORMAT, load_checkpoint, load_newest_intact
-from moco.core.errors import CheckpointError
+from moco.core.errors import CheckpointError, ConfigError
 from moco.training.checkpoint import TrainState
 from moco.training.pretrain import set_up_budget, train
 from moco.training.run import Run
@@ -44,6 +44,13 @@ def transfer_config(source: Config, kind: str, ckpt: str, recipe: dict[str, dict
         cfg.optim.warmup_epochs = min(cfg.optim.warmup_epochs, epochs / 10)
     cfg.finetune.init, cfg.finetune.checkpoint = kind, ckpt
     return resolve(None, config_file, flags, overrides, base=cfg)
+
+
+def length_flags(flags: dict[str, Any] | None, epochs: int | None, time_budget: float | None) -> dict[str, Any]:
+    """``flags`` with the run's length: ``epochs`` or ``time_budget`` (seconds), refused in one line when both."""
+    if epochs and time_budget:
+        raise ConfigError("--time-budget and --epochs both set how long to train; give one of them")
+    return {**(flags or {}), "optim.epochs": epochs, "optim.time_budget": time_budget}
 
 
 def previous_checkpoint(out: Path, resume: str | None, task: str) -> dict[str, Any] | None:

@@ -43,7 +43,14 @@ from moco.training.checkpoint import TrainState
 from moco.training.pretrain import run_length
 from moco.training.run import Run, open_run, start_state
 from moco.training.tasks import TASKS, DetectionMonitor
-from moco.transfer.common import previous_checkpoint, run_record, train_to_end, transfer_config, write_results
+from moco.transfer.common import (
+    length_flags,
+    previous_checkpoint,
+    run_record,
+    train_to_end,
+    transfer_config,
+    write_results,
+)
 from moco.transfer.finetune import build_network, load_backbone_into, parse_init
 
 log = logging.getLogger("moco")
@@ -249,9 +256,7 @@ def detect(
     """
     t_start = time.perf_counter()
     out = Path(out)
-    if epochs and time_budget:
-        raise ConfigError("--time-budget and --epochs both set how long to train; give one of them")
-    flags = {**(flags or {}), "optim.epochs": epochs, "optim.time_budget": time_budget}
+    flags = length_flags(flags, epochs, time_budget)
     dinfo, dist_device = None, None
     lock = None
     try:

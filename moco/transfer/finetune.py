@@ -48,7 +48,14 @@ from moco.training.checkpoint import TrainState
 from moco.training.pretrain import run_length
 from moco.training.run import Run, open_run, start_state
 from moco.training.tasks import TASKS, TestMonitor
-from moco.transfer.common import previous_checkpoint, run_record, train_to_end, transfer_config, write_results
+from moco.transfer.common import (
+    length_flags,
+    previous_checkpoint,
+    run_record,
+    train_to_end,
+    transfer_config,
+    write_results,
+)
 from moco.transfer.labels import balanced_subset, describe_labels, passes_per_epoch, read_labels, write_labels
 
 log = logging.getLogger("moco")
@@ -302,9 +309,7 @@ def finetune(
     """
     t_start = time.perf_counter()
     out = Path(out)
-    if epochs and time_budget:
-        raise ConfigError("--time-budget and --epochs both set how long to train; give one of them")
-    flags = {**(flags or {}), "optim.epochs": epochs, "optim.time_budget": time_budget}
+    flags = length_flags(flags, epochs, time_budget)
     job = resolve_job(checkpoint, data, out, labels, init, train_dir, test_dir, labels_file, flags, overrides,
                       config_file, resume, backbone)
     dinfo, dist_device = init_distributed(job.cfg.train.device)
