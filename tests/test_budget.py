@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -152,6 +153,18 @@ def test_time_left_out_of_the_speed_window_does_not_count_as_training(monkeypatc
     clock.due(4)
     clock.fit(4, 100)
     assert clock.rate == pytest.approx(1.0)  # still one step a second, not 3 steps in 8 s
+
+
+def test_the_final_evaluation_is_reserved_from_the_larger_timing_or_a_detectors_latest():
+    """kNN costs the same whatever the network has learnt, so of its two timings the larger counts (a machine
+    that slowed down). A detector's evaluation is not: untrained it keeps 100 boxes an image and takes longer
+    to score (54 s against 39 s on the pasted set here), so its latest timing counts."""
+    run = SimpleNamespace(end_seconds=2.0, eval_timings=[60.0, 40.0], monitor=SimpleNamespace())
+    assert loop_module.final_cost(run) == pytest.approx(2.0 + 1.1 * 60.0 + 0.25)
+    run.monitor = tasks_module.DetectionMonitor(None, [1], 8, None, None)
+    assert loop_module.final_cost(run) == pytest.approx(2.0 + 1.1 * 40.0 + 0.25)
+    run.eval_timings = [60.0]
+    assert loop_module.final_cost(run) == pytest.approx(2.0 + 1.1 * 60.0 + 0.25)
 
 
 def test_resume_continues_the_plan_with_the_budget_that_remains(tmp_path):

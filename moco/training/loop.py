@@ -197,8 +197,9 @@ def _files_lost(run: Run) -> int:
 def time_eval_when_due(run: Run, state: TrainState, clock: BudgetClock) -> None:
     """Rank 0 of a budgeted run times the final evaluation (``run.monitor``) twice: at the first step (the
     warm-up), and again when the last fifth of the budget is left, in time to act on a slower machine (the same
-    kNN took 55 to 68 s on one day here; ending late is worse than a few steps fewer). The larger timing counts;
-    the seconds spent timing are left out of the clock's speed window."""
+    kNN took 55 to 68 s on one day here; ending late is worse than a few steps fewer). The larger timing counts
+    (the later one for a detector, :func:`final_cost`); the seconds spent timing are left out of the clock's
+    speed window."""
     if not run.main or run.monitor is None or len(run.eval_timings) == 2:
         return
     if run.eval_timings and clock.time_left() >= max(3 * final_cost(run), 0.2 * clock.budget_s):
@@ -210,9 +211,12 @@ def time_eval_when_due(run: Run, state: TrainState, clock: BudgetClock) -> None:
 
 def final_cost(run: Run) -> float:
     """Seconds a time-budgeted run needs after its last step: the end of an epoch as the last one took (record,
-    checkpoint, plot), the final evaluation (timed by :func:`time_eval_when_due`) with a tenth more for the
-    machine's drift, and a small margin."""
-    return run.end_seconds + 1.1 * max(run.eval_timings, default=0.0) + 0.25
+    checkpoint, plot), the final evaluation (timed by :func:`time_eval_when_due`; the latest timing when the
+    monitor's cost follows the model) with a tenth more for the machine's drift, and a small margin."""
+    timings = run.eval_timings
+    if getattr(run.monitor, "cost_follows_model", False):
+        timings = timings[-1:]
+    return run.end_seconds + 1.1 * max(timings, default=0.0) + 0.25
 
 
 def eval_due(run: Run, state: TrainState) -> bool:
