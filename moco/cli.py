@@ -310,29 +310,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _launch(nproc: int, argv: list[str]) -> int:
-    """``moco pretrain --nproc N ...``: the same command under ``torchrun --nproc-per-node N``."""
-    import subprocess
-
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
-    rest, skip = [], False
-    for tok in argv:
-        if skip:
-            skip = False
-            continue
-        if tok == "--nproc":
-            skip = True
-            continue
-        if tok.startswith("--nproc="):
-            continue
-        rest.append(tok)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "moco", *rest]
-    log.info("launching: %s", " ".join(cmd))
+    """``moco pretrain|detect --nproc N ...``: the same command in N processes (:func:`moco.core.launch.launch`);
+    a ``--time-budget`` counts from this process's start."""
+    from moco.core.launch import launch
     from moco.training.budget import JOB_START_ENV, process_start
 
-    started = time.time() - (time.perf_counter() - process_start())  # a --time-budget counts from here
-    return subprocess.call(cmd, env={**os.environ, JOB_START_ENV: os.environ.get(JOB_START_ENV, f"{started:.3f}")})
+    started = time.time() - (time.perf_counter() - process_start())
+    return launch(nproc, argv, {JOB_START_ENV: os.environ.get(JOB_START_ENV, f"{started:.3f}")})
 
 
 def _pretrain(a: argparse.Namespace) -> int:
@@ -612,9 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s", stream=sys.stderr)
     args = _parser().parse_args(argv)
-    if args.command in ("pretrain", "detect") and args.nproc and "WORLD_SIZE" not in os.environ:
-        return _launch(args.nproc, argv)
     try:
+        if args.command in ("pretrain", "detect") and args.nproc and "WORLD_SIZE" not in os.environ:
+            return _launch(args.nproc, argv)
         commands = {"pretrain": _pretrain, "finetune": _finetune, "detect": _detect, "knn": _knn, "linear": _linear,
                     "embed": _embed, "neighbors": _neighbors, "export": _export, "info": _info, "reproduce": _reproduce,
                     "presets": _presets}
@@ -630,6 +614,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moco: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        from moco.core.distributed import lost_peer
+
+        why = None if os.environ.get("MOCO_DEBUG") else lost_peer(e)
+        if why is None:
+            raise
+        print(f"moco: rank {rank} stopped, another process is gone: {escaped(why)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ def cli(tmp_path: Path, data: Path, out: Path, *overrides: str, nproc: int = 2) 
             "--no-progress", *base, *sets]
 
 
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def step_losses(out: Path) -> list[float]:
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in recs if r["type"] == "step"]
@@ -139,11 +143,7 @@ def test_sigterm_stops_all_ranks_and_resume_with_one_process(tmp_path, tiny_data
     while not (out / "checkpoint_0001.pt").exists():
         assert proc.poll() is None and time.time() - t0 < 300, "run ended before it could be interrupted"
         time.sleep(0.05)
-    def children(pid: int) -> list[int]:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-    (torchrun,) = children(proc.pid)  # moco --nproc -> torchrun -> 2 workers
-    workers = children(torchrun)
+    workers = children(proc.pid)  # moco --nproc runs torchrun's launcher itself: the workers are its children
     assert len(workers) == 2
     for w in workers:
         os.kill(w, signal.SIGTERM)
@@ -162,3 +162,33 @@ def test_sigterm_stops_all_ranks_and_resume_with_one_process(tmp_path, tiny_data
     stop = ck["step"]
     assert l_run[:stop] == pytest.approx(l_ref[:stop], rel=1e-3, abs=1e-3)
     assert sum(l_run[-6:]) == pytest.approx(sum(l_ref[-6:]), rel=0.1)
+
+
+def test_a_killed_rank_ends_the_job_with_one_line(tmp_path, tiny_data):
+    """SIGKILL to one worker (the OOM killer, a node failure): the job ends, and its last stderr line names the
+    rank, the signal, the last checkpoint and the command that continues; torchrun's report goes to a file, not
+    to the terminal. That command then finishes the run."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    argv = cli(tmp_path, tiny_data, out, "optim.epochs=30", "model.bn_splits=1")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.time()
+    while not (out / "checkpoint_0001.pt").exists():
+        assert proc.poll() is None and time.time() - t0 < 300, "run ended before it could be interrupted"
+        time.sleep(0.05)
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    ranks = {int(dict(kv.split("=", 1) for kv in Path(f"/proc/{w}/environ").read_text().split("\0") if "=" in kv)
+                  ["RANK"]): w for w in workers}
+    os.kill(ranks[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "ChildFailedError" not in err and "Traceback" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("moco: error:")]
+    assert len(errors) == 1, err[-3000:]
+    ck = load_checkpoint(out / "checkpoint_last.pt")
+    assert f"rank 1 killed by SIGKILL; last checkpoint: epoch {ck['epoch']}, step {ck['step']}" in errors[0]
+    cont = errors[0].split("; continue with: moco ", 1)[1]
+    assert cont.split()[:3] == ["pretrain", "--nproc", "2"] and cont.endswith("--resume auto")
+    assert "Signal 9 (SIGKILL)" in (out / "torchrun_error.txt").read_text()
+    assert err.splitlines()[-1] == f"moco: torchrun's report is in {out / 'torchrun_error.txt'}"

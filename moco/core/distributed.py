@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,20 @@ class DistInfo:
 
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """When ``exc`` is a collective's failure in a process of a multi-process job (another process died, and
+    gloo or NCCL saw its connection close), its first line, else None: the launcher then names the process
+    that died, and this one stops with a line instead of a traceback."""
+    if env_world_size() < 2 or not isinstance(exc, RuntimeError):  # torch's DistError is a RuntimeError
+        return None
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not any(f"torch{os.sep}distributed{os.sep}" in f.filename for f in frames[-3:]):
+        return None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[/path/to/pair.cc:561] " source location
+    return first.split(". ")[0][:300]
 
 
 def init_distributed(device_pref: str) -> tuple[DistInfo, torch.device | None]:

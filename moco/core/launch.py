@@ -1,0 +1,103 @@
+"""``moco pretrain|detect --nproc N``: the same command in N processes, by torchrun's own launcher, run in this
+process so that a failed worker ends the job with one line (which rank, by what signal or exit status, the
+last checkpoint and the command to continue) instead of torchrun's report, which goes to a file in the run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from moco.core.checkpoint_files import latest_checkpoint, load_checkpoint
+from moco.core.errors import CheckpointError, ConfigError, shown
+
+log = logging.getLogger("moco")
+REPORT = "torchrun_error.txt"  # torchrun's full failure report, in the run's folder
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less ``--nproc N`` / ``--nproc=N``: what each worker runs."""
+    rest, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok == "--nproc":
+            skip = True
+        elif not tok.startswith("--nproc="):
+            rest.append(tok)
+    return rest
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    for i, tok in enumerate(argv):
+        if tok == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith(name + "="):
+            return tok.split("=", 1)[1]
+    return None
+
+
+def how_it_ended(exitcode: int) -> str:
+    """``killed by SIGKILL`` for a negative exit code (a signal), else ``exited with status N``."""
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+def failure_line(rank: int, exitcode: int, argv: list[str]) -> str:
+    """The one line a failed job ends with: the rank and how it ended, the last checkpoint's epoch and step,
+    and the command that continues from it (or that no checkpoint was written)."""
+    out = _flag(argv, "--out")
+    where = ""
+    ck_path = latest_checkpoint(out) if out else None
+    if ck_path is not None:
+        try:
+            ck = load_checkpoint(ck_path)
+            where = f"; last checkpoint: epoch {ck.get('epoch')}, step {ck.get('step')} ({shown(ck_path)})"
+        except CheckpointError as e:
+            where = f"; the last checkpoint cannot be read ({e})"
+    elif out:
+        where = f"; no checkpoint in {shown(out)} yet"
+    again = argv if "--resume" in argv or any(a.startswith("--resume=") for a in argv) else [*argv, "--resume",
+                                                                                              "auto"]
+    cont = f"; continue with: moco {shlex.join(again)}" if ck_path is not None else ""
+    return f"rank {rank} {how_it_ended(exitcode)}{where}{cont}"
+
+
+def launch(nproc: int, argv: list[str], job_env: dict[str, str]) -> int:
+    """Run ``moco ARGV`` (less ``--nproc``) in ``nproc`` processes on this machine under torchrun's launcher
+    (``--standalone``: a free port, one node), with ``job_env`` added to their environment. Returns 0, or 1
+    after the failure line when a worker failed (torchrun's report then goes to RUN/torchrun_error.txt)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    rest = without_nproc(argv)
+    log.info("launching %d processes: torchrun --standalone --nproc-per-node=%d -m moco %s", nproc, nproc,
+             shlex.join(rest))
+    os.environ.update(job_env)
+    elastic = logging.getLogger("torch.distributed.elastic")
+    level = elastic.level
+    elastic.setLevel(logging.CRITICAL)  # its per-worker error lines would come before ours; the report keeps them
+    try:
+        run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "moco", *rest]))
+    except ChildFailedError as e:
+        # a process killed by a signal is the cause; the others' exits (a collective that lost it) follow
+        killed = sorted((f.timestamp, r, f) for r, f in e.failures.items() if f.exitcode < 0)
+        _, rank, failure = killed[0] if killed else (0, *e.get_first_failure())
+        print(f"moco: error: {failure_line(rank, failure.exitcode, argv)}", file=sys.stderr)
+        out = _flag(argv, "--out")
+        if out and Path(out).is_dir():
+            (Path(out) / REPORT).write_text(e.format_msg())
+            print(f"moco: torchrun's report is in {shown(Path(out) / REPORT)}", file=sys.stderr)
+        return 1
+    finally:
+        elastic.setLevel(level)
+    return 0
