@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -192,3 +193,33 @@ def test_a_killed_rank_ends_the_job_with_one_line(tmp_path, tiny_data):
     assert cont.split()[:3] == ["pretrain", "--nproc", "2"] and cont.endswith("--resume auto")
     assert "Signal 9 (SIGKILL)" in (out / "torchrun_error.txt").read_text()
     assert err.splitlines()[-1] == f"moco: torchrun's report is in {out / 'torchrun_error.txt'}"
+
+
+def test_ctrl_c_stops_every_rank_at_a_step_saves_and_names_the_command_to_continue(tmp_path, tiny_data):
+    """Ctrl-C reaches the whole process group: the launcher and both workers. The workers finish their step and
+    rank 0 saves (the launcher's relayed SIGINT does not cut that short); the job ends with one line, status
+    130; that command finishes the run."""
+    out = tmp_path / "run"
+    argv = cli(tmp_path, tiny_data, out, "optim.epochs=30", "model.bn_splits=1")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    t0 = time.time()
+    while not (out / "checkpoint_0002.pt").exists():
+        assert proc.poll() is None and time.time() - t0 < 300, "run ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "SignalException" not in err, err[-3000:]
+    ck = load_checkpoint(out / "checkpoint_last.pt")
+    assert ck["epoch"] < 30 and ck["world_size"] == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"moco: interrupted by SIGINT; last checkpoint: epoch {ck['epoch']}, step {ck['step']}")
+    cont = last.split("; continue with: moco ", 1)[1]
+    r = subprocess.run([sys.executable, "-m", "moco", *shlex.split(cont)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = load_checkpoint(out / "checkpoint_last.pt")
+    assert (done["epoch"], done["step"]) == (30, 90)
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if r["type"] == "step"] == list(range(1, 91))  # no step lost or repeated

@@ -50,30 +50,33 @@ def how_it_ended(exitcode: int) -> str:
     return f"exited with status {exitcode}"
 
 
-def failure_line(rank: int, exitcode: int, argv: list[str]) -> str:
-    """The one line a failed job ends with: the rank and how it ended, the last checkpoint's epoch and step,
-    and the command that continues from it (or that no checkpoint was written)."""
+def where_to_continue(argv: list[str]) -> str:
+    """``; last checkpoint: epoch E, step S (PATH); continue with: moco ARGV --resume auto``, or that the run
+    folder has no checkpoint yet."""
     out = _flag(argv, "--out")
-    where = ""
     ck_path = latest_checkpoint(out) if out else None
-    if ck_path is not None:
-        try:
-            ck = load_checkpoint(ck_path)
-            where = f"; last checkpoint: epoch {ck.get('epoch')}, step {ck.get('step')} ({shown(ck_path)})"
-        except CheckpointError as e:
-            where = f"; the last checkpoint cannot be read ({e})"
-    elif out:
-        where = f"; no checkpoint in {shown(out)} yet"
-    again = argv if "--resume" in argv or any(a.startswith("--resume=") for a in argv) else [*argv, "--resume",
-                                                                                              "auto"]
-    cont = f"; continue with: moco {shlex.join(again)}" if ck_path is not None else ""
-    return f"rank {rank} {how_it_ended(exitcode)}{where}{cont}"
+    if ck_path is None:
+        return f"; no checkpoint in {shown(out)} yet" if out else ""
+    try:
+        ck = load_checkpoint(ck_path)
+        where = f"; last checkpoint: epoch {ck.get('epoch')}, step {ck.get('step')} ({shown(ck_path)})"
+    except CheckpointError as e:
+        where = f"; the last checkpoint cannot be read ({e})"
+    resumes = "--resume" in argv or any(a.startswith("--resume=") for a in argv)
+    return f"{where}; continue with: moco {shlex.join(argv if resumes else [*argv, '--resume', 'auto'])}"
+
+
+def failure_line(rank: int, exitcode: int, argv: list[str]) -> str:
+    """The one line a failed job ends with: the rank and how it ended, and :func:`where_to_continue`."""
+    return f"rank {rank} {how_it_ended(exitcode)}{where_to_continue(argv)}"
 
 
 def launch(nproc: int, argv: list[str], job_env: dict[str, str]) -> int:
     """Run ``moco ARGV`` (less ``--nproc``) in ``nproc`` processes on this machine under torchrun's launcher
-    (``--standalone``: a free port, one node), with ``job_env`` added to their environment. Returns 0, or 1
-    after the failure line when a worker failed (torchrun's report then goes to RUN/torchrun_error.txt)."""
+    (``--standalone``: a free port, one node), with ``job_env`` added to their environment. Returns 0; 1 after
+    the failure line when a worker failed (torchrun's report then goes to RUN/torchrun_error.txt); 130 after a
+    line when the job was interrupted (SIGINT, SIGTERM: the workers stop at a step and save first)."""
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -88,6 +91,9 @@ def launch(nproc: int, argv: list[str], job_env: dict[str, str]) -> int:
     elastic.setLevel(logging.CRITICAL)  # its per-worker error lines would come before ours; the report keeps them
     try:
         run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "moco", *rest]))
+    except SignalException as e:  # Ctrl-C or a scheduler's SIGTERM: the workers have stopped and saved
+        print(f"moco: interrupted by {signal.Signals(e.sigval).name}{where_to_continue(argv)}", file=sys.stderr)
+        return 130
     except ChildFailedError as e:
         # a process killed by a signal is the cause; the others' exits (a collective that lost it) follow
         killed = sorted((f.timestamp, r, f) for r, f in e.failures.items() if f.exitcode < 0)

@@ -7,7 +7,9 @@ training changes), already restored from a checkpoint when resuming.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,11 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "curves.png")
 
 @dataclass
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it after every step."""
+    """Set by SIGINT/SIGTERM; the loop checks it after every step. A second signal stops at once, except the
+    same one within 2 s under torchrun: its launcher relays the Ctrl-C that the whole terminal already sent."""
 
     signum: int | None = None
+    at: float = 0.0  # when it came (time.monotonic)
     previous: dict[int, Any] = field(default_factory=dict)
 
     def install(self) -> None:
@@ -56,9 +60,11 @@ class StopFlag:
                 pass
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
+        if self.signum is not None:
+            if signum == self.signum and time.monotonic() - self.at < 2.0 and "TORCHELASTIC_RUN_ID" in os.environ:
+                return  # the same signal again at once under torchrun: its launcher relaying a Ctrl-C
+            raise KeyboardInterrupt  # a second signal: stop now
+        self.signum, self.at = signum, time.monotonic()
         log.warning("received %s: finishing this step and saving a checkpoint", signal.Signals(signum).name)
 
     def restore(self) -> None:
