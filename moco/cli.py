@@ -1,4 +1,5 @@
-"""The ``moco`` command: pretrain, finetune, knn, linear, embed, neighbors, export, info, presets, reproduce.
+"""The ``moco`` command: pretrain, finetune, detect, knn, linear, embed, neighbors, export, shards, info,
+presets, reproduce.
 
 Errors in the user's input (config, data, checkpoints) end with one line on
 stderr and exit status 2 (config) or 1 (data, checkpoint, training), never a
@@ -33,6 +34,11 @@ EPILOG_PRETRAIN = """examples:
 --data may be an ImageFolder (class sub-folders), a folder holding train/ and test/
 (the test split then drives the kNN monitor), or any tree of images. Without
 --data: $MOCO_DATA, ./data/cifar10, then ../shared/datasets/cifar10.
+
+--data may also name WebDataset shards, streamed with constant memory: a brace
+pattern ('shards/train-{000000..000999}.tar'), a directory of .tar files (one that
+`moco shards` wrote from train/ and test/ monitors with its test shards), or a text
+file listing shards or URLs ('pipe:curl -s https://...'; then --samples-per-epoch).
 """
 
 
@@ -65,6 +71,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--workers", type=int)
     pt.add_argument("--seed", type=int)
     pt.add_argument("--max-images", type=int, help="train on a deterministic subset of N images")
+    pt.add_argument("--samples-per-epoch", type=int, metavar="N",
+                    help="WebDataset shards: N samples make an epoch (needed for streamed URLs; local shards are "
+                    "counted)")
     pt.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     pt.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = latest in --out")
     pt.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -198,8 +207,8 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
                                "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _eval_args(kn)
-    kn.add_argument("--train", required=True, help="labelled ImageFolder: the memory")
-    kn.add_argument("--test", required=True, help="labelled ImageFolder to classify")
+    kn.add_argument("--train", required=True, help="labelled ImageFolder, or shards with .cls: the memory")
+    kn.add_argument("--test", required=True, help="labelled ImageFolder (or shards) to classify")
     kn.add_argument("--k", type=int, default=200)
     kn.add_argument("--t", type=float, default=0.1, help="vote temperature")
     kn.add_argument("--features", choices=["backbone", "head"], default="backbone",
@@ -213,8 +222,8 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
                "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test --json linear.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _eval_args(li)
-    li.add_argument("--train", required=True, help="labelled ImageFolder to train the classifier on")
-    li.add_argument("--test", required=True, help="labelled ImageFolder to evaluate on")
+    li.add_argument("--train", required=True, help="labelled ImageFolder (or shards) to train the classifier on")
+    li.add_argument("--test", required=True, help="labelled ImageFolder (or shards) to evaluate on")
     li.add_argument("--epochs", type=int, default=100)
     li.add_argument("--lr", type=float, help="default: 0.1 with --feature-norm bn, the paper's 30 with none")
     li.add_argument("--feature-norm", choices=["bn", "none"], default="bn",
@@ -236,7 +245,7 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
                         epilog="example:\n  moco embed --checkpoint runs/cpu/checkpoint_last.pt --data ~/photos "
                                "--out photos.npz", formatter_class=argparse.RawDescriptionHelpFormatter)
     _eval_args(em)
-    em.add_argument("--data", required=True)
+    em.add_argument("--data", required=True, help="an image folder or WebDataset shards")
     em.add_argument("--out", required=True, help=".npz with features, paths (and labels for an ImageFolder)")
     em.add_argument("--normalize", action="store_true", help="L2-normalise the features")
 
@@ -245,14 +254,14 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
                                "--data ../shared/datasets/cifar10/test --query some.jpg --k 8 --out grid.png",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _eval_args(nb)
-    nb.add_argument("--data", required=True, help="folder to search")
+    nb.add_argument("--data", required=True, help="folder (or shards) to search")
     nb.add_argument("--query", required=True, help="an image, or a folder of query images")
     nb.add_argument("--k", type=int, default=8)
     nb.add_argument("--out", required=True, help="PNG to write")
 
 
 def _add_files(sub: argparse._SubParsersAction) -> None:
-    """export, presets and info: commands that write or show files."""
+    """export, shards, presets and info: commands that write or show files."""
     ex = sub.add_parser("export", help="write the backbone as torchvision, Detectron2 or safetensors weights",
                         epilog="examples:\n  moco export --checkpoint runs/r1/checkpoint_last.pt --format torchvision "
                                "--out r18.pth\n  moco export --checkpoint moco_v2_800ep.pth.tar --format detectron2 "
@@ -265,6 +274,23 @@ def _add_files(sub: argparse._SubParsersAction) -> None:
                         epilog="examples:\n  moco presets\n  moco presets cifar10-cpu > my.yaml   # edit, then "
                                "moco pretrain --config my.yaml", formatter_class=argparse.RawDescriptionHelpFormatter)
     ps.add_argument("name", nargs="?", choices=sorted(PRESETS), metavar="NAME", help="print this preset's file")
+
+    sh = sub.add_parser(
+        "shards", help="write a folder of images as WebDataset shards (tar files) for data at scale",
+        epilog="examples:\n"
+        "  moco shards --data ../shared/datasets/cifar10 --out data/cifar10-shards --shard-size 64MB\n"
+        "  moco shards --data ~/photos --out /mnt/store/photos --shard-size 1GB\n\n"
+        "A folder holding train/ and test/ (or val/) writes each split: OUT/train-NNNNNN.tar and\n"
+        "OUT/test-NNNNNN.tar. Each image keeps its bytes under its relative path (the key), with\n"
+        "KEY.cls (its class index) for an ImageFolder; OUT/classes.json names the classes. The\n"
+        "command prints the brace pattern of each split.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sh.add_argument("--data", required=True, help="an image folder (ImageFolder or any tree), or a train/ test/ pair")
+    sh.add_argument("--out", required=True, help="the folder the shards go to")
+    sh.add_argument("--shard-size", default="256MB", help="about this much image data per shard (default 256MB)")
+    sh.add_argument("--max-count", type=int, default=100_000, help="at most this many images per shard")
+    sh.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image")
+    sh.add_argument("--no-progress", action="store_true")
 
     inf = sub.add_parser("info", help="what a checkpoint holds: config, epoch, step, metrics")
     inf.add_argument("checkpoint")
@@ -333,7 +359,7 @@ def _pretrain(a: argparse.Namespace) -> int:
         "optim.time_budget": parse_duration(a.time_budget) if a.time_budget else None,
         "optim.epochs": a.epochs, "optim.batch_size": a.batch_size, "optim.lr": a.lr, "data.workers": a.workers,
         "train.seed": a.seed, "data.max_images": a.max_images, "train.device": a.device,
-        "data.strict": True if a.strict_data else None,
+        "data.strict": True if a.strict_data else None, "data.samples_per_epoch": a.samples_per_epoch,
     }
     preset = a.preset or ("cifar10-cpu" if not a.config else None)
     out = Path(a.out) if a.out else Path("runs") / (preset or "run")
@@ -352,7 +378,7 @@ def _pretrain(a: argparse.Namespace) -> int:
     if a.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    data = Path(a.data) if a.data else default_data()
+    data = a.data or default_data()  # a folder, or WebDataset shards (a pattern, a URL: kept as text)
     if data is None:
         raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 exists")
     chose_size = a.preset or a.config or previous is not None or any(
@@ -414,8 +440,7 @@ def _eval_setup(a: argparse.Namespace, head: bool = False):
     import torch
 
     from moco.core.precision import pick_device
-    from moco.data.cache import decode_images
-    from moco.data.folder import scan_images
+    from moco.data.shards import decode_data
     from moco.data.sides import cache_side
     from moco.export.backbone import load_backbone_and_config, load_encoder_and_config
 
@@ -425,8 +450,8 @@ def _eval_setup(a: argparse.Namespace, head: bool = False):
     model = model.to(device, memory_format=torch.channels_last)
     side = cache_side(size)
 
-    def decode(folder: str):
-        return decode_images(scan_images(folder), side, workers=a.workers, progress=not a.no_progress)
+    def decode(data: str):  # a folder or WebDataset shards
+        return decode_data(data, side, workers=a.workers, progress=not a.no_progress)
 
     return model, size, device, cfg, decode
 
@@ -511,6 +536,27 @@ def _export(a: argparse.Namespace) -> int:
 
     out = export_backbone(a.checkpoint, a.format, a.out)
     print(f"wrote {out} ({a.format})")
+    return 0
+
+
+def _shards(a: argparse.Namespace) -> int:
+    from moco.data.folder import check_data_root, scan_images
+    from moco.data.shards import parse_size, write_shards
+
+    data, out = Path(a.data).expanduser(), Path(a.out).expanduser()
+    check_data_root(data)
+    size = parse_size(a.shard_size)
+    if a.max_count < 1:
+        raise ConfigError(f"--max-count must be >= 1, got {a.max_count}")
+    splits = [(n, data / n) for n in ("train", "test", "val") if (data / n).is_dir()] or [("shard", data)]
+    for prefix, folder in splits:
+        images = scan_images(folder, strict=a.strict_data)
+        if not len(images):
+            raise DataError(f"no images found in {folder}")
+        res = write_shards(images, out, size, prefix, a.max_count, strict=a.strict_data,
+                           progress=not a.no_progress)
+        print(f"{prefix if prefix != 'shard' else 'images'}: {res.samples} images in {res.shards} shard(s): "
+              f"{res.pattern}")
     return 0
 
 
@@ -600,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("pretrain", "detect") and args.nproc and "WORLD_SIZE" not in os.environ:
             return _launch(args.nproc, argv)
         commands = {"pretrain": _pretrain, "finetune": _finetune, "detect": _detect, "knn": _knn, "linear": _linear,
-                    "embed": _embed, "neighbors": _neighbors, "export": _export, "info": _info, "reproduce": _reproduce,
+                    "embed": _embed, "neighbors": _neighbors, "export": _export, "shards": _shards, "info": _info,
+                    "reproduce": _reproduce,
                     "presets": _presets}
         return commands[args.command](args)
     except ConfigError as e:

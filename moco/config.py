@@ -294,6 +294,9 @@ def validate(cfg: Config) -> None:
     _check(d.cache_size >= 0, f"data.cache_size must be >= 0, got {d.cache_size}")
     _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
     _check(d.max_images >= 0, f"data.max_images must be >= 0, got {d.max_images}")
+    _check(d.samples_per_epoch >= 0, f"data.samples_per_epoch must be >= 0 (0: count the shards), got "
+           f"{d.samples_per_epoch}")
+    _check(d.shuffle_buffer >= 1, f"data.shuffle_buffer must be >= 1, got {d.shuffle_buffer}")
     _check(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
     _check(o.batch_size >= 2, f"optim.batch_size must be >= 2, got {o.batch_size}")
     _check(o.batch_size >= m.bn_splits,

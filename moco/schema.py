@@ -59,6 +59,9 @@ class DataConfig:
     workers: int = 2
     max_images: int = 0  # 0 = all; else a deterministic subset
     strict: bool = False  # fail on the first unreadable image instead of skipping it
+    samples_per_epoch: int = 0  # WebDataset shards: samples that make an epoch (0: count the local shards; a
+    # stream of unknown length, a URL, needs it)
+    shuffle_buffer: int = 2000  # WebDataset shards: samples each reading slot mixes in its buffer
 
     @property
     def view_size(self) -> int:

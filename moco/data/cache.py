@@ -16,6 +16,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -45,8 +46,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MOCO_CACHE") or Path.home() / ".cache" / "momentum-contrast")
 
 
-def decode_square(path: str, size: int) -> np.ndarray:
-    """Read ``path`` and return a (size, size, 3) uint8 center crop after a shorter-side resize."""
+def decode_square(path: str | BinaryIO, size: int) -> np.ndarray:
+    """Read ``path`` (or a binary stream) and return a (size, size, 3) uint8 center crop after a shorter-side
+    resize."""
     img = load_rgb(path, draft_size=size)
     w, h = img.size
     if (w, h) != (size, size):

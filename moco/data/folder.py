@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -255,8 +255,8 @@ def check_data_root(root: Path) -> None:
     raise DataError(f"{root} is not a folder; {accepts}")
 
 
-def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
-    """Open an image file as RGB, honouring EXIF orientation.
+def load_rgb(path: str | Path | BinaryIO, draft_size: int | None = None) -> Image.Image:
+    """Open an image file (or an open binary stream: a shard member's bytes) as RGB, honouring EXIF orientation.
 
     16-bit and 32-bit integer images are scaled to 8 bits (not clipped); palette
     and RGBA images lose transparency; CMYK is converted. ``draft_size`` lets JPEG

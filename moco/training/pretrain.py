@@ -23,6 +23,7 @@ from moco.core.distributed import cleanup, env_world_size, init_distributed
 from moco.core.errors import CheckpointError, ConfigError
 from moco.core.run_lock import lock_run_folder
 from moco.data.folder import ImageList, check_data_root
+from moco.data.shards import is_shard_spec
 from moco.methods import describe
 from moco.models.generic import custom_name
 from moco.schema import Config
@@ -96,9 +97,11 @@ def pretrain(
     dinfo, dist_device = init_distributed(cfg.train.device)
     lock = None
     try:
-        check_data_root(Path(data).expanduser())  # before any work: a bad --data or --out is one line
+        if not is_shard_spec(data):
+            check_data_root(Path(data).expanduser())  # before any work: a bad --data or --out is one line
         lock = lock_run_folder(out) if dinfo.is_main else None
-        run, state = set_up(cfg, Path(data), out, dinfo, dist_device, resume=resume, overwrite=overwrite,
+        data = data if is_shard_spec(data) else Path(data)  # a URL or pattern stays a string
+        run, state = set_up(cfg, data, out, dinfo, dist_device, resume=resume, overwrite=overwrite,
                             knn_train=knn_train, knn_test=knn_test, knn=knn, progress=progress and dinfo.is_main,
                             max_steps=max_steps, backbone=backbone)
         set_up_budget(run, state, replay_plan, started)
@@ -108,7 +111,7 @@ def pretrain(
             return _result(run, state)
         if run.main:
             _log_start(run, state)
-            if size_hint:
+            if size_hint and isinstance(run.source.images, ImageList):  # a stream is not read ahead for it
                 _hint_larger_images(run)
         return train(run, state)
     finally:

@@ -24,6 +24,8 @@ from moco.core.precision import memory_format, pick_device, resolve_precision
 from moco.data.cache import decode_images
 from moco.data.folder import find_split, scan_images
 from moco.data.pipelines import BatchSource, decode_side, open_source
+from moco.data.shards import REMOTE, decode_data, decode_shards, is_shard_spec, shard_split
+from moco.data.stream import ShardSource
 from moco.methods import build_moco
 from moco.optim import build_optimizer
 from moco.schema import Config
@@ -41,6 +43,7 @@ from moco.training.tasks import TASKS, KnnMonitor, Monitor, Task
 
 log = logging.getLogger("moco")
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "curves.png")
+KNN_MEMORY_MAX = 200_000  # the most training samples from shards the kNN monitor decodes as its memory
 
 
 @dataclass
@@ -109,8 +112,11 @@ class Run:
     def steps_per_epoch(self) -> int:
         return self.n_images * self.passes // self.cfg.optim.batch_size
 
-    def epoch_order(self, seed: int) -> torch.Tensor:
-        """The order of epoch ``seed``'s images: ``passes`` permutations of the data, one after the other."""
+    def epoch_order(self, seed: int) -> torch.Tensor | None:
+        """The order of epoch ``seed``'s images: ``passes`` permutations of the data, one after the other (None
+        for a source that streams: it orders itself)."""
+        if getattr(self.source, "streams", False):
+            return None
         g = torch.Generator().manual_seed(seed)
         return torch.cat([torch.randperm(self.n_images, generator=g) for _ in range(self.passes)])
 
@@ -191,10 +197,12 @@ def build_training(
 
 def knn_monitor(
     cfg: Config, source: BatchSource, knn_train: str | Path | None, knn_test: str | Path | None,
-    test_dir: Path | None, progress: bool, device: torch.device,
+    test_dir: Path | list[str] | None, progress: bool, device: torch.device,
 ) -> KnnMonitor | None:
-    """The kNN monitor on its (memory, test) sets, or None when no labelled test data is available."""
-    test = Path(knn_test) if knn_test else test_dir
+    """The kNN monitor on its (memory, test) sets, or None when no labelled test data is available. The sets
+    may be folders or WebDataset shards; a streamed training set is the memory only when its shards were
+    counted and hold at most ``KNN_MEMORY_MAX`` samples (else give ``knn_train``)."""
+    test = knn_test or test_dir
     if test is None:
         if knn_train:
             raise ConfigError("--knn-train needs --knn-test too")
@@ -202,17 +210,23 @@ def knn_monitor(
     d = cfg.data
     side = decode_side(d)
     if knn_train:
-        memory = decode_images(scan_images(knn_train, strict=d.strict), side, d.cache_dir or None, d.workers,
-                               d.strict, progress)
+        memory = decode_data(knn_train, side, d.cache_dir or None, d.workers, d.strict, progress)
     elif source.decoded is not None:
         memory = source.decoded
+    elif isinstance(source, ShardSource):
+        n = source.total_samples
+        if n is None or n > KNN_MEMORY_MAX:
+            log.warning("kNN monitor off: the training shards hold %s samples, more than the %d the monitor "
+                        "decodes as its memory; give --knn-train and --knn-test (labelled, small)",
+                        "an unknown number of" if n is None else n, KNN_MEMORY_MAX)
+            return None
+        memory = decode_shards(source.shards, side, d.cache_dir or None, d.workers, d.strict, progress)
     else:
         memory = decode_images(source.images, side, d.cache_dir or None, d.workers, d.strict, progress)
     if memory.images.labels is None:
         log.warning("kNN monitor off: %s has no class sub-folders (labels)", memory.images.root)
         return None
-    test_set = decode_images(scan_images(test, strict=d.strict), side, d.cache_dir or None, d.workers, d.strict,
-                             progress)
+    test_set = decode_data(test, side, d.cache_dir or None, d.workers, d.strict, progress)
     if test_set.images.classes != memory.images.classes:
         log.warning("kNN monitor off: %s and %s have different class folders", memory.images.root, test)
         return None
@@ -268,22 +282,32 @@ def start_state(run: Run, parts: tuple[torch.nn.Module, torch.optim.Optimizer, t
 
 
 def set_up(
-    cfg: Config, data: Path, out: Path, dinfo: DistInfo, dist_device: torch.device | None, *,
+    cfg: Config, data: str | Path, out: Path, dinfo: DistInfo, dist_device: torch.device | None, *,
     resume: str | None = None, overwrite: bool = False, knn_train: str | Path | None = None,
     knn_test: str | Path | None = None, knn: bool = True, progress: bool = True, max_steps: int | None = None,
     backbone: torch.nn.Module | None = None,
 ) -> tuple[Run, TrainState]:
-    """Check the folder and the checkpoint, open the data, build the model and restore the state."""
+    """Check the folder and the checkpoint, open the data (a folder, or WebDataset shards streamed), build the
+    model and restore the state."""
     cfg, device, ckpt, ckpt_path = open_run(cfg, out, dinfo, dist_device, TASKS["pretrain"], resume, overwrite)
     main = dinfo.is_main
-    train_dir, test_dir = find_split(data)
-    images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed, cfg.data.strict, warn=main)
     gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws, same on all ranks
-    source = open_source(images, cfg.data, cfg.optim.batch_size, gen, device, dinfo, progress)
     b = cfg.optim.batch_size
-    if len(source.images) // b == 0:
-        raise DataError(f"{train_dir} has {len(source.images)} usable image(s), fewer than one batch of {b}; "
-                        "lower --batch-size")
+    source: BatchSource
+    if is_shard_spec(data):
+        if cfg.method.dictionary == "memory_bank":
+            raise ConfigError("method.dictionary=memory_bank keeps a feature per image by index; a stream of "
+                              "shards has no indices: use the moco or end_to_end dictionary")
+        shards, test_dir = shard_split(data)
+        source = ShardSource(shards, cfg.data, b, gen, device, dinfo, progress)
+        train_dir = Path(shards[0]).parent if not str(shards[0]).startswith(REMOTE) else Path(".")
+    else:
+        train_dir, test_dir = find_split(Path(data))
+        images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed, cfg.data.strict, warn=main)
+        source = open_source(images, cfg.data, b, gen, device, dinfo, progress)
+        if len(source.images) // b == 0:
+            raise DataError(f"{train_dir} has {len(source.images)} usable image(s), fewer than one batch of {b}; "
+                            "lower --batch-size")
     monitor = knn_monitor(cfg, source, knn_train, knn_test, test_dir, progress, device) if knn and main else None
     run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, max_steps)
     return run, start_state(run, build_training(cfg, device, run.n_images, backbone), gen, ckpt, ckpt_path)

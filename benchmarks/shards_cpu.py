@@ -1,0 +1,206 @@
+"""Pretraining from WebDataset shards against the folder's per_image pipeline, on a CPU (issue #26).
+
+    python benchmarks/shards_cpu.py [--budget 90] [--parts speed loader rss torchrun]
+
+* speed: `moco pretrain --preset cifar10-cpu` on CIFAR-10's training images for ``--budget`` seconds each, from
+  the folder (``data.pipeline=per_image``, the same PIL views) and from its shards (`moco shards`, 16 MB
+  each); training images/s, the median of the step records after the first fifth.
+* loader: the data path alone at 224 px (CIFAR-10 images upscaled to 224-px JPEGs, the imagenet-v2 preset's
+  views and augmentation): batches of 64 from the folder's per_image source and from the shards' source,
+  no network; images/s.
+* rss: peak resident memory of pretraining (``--budget`` seconds) over 10 and over 100 shards of the same
+  size (500 samples each), to show that memory follows the buffers, not the data set.
+* torchrun: `moco pretrain --nproc 2` (gloo) from 12 uneven shards for 2 epochs with data.workers=2, every
+  sample's key traced (``MOCO_TRACE_KEYS``): how often each key was trained on per epoch, and how many.
+
+Data and runs go to benchmarks/runs/shards/ (made once); prints a table and writes
+benchmarks/results/shards_cpu.json with the CPU's flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from finetune_cpu import cpu_info  # noqa: E402 - the machine record every benchmark writes
+
+CIFAR = ROOT.parent.parent / "shared" / "datasets" / "cifar10"
+WORK = ROOT / "runs" / "shards"
+
+
+def moco(*args: str, env: dict | None = None) -> None:
+    subprocess.run([sys.executable, "-m", "moco", *args], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, **(env or {})})
+
+
+def shards_of(folder: Path, out: Path, size: str) -> Path:
+    if not list(out.glob("*.tar")):
+        moco("shards", "--data", str(folder), "--out", str(out), "--shard-size", size, "--no-progress")
+    return out
+
+
+def images_per_sec(run: Path) -> float:
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    ips = [r["images_per_sec"] for r in steps if r["type"] == "step"]
+    return statistics.median(ips[len(ips) // 5:])
+
+
+def pretrain(run: Path, data: str, budget: int, *sets: str, env: dict | None = None) -> Path:
+    if not (run / "checkpoint_last.pt").is_file():
+        moco("pretrain", "--preset", "cifar10-cpu", "--data", data, "--out", str(run), "--no-progress", "--no-knn",
+             "--time-budget", f"{budget}s", *[x for s in sets for x in ("--set", s)], env=env)
+    return run
+
+
+def peak_rss_mb(cmd: list[str]) -> float:
+    """Peak resident memory (MB) of the largest process ``cmd`` ran (itself or a loader worker)."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+            " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1]) / 1024
+
+
+def part_speed(budget: int) -> dict:
+    shards = shards_of(CIFAR, WORK / "cifar10", "16MB")
+    folder = images_per_sec(pretrain(WORK / "speed-folder", str(CIFAR), budget, "data.pipeline=per_image"))
+    stream = images_per_sec(pretrain(WORK / "speed-shards", str(shards), budget))
+    return {"folder_per_image_ips": round(folder, 1), "shards_ips": round(stream, 1),
+            "shards_over_folder": round(stream / folder, 3)}
+
+
+def upscaled(n_per_class: int = 200) -> Path:
+    """CIFAR-10 training images upscaled to 224-px JPEGs (quality 90), ``n_per_class`` per class."""
+    from PIL import Image
+
+    out = WORK / "c224" / "train"
+    if out.is_dir():
+        return out
+    for cls in sorted(p.name for p in (CIFAR / "train").iterdir()):
+        (out / cls).mkdir(parents=True)
+        for f in sorted((CIFAR / "train" / cls).iterdir())[:n_per_class]:
+            Image.open(f).convert("RGB").resize((224, 224), Image.BICUBIC).save(out / cls / f.name, quality=90)
+    return out
+
+
+def loader_ips(source, batches: int) -> float:  # noqa: ANN001 - a batch source
+    it = source.epoch(None if getattr(source, "streams", False) else __import__("torch").randperm(
+        len(source.images)), 0, 224, 1)
+    next(it)  # workers started
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        q, _, _ = next(it)
+        n += q.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def part_loader() -> dict:
+    import torch
+
+    from moco.config import resolve
+    from moco.data.folder import scan_images
+    from moco.data.pipelines import open_source
+    from moco.data.shards import resolve_shards
+    from moco.data.stream import ShardSource
+
+    folder = upscaled()
+    shards = shards_of(folder, WORK / "c224-shards", "64MB")
+    cfg = resolve("imagenet-v2", overrides=["data.pipeline=per_image", "data.workers=2"])
+    gen, dev = torch.Generator().manual_seed(0), torch.device("cpu")
+    per_image = open_source(scan_images(folder), cfg.data, 64, gen, dev)
+    stream = ShardSource(resolve_shards(shards), cfg.data, 64, gen, dev)
+    a, b = loader_ips(per_image, 25), loader_ips(stream, 25)
+    return {"folder_per_image_ips": round(a, 1), "shards_ips": round(b, 1), "shards_over_folder": round(b / a, 3)}
+
+
+def repeated_shards(out: Path, n: int, per_shard: int = 500) -> Path:
+    """``n`` shards of ``per_shard`` CIFAR-10 samples each (the images repeat across shards, under new keys)."""
+    import tarfile
+
+    if len(list(out.glob("*.tar"))) == n:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted((CIFAR / "train").rglob("*.jpg"))[: per_shard * 10]
+    for j in range(n):
+        with tarfile.open(out / f"part-{j:04d}.tar", "w") as tf:
+            for i in range(per_shard):
+                f = files[(j * per_shard + i) % len(files)]
+                tf.add(f, arcname=f"s{j:04d}/{i:05d}.jpg")
+    return out
+
+
+def part_rss(budget: int) -> dict:
+    res = {}
+    for n in (10, 100):
+        shards = repeated_shards(WORK / f"rss-{n}", n)
+        run = WORK / f"rss-run-{n}"
+        cmd = [sys.executable, "-m", "moco", "pretrain", "--preset", "cifar10-cpu", "--data", str(shards), "--out",
+               str(run), "--no-progress", "--no-knn", "--time-budget", f"{budget}s", "--overwrite"]
+        res[f"peak_rss_mb_{n}_shards"] = round(peak_rss_mb(cmd), 1)
+    return res
+
+
+def part_torchrun() -> dict:
+    sizes = [700, 150, 420, 90, 380, 260, 510, 120, 330, 600, 210, 230]  # 4,000 samples, uneven
+    out = WORK / "uneven"
+    if not list(out.glob("*.tar")):
+        import tarfile
+
+        out.mkdir(parents=True)
+        files = sorted((CIFAR / "train").rglob("*.jpg"))
+        k = 0
+        for j, n in enumerate(sizes):
+            with tarfile.open(out / f"u-{j:02d}.tar", "w") as tf:
+                for _ in range(n):
+                    tf.add(files[k], arcname=f"u{j:02d}/{k:05d}.jpg")
+                    k += 1
+    trace, run = WORK / "trace", WORK / "torchrun-run"
+    for p in (trace, run):
+        subprocess.run(["rm", "-rf", str(p)], check=True)
+    trace.mkdir(parents=True)
+    moco("pretrain", "--nproc", "2", "--data", str(out), "--out", str(run), "--no-progress", "--no-knn",
+         "--epochs", "2", "--batch-size", "64", "--set", "model.width=16", "--set", "method.K=1024",
+         "--set", "data.workers=2", env={"MOCO_TRACE_KEYS": str(trace)})
+    per_epoch: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    ranks = {}
+    for f in sorted(trace.glob("keys-rank*.txt")):
+        lines = f.read_text().split("\n")
+        ranks[f.stem] = len([ln for ln in lines if ln])
+        for line in lines:
+            if line:
+                epoch, key = line.split(" ", 1)
+                per_epoch[epoch][key] += 1
+    epochs = {e: {"samples": sum(c.values()), "distinct_keys": len(c), "max_per_key": max(c.values()),
+                  "share_of_keys": round(len(c) / sum(sizes), 4)} for e, c in per_epoch.items()}
+    return {"shards": sizes, "samples_per_rank": ranks, "epochs": epochs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=int, default=90, help="seconds of each pretraining run (speed, rss)")
+    ap.add_argument("--parts", nargs="+", default=["speed", "loader", "rss", "torchrun"])
+    ap.add_argument("--json", default=str(ROOT / "results" / "shards_cpu.json"))
+    a = ap.parse_args()
+    res = {"command": " ".join(sys.argv), "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d")}
+    parts = {"speed": lambda: part_speed(a.budget), "loader": part_loader, "rss": lambda: part_rss(a.budget),
+             "torchrun": part_torchrun}
+    for name in a.parts:
+        res[name] = parts[name]()
+        print(f"{name:9s} {json.dumps(res[name])}", flush=True)
+    old = json.loads(Path(a.json).read_text()) if Path(a.json).is_file() else {}
+    Path(a.json).write_text(json.dumps({**old, **res}, indent=2) + "\n")
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
