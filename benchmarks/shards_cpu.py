@@ -114,7 +114,7 @@ def part_loader() -> dict:
     from moco.data.stream import ShardSource
 
     folder = upscaled()
-    shards = shards_of(folder, WORK / "c224-shards", "64MB")
+    shards = shards_of(folder, WORK / "c224-shards", "4MB")
     cfg = resolve("imagenet-v2", overrides=["data.pipeline=per_image", "data.workers=2"])
     gen, dev = torch.Generator().manual_seed(0), torch.device("cpu")
     per_image = open_source(scan_images(folder), cfg.data, 64, gen, dev)

@@ -140,14 +140,23 @@ def test_a_folder_that_cannot_be_listed_is_skipped_with_its_reason(tmp_path, mon
         scan_images(root, strict=True)
 
 
-@pytest.mark.parametrize("name, match", [("photo.jpg", "a single image"), ("photos.tar", "an archive"),
-                                         ("photos.zip", "an archive"), ("notes.txt", "not a folder")])
+@pytest.mark.parametrize("name, match", [("photo.jpg", "a single image"), ("photos.zip", "an archive"),
+                                         ("notes.bin", "not a folder"), ("shard.tar", "not a readable tar file")])
 def test_data_that_is_a_file_is_one_line_saying_what_data_accepts(tmp_path, capsys, name, match):
+    """A .tar is a WebDataset shard (and a .txt a list of them): a broken one is refused like a bad folder."""
     (tmp_path / name).write_bytes(b"x")
     code = main(["pretrain", "--data", str(tmp_path / name), "--out", str(tmp_path / "r"), *TINY])
     err = capsys.readouterr().err
     assert code == 1 and match in err and "--data takes a folder" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "r").exists()  # refused before any work
+
+
+def test_a_shard_list_naming_a_missing_shard_is_one_line_before_any_work(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("my holiday\n")
+    code = main(["pretrain", "--data", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "r"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 1 and "shard not found" in err and "my holiday" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------- files that change after the scan

@@ -97,6 +97,17 @@ def resolve_shards(data: str | Path) -> list[str]:
     return shards
 
 
+def check_shards(data: str | Path) -> list[str]:
+    """:func:`resolve_shards`, and the first local shard must read as a tar file: a ``--data`` that names
+    shards is refused in one line before any work, like a missing folder."""
+    shards = resolve_shards(data)
+    first = next((x for x in shards if not _remote(x)), None)
+    if first is not None and not tarfile.is_tarfile(first):
+        raise DataError(f"{shown(first)} is not a readable tar file: --data takes a folder of images or "
+                        "WebDataset shards (.tar)")
+    return shards
+
+
 def _remote(shard: str) -> bool:
     return shard.startswith(REMOTE)
 

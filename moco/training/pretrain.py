@@ -23,7 +23,7 @@ from moco.core.distributed import cleanup, env_world_size, init_distributed
 from moco.core.errors import CheckpointError, ConfigError
 from moco.core.run_lock import lock_run_folder
 from moco.data.folder import ImageList, check_data_root
-from moco.data.shards import is_shard_spec
+from moco.data.shards import check_shards, is_shard_spec
 from moco.methods import describe
 from moco.models.generic import custom_name
 from moco.schema import Config
@@ -97,8 +97,10 @@ def pretrain(
     dinfo, dist_device = init_distributed(cfg.train.device)
     lock = None
     try:
-        if not is_shard_spec(data):
-            check_data_root(Path(data).expanduser())  # before any work: a bad --data or --out is one line
+        if is_shard_spec(data):  # before any work: a bad --data or --out is one line
+            check_shards(data)
+        else:
+            check_data_root(Path(data).expanduser())
         lock = lock_run_folder(out) if dinfo.is_main else None
         data = data if is_shard_spec(data) else Path(data)  # a URL or pattern stays a string
         run, state = set_up(cfg, data, out, dinfo, dist_device, resume=resume, overwrite=overwrite,
