@@ -146,14 +146,46 @@ class ShardsWritten:
     skipped: list[tuple[str, str]]  # (relative path, why) of files that are not readable images
 
 
+def _samples(images: ImageList, verify: bool, strict: bool, skipped: list[tuple[str, str]]) -> Iterator[dict]:
+    """Each readable image of ``images`` as a WebDataset sample: its own bytes under its key (:func:`sample_key`)
+    and ``cls`` when the list has labels. An unreadable file goes to ``skipped`` (``strict``: refused); two
+    files with one key are refused."""
+    keys: dict[str, str] = {}
+    for i, rel in enumerate(images.paths):
+        path = images.root / rel
+        try:
+            data = path.read_bytes()
+            if verify:
+                with Image.open(path) as im:
+                    im.verify()
+        except Exception as e:  # noqa: BLE001 - any failure to read means a bad file
+            why = f"{type(e).__name__}: {e}"
+            if strict:
+                raise DataError(f"unreadable image: {shown(path)} ({why})") from None
+            skipped.append((rel, why))
+            continue
+        key = sample_key(rel)
+        if key in keys:
+            raise DataError(f"{shown(path)} and {shown(images.root / keys[key])} would share the key {key!r} "
+                            "(the same path up to the extension)")
+        keys[key] = rel
+        sample = {"__key__": key, rel.rsplit(".", 1)[-1].lower(): data}
+        if images.labels is not None:
+            sample["cls"] = str(images.labels[i]).encode()
+        yield sample
+
+
 def write_shards(images: ImageList, out: Path, shard_size: int, prefix: str = "shard", max_count: int = 100_000,
                  verify: bool = True, strict: bool = False, progress: bool = True) -> ShardsWritten:
-    """Write ``images`` as WebDataset shards ``out/PREFIX-NNNNNN.tar`` of about ``shard_size`` bytes (and at
-    most ``max_count`` samples) each, in the list's order: each image's own bytes under its key
-    (:func:`sample_key`), with ``.cls`` when the list has labels, and ``out/classes.json`` (the class names
-    by index). With ``verify``, a file PIL cannot identify is skipped and counted (refused when ``strict``).
-    Shards are written in ``out/.partial`` and moved into ``out`` as each one is complete."""
+    """Write ``images`` as WebDataset shards ``out/PREFIX-NNNNNN.tar`` of about ``shard_size`` bytes of image
+    data (and at most ``max_count`` samples) each, in the list's order (:func:`_samples`), and
+    ``out/classes.json`` (the class names by index). With ``verify``, a file PIL cannot identify is skipped and
+    counted (refused when ``strict``). Shards are written in ``out/.partial`` and moved into ``out`` as each
+    one is complete; one that an error cut short stays there."""
     import webdataset as wds
+    from tqdm import tqdm
+
+    from moco.data.cache import report_skipped
 
     out.mkdir(parents=True, exist_ok=True)
     old = sorted(out.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"))
@@ -163,68 +195,34 @@ def write_shards(images: ImageList, out: Path, shard_size: int, prefix: str = "s
     partial = out / ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    keys: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []
     finished: list[str] = []
+    ok = [True]  # False once an error stops the writing: the last shard is then not complete
 
     def done(fname: str) -> None:
-        if failed:  # the shard an error cut short stays in .partial
-            return
-        dest = out / Path(fname).name
-        os.replace(fname, dest)
-        finished.append(str(dest))
+        if ok[0]:
+            finished.append(str(out / Path(fname).name))
+            os.replace(fname, finished[-1])
 
-    failed: list[BaseException] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(images), desc=f"writing shards to {out.name}", unit="img", leave=False, disable=None)
-    written = 0
     sink = wds.ShardWriter(str(partial / f"{prefix}-%06d.tar"), maxcount=max_count, maxsize=shard_size, post=done,
                            verbose=0)
+    written = 0
     try:
-        for i, rel in enumerate(images.paths):
-            if bar is not None:
-                bar.update(1)
-            path = images.root / rel
-            try:
-                data = path.read_bytes()
-                if verify:
-                    with Image.open(path) as im:
-                        im.verify()
-            except Exception as e:  # noqa: BLE001 - any failure to read means a bad file
-                why = f"{type(e).__name__}: {e}"
-                if strict:
-                    raise DataError(f"unreadable image: {shown(path)} ({why})") from None
-                skipped.append((rel, why))
-                continue
-            key = sample_key(rel)
-            if key in keys:
-                raise DataError(f"{shown(path)} and {shown(images.root / keys[key])} would share the key {key!r} "
-                                "(the same path up to the extension)")
-            keys[key] = rel
-            sample = {"__key__": key, rel.rsplit(".", 1)[-1].lower(): data}
-            if images.labels is not None:
-                sample["cls"] = str(images.labels[i]).encode()
+        for sample in tqdm(_samples(images, verify, strict, skipped), total=len(images), unit="img", leave=False,
+                           desc=f"writing shards to {out.name}", disable=None if progress else True):
             sink.write(sample)
             written += 1
-    except BaseException as e:
-        failed.append(e)
+    except BaseException:
+        ok[0] = False
         raise
     finally:
         sink.close()
-    if bar is not None:
-        bar.close()
     shutil.rmtree(partial, ignore_errors=True)
     if written == 0:
         raise DataError(f"none of the {len(images)} image files in {shown(images.root)} could be read")
     if images.classes is not None:
         (out / "classes.json").write_text(json.dumps(images.classes))
-    if skipped:
-        first = "; ".join(f"{shown(p)} ({why})" for p, why in skipped[:5])
-        log.warning("skipped %d unreadable image(s) in %s: %s%s", len(skipped), shown(images.root), first,
-                    f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    report_skipped(skipped, images.root)
     n = len(finished)
     pattern = str(out / f"{prefix}-{{000000..{n - 1:06d}}}.tar") if n > 1 else finished[0]
     return ShardsWritten(pattern, n, written, skipped)
