@@ -97,12 +97,12 @@ def pretrain(
     dinfo, dist_device = init_distributed(cfg.train.device)
     lock = None
     try:
-        if is_shard_spec(data):  # before any work: a bad --data or --out is one line
+        if is_shard_spec(data):  # before any work: a bad --data or --out is one line; a URL stays a string
             check_shards(data)
         else:
-            check_data_root(Path(data).expanduser())
+            data = Path(data)
+            check_data_root(data.expanduser())
         lock = lock_run_folder(out) if dinfo.is_main else None
-        data = data if is_shard_spec(data) else Path(data)  # a URL or pattern stays a string
         run, state = set_up(cfg, data, out, dinfo, dist_device, resume=resume, overwrite=overwrite,
                             knn_train=knn_train, knn_test=knn_test, knn=knn, progress=progress and dinfo.is_main,
                             max_steps=max_steps, backbone=backbone)
