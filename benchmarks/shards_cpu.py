@@ -1,10 +1,11 @@
 """Pretraining from WebDataset shards against the folder's per_image pipeline, on a CPU (issue #26).
 
-    python benchmarks/shards_cpu.py [--budget 90] [--parts speed loader rss torchrun]
+    python benchmarks/shards_cpu.py [--budget 90] [--rounds 2] [--parts speed loader rss torchrun]
 
 * speed: `moco pretrain --preset cifar10-cpu` on CIFAR-10's training images for ``--budget`` seconds each, from
   the folder (``data.pipeline=per_image``, the same PIL views) and from its shards (`moco shards`, 16 MB
-  each); training images/s, the median of the step records after the first fifth.
+  each), ``--rounds`` times in turn; training images/s, the median of the step records after the first fifth,
+  and the median of the rounds' ratios.
 * loader: the data path alone at 224 px (CIFAR-10 images upscaled to 224-px JPEGs, the imagenet-v2 preset's
   views and augmentation): batches of 64 from the folder's per_image source and from the shards' source,
   no network; images/s.
@@ -70,12 +71,21 @@ def peak_rss_mb(cmd: list[str]) -> float:
     return int(out.split()[-1]) / 1024
 
 
-def part_speed(budget: int) -> dict:
+def part_speed(budget: int, rounds: int) -> dict:
+    """Folder and shards in turn, ``rounds`` times each (the machine's speed drifts): each round's ratio and
+    their median."""
     shards = shards_of(CIFAR, WORK / "cifar10", "16MB")
-    folder = images_per_sec(pretrain(WORK / "speed-folder", str(CIFAR), budget, "data.pipeline=per_image"))
-    stream = images_per_sec(pretrain(WORK / "speed-shards", str(shards), budget))
-    return {"folder_per_image_ips": round(folder, 1), "shards_ips": round(stream, 1),
-            "shards_over_folder": round(stream / folder, 3)}
+    rows = []
+    for r in range(rounds):
+        folder = images_per_sec(pretrain(WORK / f"speed-folder-{r}", str(CIFAR), budget, "data.pipeline=per_image"))
+        stream = images_per_sec(pretrain(WORK / f"speed-shards-{r}", str(shards), budget))
+        rows.append({"folder_per_image_ips": round(folder, 1), "shards_ips": round(stream, 1),
+                     "shards_over_folder": round(stream / folder, 3)})
+        print(f"speed round {r}: {json.dumps(rows[-1])}", flush=True)
+    return {"budget_s": budget, "rounds": rows,
+            "folder_per_image_ips": round(statistics.median(x["folder_per_image_ips"] for x in rows), 1),
+            "shards_ips": round(statistics.median(x["shards_ips"] for x in rows), 1),
+            "shards_over_folder": round(statistics.median(x["shards_over_folder"] for x in rows), 3)}
 
 
 def upscaled(n_per_class: int = 200) -> Path:
@@ -190,11 +200,12 @@ def part_torchrun() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=90, help="seconds of each pretraining run (speed, rss)")
+    ap.add_argument("--rounds", type=int, default=2, help="folder/shards pairs of the speed part, run in turn")
     ap.add_argument("--parts", nargs="+", default=["speed", "loader", "rss", "torchrun"])
     ap.add_argument("--json", default=str(ROOT / "results" / "shards_cpu.json"))
     a = ap.parse_args()
     res = {"command": " ".join(sys.argv), "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d")}
-    parts = {"speed": lambda: part_speed(a.budget), "loader": part_loader, "rss": lambda: part_rss(a.budget),
+    parts = {"speed": lambda: part_speed(a.budget, a.rounds), "loader": part_loader, "rss": lambda: part_rss(a.budget),
              "torchrun": part_torchrun}
     for name in a.parts:
         res[name] = parts[name]()

@@ -22,6 +22,7 @@ from moco.data.stream import (
     epoch_plans,
     make_bundles,
     slot_batches,
+    two_views,
 )
 
 
@@ -164,3 +165,22 @@ def test_a_slot_that_runs_short_starts_its_shards_again_and_an_empty_one_is_refu
     empty = write_tar(tmp_path / "empty.tar", [])
     with pytest.raises(DataError, match="no readable sample in"):
         list(slot_batches(SlotPlan([empty], 0, 2, batches=1, skip=0, batch=1), key, strict=False))
+
+
+def test_views_follow_the_seed_and_key_alone_and_leave_torchs_generator_as_it_was():
+    def noisy(img):  # a transform that draws from torch's generator, as torchvision's do
+        return torch.rand(3)
+
+    make = two_views((noisy, noisy), seed=4)
+    sample = {"__key__": "a/b", "png": png(9)}
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    q, k, name = make(sample)
+    assert torch.equal(torch.get_rng_state(), before) and name == "a/b"
+    assert not torch.equal(q, k)  # two draws, two views
+    torch.manual_seed(123)  # whatever the generator's state, the same sample makes the same views
+    q2, k2, _ = make(sample)
+    assert torch.equal(q, q2) and torch.equal(k, k2)
+    q3, _, _ = two_views((noisy, noisy), seed=5)(sample)  # another epoch, other views
+    q4, _, _ = make({**sample, "__key__": "a/c"})  # another key, other views
+    assert not torch.equal(q, q3) and not torch.equal(q, q4)

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,8 +205,10 @@ def write_shards(images: ImageList, out: Path, shard_size: int, prefix: str = "s
             finished.append(str(out / Path(fname).name))
             os.replace(fname, finished[-1])
 
+    # A whole-second mtime: with TarWriter's float time.time(), tarfile adds a pax header to every member, which
+    # doubles the headers a reader parses (about 0.1 ms a sample, a tenth of a 32-px sample's views).
     sink = wds.ShardWriter(str(partial / f"{prefix}-%06d.tar"), maxcount=max_count, maxsize=shard_size, post=done,
-                           verbose=0)
+                           verbose=0, mtime=int(time.time()))
     written = 0
     try:
         for sample in tqdm(_samples(images, verify, strict, skipped), total=len(images), unit="img", leave=False,

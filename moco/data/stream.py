@@ -99,12 +99,13 @@ def two_views(transforms: tuple[Callable, Callable], seed: int) -> Callable[[dic
     whichever process or worker makes them, and a resumed epoch makes the same ones; and its key."""
     def make(sample: dict) -> tuple:
         img = decode(sample)
-        state = torch.get_rng_state()
-        torch.manual_seed(zlib.crc32(f"{seed}/{sample['__key__']}".encode()))
+        gen = torch.default_generator  # torchvision's transforms draw from it; torch.manual_seed would also
+        state = gen.get_state()        # queue accelerator seeding, at a stack trace per call
+        gen.manual_seed(zlib.crc32(f"{seed}/{sample['__key__']}".encode()))
         try:
             return transforms[0](img), transforms[1](img), sample["__key__"]
         finally:
-            torch.set_rng_state(state)
+            gen.set_state(state)
     return make
 
 
