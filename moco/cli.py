@@ -92,9 +92,12 @@ EPILOG_FINETUNE = """examples:
   moco finetune --checkpoint runs/cifar10-cpu/checkpoint_last.pt --init random --labels 10% --out runs/ft10-random
   moco finetune --checkpoint CK --data DIR --labels-file runs/ft10/labels.txt --out runs/again  # the same images
   moco finetune --checkpoint moco_v2_800ep.pth.tar --data ~/birds --labels 50 --time-budget 30m --out runs/birds
+  moco finetune --checkpoint CK --data data/cifar10-shards --labels 1% --out runs/ft1  # shards with .cls
   moco finetune --out runs/ft10 --resume auto        # continue an interrupted run
 
---data is a folder holding train/ and test/ ImageFolders (or give --train and --test).
+--data is a folder holding train/ and test/ ImageFolders (or give --train and --test), or
+WebDataset shards with .cls labels: the folder `moco shards` writes (train-*.tar and
+test-*.tar), or --train and --test each a pattern, a folder or a list of shards.
 --labels takes a class-balanced, seeded subset of train/: a percentage of each class
 (1%, 10%, 100%) or a number of images per class (50); the images used are written to
 RUN/labels.txt, which --labels-file reads back. The network is fine-tuned end to end with
@@ -140,9 +143,9 @@ def _transfer_flags(a: argparse.Namespace) -> dict[str, Any]:
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     ft = sub.add_parser("finetune", help="fine-tune a pretrained backbone with a new classifier on labelled images",
                         epilog=EPILOG_FINETUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ft.add_argument("--data", help="folder holding train/ and test/ ImageFolders")
-    ft.add_argument("--train", help="labelled ImageFolder to fine-tune on (instead of --data)")
-    ft.add_argument("--test", help="labelled ImageFolder to score on (instead of --data)")
+    ft.add_argument("--data", help="folder holding train/ and test/ ImageFolders, or shards (train-*, test-*.tar)")
+    ft.add_argument("--train", help="labelled ImageFolder, or shards with .cls, to fine-tune on (instead of --data)")
+    ft.add_argument("--test", help="labelled ImageFolder, or shards with .cls, to score on (instead of --data)")
     ft.add_argument("--labels", help="share of each class's images to learn from: 1%%, 10%%, 100%% (default) or N "
                                      "images per class")
     ft.add_argument("--labels-file", help="learn from the images a labels.txt lists (another run's)")

@@ -236,3 +236,40 @@ def test_finetune_will_not_resume_a_pretraining_run(tmp_path, ck, tiny_data, cap
                                       str(tmp_path / "pre"), "--resume", "auto", "--no-progress"], capsys))
     assert code == 1 and single and "not a fine-tuning checkpoint" in err
 
+
+
+def test_shards_fine_tune_as_their_folder_does_resume_and_take_its_labels_file(tmp_path, ck, tiny_data, capsys):
+    """The same images as WebDataset shards (`moco shards`: keys and .cls) choose the same labels and train to the
+    same weights; the run resumes from its checkpoint's shards, and a folder run's labels.txt picks its keys."""
+    import tarfile
+
+    assert main(["shards", "--data", str(tiny_data), "--out", str(tmp_path / "sh"), "--shard-size", "2kB",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    shards = tmp_path / "sh"
+    assert len(list(shards.glob("train-*.tar"))) > 1 and list(shards.glob("test-*.tar"))
+    folder = run_finetune(ck, tiny_data, tmp_path / "folder", labels="50%", epochs=2)
+    stream = run_finetune(ck, shards, tmp_path / "shards", labels="50%", epochs=2, max_steps=30)
+    assert stream.stopped
+    resumed = finetune(None, None, tmp_path / "shards", resume="auto", progress=False)
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("folder", "shards"))
+    assert a["step"] == b["step"] == 42 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert resumed.top1 == folder.top1 and resumed.labels["per_class"] == folder.labels["per_class"]
+    keys = [x for x in (tmp_path / "shards" / "labels.txt").read_text().splitlines() if not x.startswith("#")]
+    paths = [x for x in (tmp_path / "folder" / "labels.txt").read_text().splitlines() if not x.startswith("#")]
+    assert keys == [p.rsplit(".", 1)[0] for p in paths]
+    # --train/--test as patterns and lists; the folder run's labels.txt names the shards' keys
+    (tmp_path / "test.txt").write_text("\n".join(str(p) for p in sorted(shards.glob("test-*.tar"))) + "\n")
+    n = len(list(shards.glob("train-*.tar")))
+    pattern = str(shards / f"train-{{000000..{n - 1:06d}}}.tar")
+    again = run_finetune(ck, None, tmp_path / "again", epochs=2, train_dir=pattern, test_dir=str(tmp_path / "test.txt"),
+                         labels_file=tmp_path / "folder" / "labels.txt")
+    assert again.labels == {**folder.labels, "spec": None, "file": str(tmp_path / "again" / "labels.txt")}
+    assert again.top1 == folder.top1  # the same images, the same weights
+    # shards without .cls cannot be fine-tuned on: one line naming a sample
+    bare = tmp_path / "bare.tar"
+    with tarfile.open(bare, "w") as tf:
+        tf.add(tiny_data / "train" / "class0" / "000.png", arcname="x/000.png")
+    code, err = cli(["finetune", "--checkpoint", str(ck), "--train", str(bare), "--out", str(tmp_path / "o"),
+                     "--no-progress"], capsys)
+    assert code == 1 and "'x/000' has no .cls label" in err and err.strip().count("\n") == 0, err

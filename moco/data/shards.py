@@ -291,6 +291,47 @@ def read_samples(shards: list[str], on_error: Callable[[str, str], None]) -> Ite
                                                    handler=handler), handler=handler)
 
 
+def list_shards(shards: list[str], strict: bool = False, progress: bool = True) -> ImageList:
+    """The labelled samples of ``shards`` as a listing, no image decoded: the keys (as the "paths"), their
+    ``.cls`` classes and the class names (:func:`_class_names`); rooted at the first shard's folder. Samples
+    without an image are passed over; a shard that ends early or cannot be opened is reported (``strict``:
+    refused); a sample without ``.cls`` is an error: choosing labelled images needs every label."""
+    from tqdm import tqdm
+
+    from moco.data.cache import report_skipped
+
+    keys: list[str] = []
+    labels: list[int] = []
+    failed: list[tuple[str, str]] = []
+
+    def note(where: str, why: str) -> None:
+        if strict:
+            raise DataError(f"unreadable shard data: {shown(where)} ({why})")
+        failed.append((where, why))
+
+    for shard in tqdm(shards, desc="listing shards", unit="shard", leave=False,
+                      disable=None if progress and len(shards) > 1 else True):
+        for sample in read_samples([shard], note):
+            if image_field(sample) is None:
+                continue
+            if "cls" not in sample:
+                raise DataError(f"{shown(shard)}: sample {sample['__key__']!r} has no .cls label; labelled shards "
+                                "hold KEY.cls (the class index) beside each image, as moco shards writes an "
+                                "ImageFolder")
+            try:
+                labels.append(int(sample["cls"]))
+            except ValueError:
+                raise DataError(f"{shown(shard)}: sample {sample['__key__']!r} has .cls "
+                                f"{bytes(sample['cls'][:20])!r}, not a class index") from None
+            keys.append(sample["__key__"])
+    root = Path(shards[0]).parent if not _remote(shards[0]) else Path(".")
+    report_skipped(failed, root)
+    if not keys:
+        raise DataError(f"no labelled sample in {shown(shards[0])}"
+                        + (f" and {len(shards) - 1} other shard(s)" if len(shards) > 1 else ""))
+    return ImageList(root, keys, labels, _class_names(shards, max(labels) + 1))
+
+
 def image_field(sample: dict) -> str | None:
     """The sample's image member (the first image extension it has), or None."""
     return next((f for f in IMAGE_FIELDS if f in sample), None)
@@ -304,8 +345,17 @@ def decode(sample: dict):  # noqa: ANN201 - a PIL image
     return load_rgb(io.BytesIO(sample[f]))
 
 
+_WANTED: frozenset[str] | None = None  # the keys a decoding job keeps (None: all), set once per pool process
+
+
+def _want(keys: frozenset[str] | None) -> None:
+    global _WANTED
+    _WANTED = keys
+
+
 def _decode_shard(args: tuple[str, int]) -> tuple[list[str], list[int | None], list, list[tuple[str, str]]]:
-    """One shard's keys, classes (None without ``.cls``), decoded squares and failures (a process pool's job)."""
+    """One shard's keys, classes (None without ``.cls``), decoded squares and failures (a process pool's job),
+    of the samples whose keys :func:`_want` named (all by default)."""
     from moco.data.cache import decode_square
 
     shard, size = args
@@ -315,6 +365,8 @@ def _decode_shard(args: tuple[str, int]) -> tuple[list[str], list[int | None], l
     failed: list[tuple[str, str]] = []
     for sample in read_samples([shard], lambda where, why: failed.append((where, why))):
         key = sample["__key__"]
+        if _WANTED is not None and key not in _WANTED:
+            continue
         try:
             f = image_field(sample)
             if f is None:
@@ -329,18 +381,20 @@ def _decode_shard(args: tuple[str, int]) -> tuple[list[str], list[int | None], l
 
 
 def decode_shards(shards: list[str], size: int, cache_dir: str | Path | None = None, workers: int = 2,
-                  strict: bool = False, progress: bool = True):  # noqa: ANN201 - DecodedImages (cache imports us)
-    """Every sample of ``shards`` decoded to a (size, size, 3) square, as :func:`moco.data.cache.decode_images`
-    decodes a folder, kept in the same cache (keyed by the shards' paths, sizes and times, or their URLs).
-    The images' "paths" are their keys; labels come from ``.cls`` when every sample has one, the class names
-    from ``classes.json`` beside the shards (else the indices). Unreadable members are skipped with one
-    warning (``strict``: refused)."""
+                  strict: bool = False, progress: bool = True, keys: list[str] | None = None,
+                  ):  # noqa: ANN201 - DecodedImages (cache imports us)
+    """Every sample of ``shards`` (or those whose key ``keys`` lists) decoded to a (size, size, 3) square, as
+    :func:`moco.data.cache.decode_images` decodes a folder, in the shards' order, kept in the same cache (keyed
+    by the shards' paths, sizes and times, or their URLs, and the keys). The images' "paths" are their keys;
+    labels come from ``.cls`` when every sample has one, the class names from ``classes.json`` beside the
+    shards (else the indices). Unreadable members are skipped with one warning (``strict``: refused)."""
     import numpy as np
 
     from moco.data.cache import CACHE_VERSION, DecodedImages, default_cache_dir, report_skipped
 
     ident = [(s, *((os.stat(s).st_size, os.stat(s).st_mtime_ns) if not _remote(s) else ())) for s in shards]
-    key = hashlib.sha256(json.dumps([f"v{CACHE_VERSION}-shards", size, ident]).encode()).hexdigest()[:24]
+    chosen = hashlib.sha256("\n".join(keys).encode()).hexdigest() if keys is not None else None
+    key = hashlib.sha256(json.dumps([f"v{CACHE_VERSION}-shards", size, ident, chosen]).encode()).hexdigest()[:24]
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     npy, meta = cache / f"{key}.npy", cache / f"{key}.json"
     root = Path(shards[0]).parent if not _remote(shards[0]) else Path(".")
@@ -363,19 +417,24 @@ def decode_shards(shards: list[str], size: int, cache_dir: str | Path | None = N
         bar = tqdm(total=len(shards), desc="decoding shards", unit="shard", leave=False, disable=None)
     parts = []
     jobs = [(s, size) for s in shards]
+    wanted = frozenset(keys) if keys is not None else None
     if workers > 0 and len(jobs) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_want, initargs=(wanted,)) as pool:
             for part in pool.map(_decode_shard, jobs):
                 parts.append(part)
                 if bar is not None:
                     bar.update(1)
     else:
-        for job in jobs:
-            parts.append(_decode_shard(job))
-            if bar is not None:
-                bar.update(1)
+        _want(wanted)
+        try:
+            for job in jobs:
+                parts.append(_decode_shard(job))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            _want(None)
     if bar is not None:
         bar.close()
     keys = [k for p in parts for k in p[0]]

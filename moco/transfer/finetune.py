@@ -37,6 +37,7 @@ from moco.core.run_lock import lock_run_folder
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.folder import ImageList, check_data_root, find_split, scan_images
 from moco.data.pipelines import LabelledSource, decode_side
+from moco.data.shards import REMOTE, check_shards, decode_shards, is_shard_spec, list_shards, shard_split
 from moco.export.backbone import load_backbone_and_config
 from moco.methods.classifier import Classifier
 from moco.models import build_resnet, is_named
@@ -44,6 +45,7 @@ from moco.models.generic import Encoder, custom_name, infer_feature_dim, named_b
 from moco.models.vit import VITS, build_vit
 from moco.optim import OPTIMIZERS
 from moco.schedules import base_lr
+from moco.schema import DataConfig
 from moco.training.checkpoint import TrainState
 from moco.training.pretrain import run_length
 from moco.training.run import Run, open_run, start_state
@@ -148,12 +150,59 @@ def load_backbone_into(net: nn.Module, source: nn.Module, path: str) -> None:
         net.fc = fc
 
 
-def _labelled(folder: Path, what: str, strict: bool, warn: bool) -> ImageList:
-    images = scan_images(folder, strict=strict, warn=warn)
+Data = Path | list[str]
+"""A labelled set: an ImageFolder, or WebDataset shards with ``.cls`` (their resolved list)."""
+
+
+def resolve_data(spec: str | Path | list[str]) -> Data:
+    """An ImageFolder's path (checked: one line if missing or not a folder) or the shards a spec names."""
+    if isinstance(spec, list):
+        return spec
+    if is_shard_spec(spec):
+        return check_shards(spec)
+    path = Path(spec).expanduser()
+    check_data_root(path)
+    return path
+
+
+def split_data(data: str | Path) -> tuple[Data, Data | None]:
+    """``--data``'s training and test sets: a folder's train/ and test/ (``find_split``), or shards with
+    train-*.tar and test-*.tar (``shard_split``)."""
+    if is_shard_spec(data):
+        train, test = shard_split(data)
+        check_shards(train[0])
+        return train, test
+    check_data_root(Path(data).expanduser())
+    return find_split(Path(data).expanduser())
+
+
+def data_record(data: Data | None) -> str | list[str] | None:
+    """How a checkpoint records a labelled set, for a resumed run to find it again."""
+    return None if data is None else data if isinstance(data, list) else str(data.resolve())
+
+
+def data_root(data: Data) -> Path:
+    """Where a labelled set lies (the shards' folder), for messages."""
+    return data if isinstance(data, Path) else Path(data[0]).parent if not data[0].startswith(REMOTE) else Path(".")
+
+
+def _labelled(data: Data, what: str, strict: bool, warn: bool, progress: bool) -> ImageList:
+    """The labelled listing of ``data``: the folder's files, or the shards' keys and ``.cls`` (no image decoded)."""
+    if isinstance(data, list):
+        return list_shards(data, strict, progress)
+    images = scan_images(data, strict=strict, warn=warn)
     if images.labels is None:
-        raise DataError(f"{what} {folder} has no class sub-folders: fine-tuning needs an ImageFolder "
+        raise DataError(f"{what} {data} has no class sub-folders: fine-tuning needs an ImageFolder "
                         "(one sub-folder per class)")
     return images
+
+
+def _decoded(data: Data, chosen: ImageList, d: DataConfig, progress: bool) -> DecodedImages:
+    """The ``chosen`` images of ``data`` decoded into the cache (shards: every sample is read, the chosen keys
+    decoded)."""
+    if isinstance(data, list):
+        return decode_shards(data, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress, chosen.paths)
+    return decode_images(chosen, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
 
 
 def map_test_labels(train: ImageList, test: ImageList) -> torch.Tensor:
@@ -170,20 +219,21 @@ def map_test_labels(train: ImageList, test: ImageList) -> torch.Tensor:
 
 @dataclass
 class Job:
-    """What a fine-tuning call resolved before any work: the config, the init and its checkpoint, the folders
-    and the labels file (None: draw ``finetune.labels``)."""
+    """What a fine-tuning call resolved before any work: the config, the init and its checkpoint, the labelled
+    sets (folders or shards) and the labels file (None: draw ``finetune.labels``)."""
 
     cfg: Config
     kind: str
     ckpt: str
-    train_dir: Path
-    test_dir: Path | None
+    train: Data
+    test: Data | None
     labels_file: Path | None
 
 
 def resolve_job(
     checkpoint: str | Path | None, data: str | Path | None, out: Path, labels: str | None, init: str | None,
-    train_dir: str | Path | None, test_dir: str | Path | None, labels_file: str | Path | None,
+    train_dir: str | Path | list[str] | None, test_dir: str | Path | list[str] | None,
+    labels_file: str | Path | None,
     flags: dict[str, Any], overrides: list[str] | None, config_file: str | None, resume: str | None,
     backbone: nn.Module | None,
 ) -> Job:
@@ -207,18 +257,14 @@ def resolve_job(
         flags = {**flags, "finetune.labels": labels, "finetune.labels_file": str(labels_file) if labels_file else None}
         cfg = finetune_config(source, kind, ckpt, flags, overrides, config_file)
     if data is None and train_dir is None:
-        raise ConfigError("fine-tuning needs --data (a folder with train/ and test/) or --train and --test")
+        raise ConfigError("fine-tuning needs --data (a folder with train/ and test/, or shards) or --train and --test")
+    found = None
     if train_dir is None:
-        check_data_root(Path(data).expanduser())
-        train_dir, found = find_split(Path(data).expanduser())
-        test_dir = test_dir or found
-    train_dir = Path(train_dir).expanduser()
-    check_data_root(train_dir)
-    test_dir = Path(test_dir).expanduser() if test_dir is not None else None
-    if test_dir is not None:
-        check_data_root(test_dir)
+        train_dir, found = split_data(data)
+    train = resolve_data(train_dir)
+    test = resolve_data(test_dir) if test_dir is not None else found
     labels_file = labels_file or cfg.finetune.labels_file or None
-    return Job(cfg, kind, ckpt, train_dir, test_dir, Path(labels_file) if labels_file else None)
+    return Job(cfg, kind, ckpt, train, test, Path(labels_file) if labels_file else None)
 
 
 def _labelled_data(job: Job, cfg: Config, out: Path, main: bool, resumed: bool, device: torch.device,
@@ -226,20 +272,19 @@ def _labelled_data(job: Job, cfg: Config, out: Path, main: bool, resumed: bool, 
     """(the training folder's listing, the chosen images decoded, the test monitor on rank 0, what the results
     say of the labels); rank 0 writes labels.txt (kept when resuming)."""
     d, f = cfg.data, cfg.finetune
-    full = _labelled(job.train_dir, "--train", d.strict, main)
+    full = _labelled(job.train, "--train", d.strict, main, progress)
     chosen = read_labels(full, job.labels_file) if job.labels_file else balanced_subset(full, f.labels, f.labels_seed)
     spec = None if f.labels_file else f.labels
     if main and (not resumed or not (out / "labels.txt").is_file()):
         write_labels(chosen, out / "labels.txt", f"the images of {job.labels_file}" if spec is None else
                      f"{spec} of each class, seed {f.labels_seed}")
-    decoded = decode_images(chosen, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
+    decoded = _decoded(job.train, chosen, d, progress)
     monitor = None
-    if job.test_dir is not None and main:
-        test = _labelled(job.test_dir, "--test", d.strict, True)
-        y_test = map_test_labels(full, test)
-        test_set = decode_images(test, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
-        keep = {p: i for i, p in enumerate(test.paths)}
-        y_test = y_test[[keep[p] for p in test_set.images.paths]]  # unreadable test images dropped
+    if job.test is not None and main:
+        test = _labelled(job.test, "--test", d.strict, True, progress)
+        map_test_labels(full, test)  # a class that training lacks: refused before decoding
+        test_set = _decoded(job.test, test, d, progress)
+        y_test = map_test_labels(full, test_set.images)  # of the test images that decoded
         monitor = TestMonitor(test_set, y_test, len(full.classes or []), cfg, device)
     elif main:
         log.warning("no test folder: the fine-tuned network is not scored (give --data DIR with test/, or --test)")
@@ -266,9 +311,8 @@ def set_up_finetune(
     gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation draws, the same on every rank
     b = cfg.optim.batch_size
     extra = {"classes": full.classes, "labels": label_info, "init": job.kind, "source": job.ckpt,
-             "data": {"train": str(job.train_dir.resolve()),
-                      "test": str(job.test_dir.resolve()) if job.test_dir else None}}
-    run = Run(cfg, out, job.train_dir, dinfo, device, LabelledSource(decoded, cfg.data, b, gen, device, dinfo),
+             "data": {"train": data_record(job.train), "test": data_record(job.test)}}
+    run = Run(cfg, out, data_root(job.train), dinfo, device, LabelledSource(decoded, cfg.data, b, gen, device, dinfo),
               monitor, progress, max_steps, task=TASKS["finetune"],
               passes=passes_per_epoch(len(decoded.images), b, cfg.finetune.min_epoch_steps), checkpoint_extra=extra)
     return run, start_state(run, (model, optimizer, scaler), gen, ck, ck_path)
@@ -281,8 +325,8 @@ def finetune(
     labels: str | None = None,
     init: str | None = None,
     *,
-    train_dir: str | Path | None = None,
-    test_dir: str | Path | None = None,
+    train_dir: str | Path | list[str] | None = None,
+    test_dir: str | Path | list[str] | None = None,
     labels_file: str | Path | None = None,
     epochs: int | None = None,
     time_budget: float | None = None,
@@ -297,8 +341,9 @@ def finetune(
     started: float | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``checkpoint``'s backbone (or, ``init="random"``, the same network from scratch) with a new
-    linear classifier on ``data`` (a folder with ``train/`` and ``test/`` ImageFolders; or ``train_dir`` and
-    ``test_dir``), using ``labels`` of each class (``"10%"``, ``"50"``; default all) or the images a
+    linear classifier on ``data`` (a folder with ``train/`` and ``test/`` ImageFolders, or WebDataset shards with
+    ``.cls`` labels, e.g. ``moco shards``'s train-*.tar and test-*.tar; or ``train_dir`` and ``test_dir``, each
+    a folder or shards), using ``labels`` of each class (``"10%"``, ``"50"``; default all) or the images a
     ``labels_file`` lists. Writes the run folder ``out`` and returns a :class:`FinetuneResult`.
 
     ``epochs`` or ``time_budget`` (seconds) set the length; ``overrides`` are ``--set`` strings
@@ -337,7 +382,7 @@ def _log_start(run: Run, state: TrainState, job: Job) -> None:
     spec = f"{lab['spec']} of each class" if lab["spec"] else f"the images of {job.labels_file}"
     log.info("fine-tuning %s (%s init%s) on %d labelled images of %d classes from %s (%s), %d px: %s%s, backbone "
              "lr x %g, BatchNorm %s, %s on %s", cfg.model.arch, job.kind, f" from {job.ckpt}" if job.ckpt else "",
-             lab["images"], len(run.checkpoint_extra["classes"] or []), job.train_dir, spec, cfg.data.image_size,
+             lab["images"], len(run.checkpoint_extra["classes"] or []), run.train_dir, spec, cfg.data.image_size,
              run_length(run, state), f" ({run.passes} passes an epoch)" if run.passes > 1 else "",
              cfg.finetune.backbone_lr, cfg.finetune.bn, cfg.train.precision, run.device)
 

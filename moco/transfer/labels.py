@@ -19,6 +19,7 @@ import torch
 from moco.config import parse_labels
 from moco.core.errors import DataError
 from moco.data.folder import ImageList
+from moco.data.shards import sample_key
 
 log = logging.getLogger("moco")
 HEADER = "# momentum-contrast labels"
@@ -74,8 +75,9 @@ def write_labels(images: ImageList, path: Path, about: str) -> None:
 
 
 def read_labels(images: ImageList, path: str | Path) -> ImageList:
-    """The images of ``images`` (the training folder's listing) that ``path`` (a labels.txt) names, in the
-    folder's order. A named file that the folder does not hold is an error naming it."""
+    """The images of ``images`` (the training folder's listing, or its shards' keys) that ``path`` (a labels.txt)
+    names, in the listing's order; a folder's file names the shard sample of its key (:func:`sample_key`), so a
+    folder run's labels.txt serves its shards. A named file that the listing lacks is an error naming it."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -85,11 +87,12 @@ def read_labels(images: ImageList, path: str | Path) -> ImageList:
     if not wanted:
         raise DataError(f"--labels-file {path} lists no images (one path under the training folder per line)")
     index = {p: i for i, p in enumerate(images.paths)}
-    missing = [p for p in wanted if p not in index]
+    found = {p: p if p in index else sample_key(p) for p in wanted}  # a folder's paths name its shards' keys too
+    missing = [p for p in wanted if found[p] not in index]
     if missing:
         raise DataError(f"--labels-file {path}: {len(missing)} of its {len(wanted)} images are not in "
                         f"{images.root}, e.g. {missing[0]!r}")
-    return images.subset(sorted({index[p] for p in wanted}))
+    return images.subset(sorted({index[found[p]] for p in wanted}))
 
 
 def describe_labels(images: ImageList, full: ImageList) -> dict:
