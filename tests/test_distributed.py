@@ -223,3 +223,36 @@ def test_ctrl_c_stops_every_rank_at_a_step_saves_and_names_the_command_to_contin
     assert (done["epoch"], done["step"]) == (30, 90)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if r["type"] == "step"] == list(range(1, 91))  # no step lost or repeated
+
+
+def test_two_processes_of_two_workers_stream_uneven_shards_each_key_at_most_once(tmp_path, tiny_data):
+    """`--nproc 2` with 2 loader workers each (4 reading slots) on 6 uneven shards: both ranks run the same
+    steps, and no key is trained on twice in an epoch, across ranks and workers (keys traced as they train)."""
+    import tarfile
+
+    files = sorted((tiny_data / "train").rglob("*.png"))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    start = 0
+    for j, n in enumerate([14, 4, 10, 6, 8, 6]):  # 48 images
+        with tarfile.open(shards / f"u-{j}.tar", "w") as tf:
+            for f in files[start:start + n]:
+                tf.add(f, arcname=f"{f.parent.name}/{f.stem}.png")
+        start += n
+    out, trace = tmp_path / "run", tmp_path / "trace"
+    trace.mkdir()
+    env = {**os.environ, "MASTER_PORT": str(free_port()), "MOCO_TRACE_KEYS": str(trace)}
+    r = subprocess.run(cli(tmp_path, shards, out, "optim.batch_size=8", "data.workers=2", "train.knn_every=0"),
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [[line.split(" ", 1) for line in (trace / f"keys-rank{k}.txt").read_text().splitlines()] for k in (0, 1)]
+    records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    steps = [rec["step"] for rec in records if rec["type"] == "step"]
+    assert len(ranks[0]) == len(ranks[1]) == 4 * steps[-1] and steps[-1] >= 4  # 2 epochs, 4 samples a rank a step
+    epochs: dict[str, list[str]] = {}
+    for seed, key in ranks[0] + ranks[1]:
+        epochs.setdefault(seed, []).append(key)
+    assert len(epochs) == 2
+    names = {f"{f.parent.name}/{f.stem}" for f in files}
+    for keys in epochs.values():
+        assert len(keys) == len(set(keys)) == 4 * steps[-1] and set(keys) <= names  # each key at most once

@@ -3,6 +3,8 @@ library itself), and every form of --data that names shards resolves to the righ
 
 import io
 import json
+import logging
+import re
 import tarfile
 from pathlib import Path
 
@@ -149,7 +151,7 @@ STREAM = ["model.width=8", "train.precision=fp32", "data.pipeline=per_image", "o
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_pretraining_from_shards_learns_as_from_the_folder_and_resumes_exactly(tmp_path, workers):
+def test_pretraining_from_shards_learns_as_from_the_folder_and_resumes_exactly(tmp_path, workers, caplog):
     """A folder and its shards train to the same kNN (the classes differ in colour: both near 100%), and a
     run from shards stopped mid-epoch continues to the same weights as one that was not."""
     data, shards = shard_data(tmp_path)
@@ -162,9 +164,18 @@ def test_pretraining_from_shards_learns_as_from_the_folder_and_resumes_exactly(t
     assert 3 <= spe <= 48 // 8 and full.step == 2 * spe  # the lightest bundle's batches, every epoch the same
     part = pretrain(cfg, shards, tmp_path / "part", progress=False, max_steps=spe + 1)
     assert part.stopped
-    pretrain(cfg, shards, tmp_path / "part", resume="auto", progress=False)
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        pretrain(cfg, shards, tmp_path / "part", resume="auto", progress=False)
     a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("full", "part"))
     assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["readers"] == {"processes": 1, "workers": max(1, workers)} and "read by" not in caplog.text
+    if workers:  # resumed mid-epoch with another number of workers: said to be approximate
+        other = tiny_config(tmp_path, *STREAM, "data.workers=0", "data.shuffle_buffer=16")
+        pretrain(other, shards, tmp_path / "other", progress=False, max_steps=spe + 1)
+        with caplog.at_level(logging.WARNING, logger="moco"):
+            pretrain(cfg, shards, tmp_path / "other", resume="auto", progress=False)
+        assert re.search(r"read by 1 process\(es\) x 1 worker\(s\), now by 1 x 2: the rest of epoch \d continues "
+                         "approximately", caplog.text)
 
 
 def test_shards_written_with_plain_tarfile_and_a_url_train(tmp_path):

@@ -242,6 +242,11 @@ class ShardSource:
             raise DataError(f"the shards hold too few samples for one batch of {per_rank} in each of {slots} reading "
                             "slots (processes x data.workers): lower --batch-size or data.workers")
         self.steps = self.batches * self.workers
+        if self.known and dinfo.is_main and self.batches * per_rank * slots < 0.9 * sum(self.counts):
+            log.warning("%d shard(s) for %d reading slot(s) (processes x data.workers): an epoch trains on %d of their "
+                        "%d samples (every slot gives the lightest slot's batches); more, smaller shards even this "
+                        "out (moco shards --shard-size)", len(shards), slots, self.batches * per_rank * slots,
+                        sum(self.counts))
         self.images = EpochLength(self.steps * batch_size, Path(".") if remote else Path(shards[0]).parent)
         self.lost: dict[str, str] = {}  # (shard or shard:key) -> why, as reported by the workers
 

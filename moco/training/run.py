@@ -265,6 +265,17 @@ def open_run(
     return cfg, device, ckpt, ckpt_path
 
 
+def warn_if_readers_changed(before: dict[str, int] | None, now: dict[str, int] | None, state: TrainState) -> None:
+    """A stream of shards that resumes mid-epoch with other processes or workers than its checkpoint's: each
+    reading slot passes over what a slot of the old layout gave, so the rest of that epoch is approximate."""
+    if before is None or now is None or before == now or state.epoch_step == 0:
+        return
+    log.warning("this epoch's shards were read by %d process(es) x %d worker(s), now by %d x %d: the rest of "
+                "epoch %d continues approximately (a few samples may come twice, others not at all); the "
+                "epochs after it are exact again", before["processes"], before["workers"], now["processes"],
+                now["workers"], state.epoch + 1)
+
+
 def start_state(run: Run, parts: tuple[torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler],
                 gen: torch.Generator, ckpt: dict[str, Any] | None, ckpt_path: Path | None) -> TrainState:
     """The training state of ``run`` from its (model, optimiser, scaler) and augmentation generator, restored
@@ -276,6 +287,7 @@ def start_state(run: Run, parts: tuple[torch.nn.Module, torch.optim.Optimizer, t
         if run.main:
             log.info("resumed from %s at epoch %d, step %d", ckpt_path, state.epoch + (state.epoch_step > 0),
                      state.step)
+            warn_if_readers_changed(ckpt.get("readers"), run.checkpoint_extra.get("readers"), state)
     if run.main:
         (run.out / "config.yaml").write_text(dump_yaml(run.cfg))
     return state
@@ -309,5 +321,7 @@ def set_up(
             raise DataError(f"{train_dir} has {len(source.images)} usable image(s), fewer than one batch of {b}; "
                             "lower --batch-size")
     monitor = knn_monitor(cfg, source, knn_train, knn_test, test_dir, progress, device) if knn and main else None
-    run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, max_steps)
+    readers = {"processes": dinfo.world_size, "workers": source.workers} if isinstance(source, ShardSource) else {}
+    run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, max_steps,
+              checkpoint_extra={"readers": readers} if readers else {})
     return run, start_state(run, build_training(cfg, device, run.n_images, backbone), gen, ckpt, ckpt_path)
