@@ -1,6 +1,6 @@
-"""Decode-on-device pipeline, for data too large to cache: workers only read files; the training device
-decodes the JPEGs of a whole batch at once (``torchvision.io.decode_jpeg``, nvJPEG on CUDA) and the
-batched augmentation crops and colours them there.
+"""Decode-on-device pipeline, for data too large to cache: workers only read files (or shard members); the
+training device decodes the JPEGs of a whole batch at once (``torchvision.io.decode_jpeg``, nvJPEG on CUDA)
+and the batched augmentation crops and colours them there.
 
 Files that are not JPEG (PNG, WebP, ...) or not RGB are decoded by the worker with PIL instead, so any
 folder works. A file that cannot be read is skipped for the rest of the run with a warning (the next
@@ -9,6 +9,7 @@ image takes its place), or stops the run with ``data.strict``.
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -38,14 +39,20 @@ class EncodedFiles(torch.utils.data.Dataset):
 
     @staticmethod
     def read(path: Path) -> torch.Tensor:
-        data = path.read_bytes()
-        if data[:3] == JPEG_MAGIC and _is_rgb_jpeg(data):
-            return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        img = load_rgb(path)  # PIL: every other format and mode, converted to RGB
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+        return as_encoded(path.read_bytes())
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, list[tuple[int, str]]]:
         return first_readable(self.images, i, self.read, self.lost, self.strict)
+
+
+def as_encoded(data: bytes) -> torch.Tensor:
+    """An image file's bytes for :func:`decode_on_device`: an RGB JPEG's own bytes as a 1-D uint8 tensor (the
+    device decodes it), any other image decoded here with PIL to a (3, H, W) uint8 tensor; raises on bytes
+    that are no image."""
+    if data[:3] == JPEG_MAGIC and _is_rgb_jpeg(data):
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    img = load_rgb(io.BytesIO(data))  # PIL: every other format and mode, converted to RGB
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
 
 
 def _is_rgb_jpeg(data: bytes) -> bool:

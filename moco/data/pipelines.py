@@ -139,21 +139,27 @@ def device_batches(
     As in ``cached_batches``, the augmentation draws are made for the whole global batch (they do not
     depend on the image sizes, which only this process knows for its slice).
     """
-    lo, hi = dinfo.rank * (batch_size // dinfo.world_size), (dinfo.rank + 1) * (batch_size // dinfo.world_size)
-    side = size or d.view_size
-    kinds = view_recipes(d.augmentation)
     batches = [s.tolist() for s in _slices(perm, start, batch_size, dinfo)]
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=d.workers, collate_fn=collate,
                                          pin_memory=device.type == "cuda", persistent_workers=False)
     for items, idx, failed in loader:
         note_lost(ds.lost, failed, ds.images)
         imgs = decode_on_device(items, device, [str(ds.images.paths[i]) for i in idx.tolist()])
-        heights, widths = torch.ones(batch_size), torch.ones(batch_size)
-        heights[lo:hi] = torch.tensor([float(im.shape[1]) for im in imgs])
-        widths[lo:hi] = torch.tensor([float(im.shape[2]) for im in imgs])
-        views = [sample_params(batch_size, heights, widths, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
-        q, k = (apply_params(imgs, v, side, kind, d.normalize) for v, kind in zip(views, kinds))
-        yield q, k, idx
+        yield (*device_views(imgs, d, batch_size, gen, dinfo, size or d.view_size), idx)
+
+
+def device_views(imgs: list[torch.Tensor], d: DataConfig, batch_size: int, gen: torch.Generator, dinfo: DistInfo,
+                 side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two augmented views of side ``side`` of this process's decoded images (its slice of a global batch of
+    ``batch_size``), made on their device; the draws are made for the whole global batch on every process."""
+    lo, hi = dinfo.rank * (batch_size // dinfo.world_size), (dinfo.rank + 1) * (batch_size // dinfo.world_size)
+    kinds = view_recipes(d.augmentation)
+    heights, widths = torch.ones(batch_size), torch.ones(batch_size)
+    heights[lo:hi] = torch.tensor([float(im.shape[1]) for im in imgs])
+    widths[lo:hi] = torch.tensor([float(im.shape[2]) for im in imgs])
+    views = [sample_params(batch_size, heights, widths, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
+    q, k = (apply_params(imgs, v, side, kind, d.normalize) for v, kind in zip(views, kinds))
+    return q, k
 
 
 class BatchSource(Protocol):
