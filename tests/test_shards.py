@@ -221,3 +221,36 @@ def test_a_corrupt_member_is_skipped_and_counted_and_refused_when_strict(tmp_pat
             pretrain(tiny_config(tmp_path, *STREAM, f"data.workers={workers}", "data.strict=true"), shards,
                      tmp_path / f"s{workers}", progress=False)
         assert "\n" not in str(e.value)
+
+
+def test_the_device_path_decodes_shard_jpegs_on_the_training_device_learns_and_resumes_exactly(tmp_path,
+                                                                                            monkeypatch):
+    """data.pipeline=device with shards: the workers pass the JPEG bytes on, the device decodes a batch at a
+    time and augments it (the device pipeline's path); it learns as the folder does, and a run stopped
+    mid-epoch continues to the same weights (the draws come from the checkpointed generator)."""
+    import moco.data.stream as stream
+
+    data = tmp_path / "data"
+    for split, seed, n in (("train", 0, 24), ("test", 1, 8)):
+        make_image_folder(data / split, per_class=n, seed=seed)
+        for f in (data / split).rglob("*.png"):
+            Image.open(f).save(f.with_suffix(".jpg"), quality=95)
+            f.unlink()
+    assert main(["shards", "--data", str(data), "--out", str(tmp_path / "shards"), "--shard-size", "8kB",
+                 "--no-progress"]) == 0
+    shards = tmp_path / "shards"
+    jpegs = []
+    real = stream.decode_on_device
+    monkeypatch.setattr(stream, "decode_on_device",
+                        lambda items, *a: jpegs.extend(t.dim() == 1 for t in items) or real(items, *a))
+    cfg = tiny_config(tmp_path, *STREAM, "data.pipeline=device", "data.workers=2", "data.shuffle_buffer=16")
+    folder = pretrain(cfg, data, tmp_path / "folder", progress=False)
+    assert not jpegs  # the folder's device path has its own decode call
+    full = pretrain(cfg, shards, tmp_path / "full", progress=False)
+    assert jpegs and all(jpegs)  # every image reached the device as JPEG bytes
+    assert full.metrics["knn_top1"] >= 90 and folder.metrics["knn_top1"] >= 90
+    part = pretrain(cfg, shards, tmp_path / "part", progress=False, max_steps=full.step // 2 + 1)
+    assert part.stopped
+    pretrain(cfg, shards, tmp_path / "part", resume="auto", progress=False)
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("full", "part"))
+    assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -35,7 +35,9 @@ import torch
 from moco.core.distributed import SINGLE_PROCESS, DistInfo
 from moco.core.errors import DataError, shown
 from moco.data.augment import per_image_transform, view_recipes
-from moco.data.shards import REMOTE, decode, read_samples, shard_counts
+from moco.data.encoded import as_encoded, decode_on_device
+from moco.data.pipelines import device_views
+from moco.data.shards import REMOTE, decode, image_field, read_samples, shard_counts
 from moco.schema import DataConfig
 
 log = logging.getLogger("moco")
@@ -107,6 +109,15 @@ def two_views(transforms: tuple[Callable, Callable], seed: int) -> Callable[[dic
         finally:
             gen.set_state(state)
     return make
+
+
+def encoded(sample: dict) -> tuple[torch.Tensor, str]:
+    """``make`` for the device path: the sample's image as :func:`~moco.data.encoded.as_encoded` gives it (an
+    RGB JPEG's bytes for the device to decode, any other image decoded here), and its key."""
+    f = image_field(sample)
+    if f is None:
+        raise ValueError("a sample without an image member")
+    return as_encoded(sample[f]), sample["__key__"]
 
 
 @dataclass
@@ -209,11 +220,17 @@ def _pairs(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items]), [it[2] for it in items]
 
 
+def _files(items: list[tuple]) -> tuple[list[torch.Tensor], list[str]]:
+    return [it[0] for it in items], [it[1] for it in items]
+
+
 class ShardSource:
-    """Pretraining's batches streamed from WebDataset shards (``--data`` names shards): two PIL views of each
-    image made in the DataLoader workers, as the ``per_image`` pipeline makes them, from the slots' streams
-    (:func:`epoch_plans`). Local shards are counted once (kept in the cache) to balance the bundles and size
-    the epoch; shards of unknown length (URLs) need ``data.samples_per_epoch``."""
+    """Pretraining's batches streamed from WebDataset shards (``--data`` names shards), from the slots' streams
+    (:func:`epoch_plans`): two PIL views of each image made in the DataLoader workers, as the ``per_image``
+    pipeline makes them; or, with ``data.pipeline=device``, the workers pass the JPEG bytes on and the
+    training device decodes and augments whole batches, as the ``device`` pipeline does (the draws then come
+    from the run's generator, which a checkpoint keeps). Local shards are counted once (kept in the cache) to
+    balance the bundles and size the epoch; shards of unknown length (URLs) need ``data.samples_per_epoch``."""
 
     decoded = None
     streams = True  # the loop draws no permutation of the data: the stream orders itself
@@ -221,6 +238,7 @@ class ShardSource:
     def __init__(self, shards: list[str], d: DataConfig, batch_size: int, gen: torch.Generator,
                  device: torch.device, dinfo: DistInfo = SINGLE_PROCESS, progress: bool = False) -> None:
         self.shards, self.d, self.batch_size, self.device, self.dinfo = shards, d, batch_size, device, dinfo
+        self.gen = gen
         self.workers = max(1, d.workers)  # workers=0 reads in this process: one slot
         slots = dinfo.world_size * self.workers
         per_rank = batch_size // dinfo.world_size
@@ -257,11 +275,15 @@ class ShardSource:
 
     def epoch(self, perm: torch.Tensor | None, start: int, side: int, seed: int) -> Iterator[tuple]:
         d, dinfo = self.d, self.dinfo
-        transforms = tuple(per_image_transform(k, side, d.crop_min_scale, d.normalize)
-                           for k in view_recipes(d.augmentation))
         plans = epoch_plans(self.shards, self.bundles, self.batches, dinfo.rank, self.workers, seed, start,
                             self.batch_size // dinfo.world_size, d.shuffle_buffer)
-        ds = ShardStream(plans, two_views(transforms, seed), _pairs, d.strict)
+        on_device = d.pipeline == "device"
+        if on_device:
+            ds = ShardStream(plans, encoded, _files, d.strict)
+        else:
+            transforms = tuple(per_image_transform(k, side, d.crop_min_scale, d.normalize)
+                               for k in view_recipes(d.augmentation))
+            ds = ShardStream(plans, two_views(transforms, seed), _pairs, d.strict)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=d.workers,
                                              pin_memory=self.device.type == "cuda", persistent_workers=False)
         trace = os.environ.get(TRACE_ENV)
@@ -269,7 +291,12 @@ class ShardSource:
             batches = iter(loader)
             while True:
                 try:
-                    q, k, keys, failed = next(batches)
+                    if on_device:
+                        files, keys, failed = next(batches)
+                        q, k = device_views(decode_on_device(files, self.device, keys), d, self.batch_size, self.gen,
+                                            dinfo, side)
+                    else:
+                        q, k, keys, failed = next(batches)
                 except StopIteration:
                     return
                 except DataError as e:  # from a worker, its traceback in the message: keep the message
