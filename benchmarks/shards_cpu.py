@@ -1,6 +1,6 @@
 """Pretraining from WebDataset shards against the folder's per_image pipeline, on a CPU (issue #26).
 
-    python benchmarks/shards_cpu.py [--budget 90] [--rounds 2] [--parts speed loader rss torchrun]
+    python benchmarks/shards_cpu.py [--budget 90] [--rounds 2] [--parts speed loader loader_device rss torchrun]
 
 * speed: `moco pretrain --preset cifar10-cpu` on CIFAR-10's training images for ``--budget`` seconds each, from
   the folder (``data.pipeline=per_image``, the same PIL views) and from its shards (`moco shards`, 16 MB
@@ -8,7 +8,8 @@
   and the median of the rounds' ratios.
 * loader: the data path alone at 224 px (CIFAR-10 images upscaled to 224-px JPEGs, the imagenet-v2 preset's
   views and augmentation): batches of 64 from the folder's per_image source and from the shards' source,
-  no network; images/s.
+  no network; images/s. loader_device: the same with data.pipeline=device (workers pass JPEG bytes, the
+  training device, here the CPU, decodes and augments whole batches), folder against shards.
 * rss: peak resident memory of pretraining (``--budget`` seconds) over 10 and over 100 shards of the same
   size (500 samples each), to show that memory follows the buffers, not the data set.
 * torchrun: `moco pretrain --nproc 2` (gloo) from 12 uneven shards for 2 epochs with data.workers=2, every
@@ -114,7 +115,7 @@ def loader_ips(source, batches: int) -> float:  # noqa: ANN001 - a batch source
     return n / (time.perf_counter() - t0)
 
 
-def part_loader() -> dict:
+def part_loader(pipeline: str = "per_image") -> dict:
     import torch
 
     from moco.config import resolve
@@ -125,13 +126,13 @@ def part_loader() -> dict:
 
     folder = upscaled()
     shards = shards_of(folder, WORK / "c224-shards", "4MB")
-    cfg = resolve("imagenet-v2", overrides=["data.pipeline=per_image", "data.workers=2"])
+    cfg = resolve("imagenet-v2", overrides=[f"data.pipeline={pipeline}", "data.workers=2"])
     gen, dev = torch.Generator().manual_seed(0), torch.device("cpu")
-    per_image = open_source(scan_images(folder), cfg.data, 64, gen, dev)
+    source = open_source(scan_images(folder), cfg.data, 64, gen, dev)
     stream = ShardSource(resolve_shards(shards), cfg.data, 64, gen, dev)
-    n = min(25, stream.steps - 1, len(per_image.images) // 64 - 1)  # the same batches from each, after the first
-    a, b = loader_ips(per_image, n), loader_ips(stream, n)
-    return {"batches": n, "folder_per_image_ips": round(a, 1), "shards_ips": round(b, 1),
+    n = min(25, stream.steps - 1, len(source.images) // 64 - 1)  # the same batches from each, after the first
+    a, b = loader_ips(source, n), loader_ips(stream, n)
+    return {"batches": n, f"folder_{pipeline}_ips": round(a, 1), "shards_ips": round(b, 1),
             "shards_over_folder": round(b / a, 3)}
 
 
@@ -205,7 +206,8 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "results" / "shards_cpu.json"))
     a = ap.parse_args()
     res = {"command": " ".join(sys.argv), "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d")}
-    parts = {"speed": lambda: part_speed(a.budget, a.rounds), "loader": part_loader, "rss": lambda: part_rss(a.budget),
+    parts = {"speed": lambda: part_speed(a.budget, a.rounds), "loader": part_loader,
+             "loader_device": lambda: part_loader("device"), "rss": lambda: part_rss(a.budget),
              "torchrun": part_torchrun}
     for name in a.parts:
         res[name] = parts[name]()
