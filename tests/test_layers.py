@@ -4,6 +4,7 @@ The contract is checked with import-linter on the real package; a copy of the pa
 import added shows the check is not vacuous.
 """
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +21,11 @@ def lint(root: Path, monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.syspath_prepend(str(root))
     for name in [m for m in sys.modules if m == "moco" or m.startswith("moco.")]:
         monkeypatch.delitem(sys.modules, name)
+    # import-linter configures logging with disable_existing_loggers: keep the "moco" logger (and every other)
+    # as it was, or each later test that reads the warnings it logs finds none
+    loggers = [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        monkeypatch.setattr(lg, "disabled", lg.disabled)
     return importlinter_cli.lint_imports(config_filename=str(root / "pyproject.toml"), no_cache=True, no_logo=True)
 
 
