@@ -197,11 +197,12 @@ def _labelled(data: Data, what: str, strict: bool, warn: bool, progress: bool) -
     return images
 
 
-def _decoded(data: Data, chosen: ImageList, d: DataConfig, progress: bool) -> DecodedImages:
+def _decoded(data: Data, chosen: ImageList, d: DataConfig, progress: bool, whole: bool) -> DecodedImages:
     """The ``chosen`` images of ``data`` decoded into the cache (shards: every sample is read, the chosen keys
-    decoded)."""
+    decoded; ``whole``: all of them, the cache entry the kNN and linear evaluations use too)."""
     if isinstance(data, list):
-        return decode_shards(data, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress, chosen.paths)
+        return decode_shards(data, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress,
+                             None if whole else chosen.paths)
     return decode_images(chosen, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
 
 
@@ -278,12 +279,12 @@ def _labelled_data(job: Job, cfg: Config, out: Path, main: bool, resumed: bool, 
     if main and (not resumed or not (out / "labels.txt").is_file()):
         write_labels(chosen, out / "labels.txt", f"the images of {job.labels_file}" if spec is None else
                      f"{spec} of each class, seed {f.labels_seed}")
-    decoded = _decoded(job.train, chosen, d, progress)
+    decoded = _decoded(job.train, chosen, d, progress, len(chosen) == len(full))
     monitor = None
     if job.test is not None and main:
         test = _labelled(job.test, "--test", d.strict, True, progress)
         map_test_labels(full, test)  # a class that training lacks: refused before decoding
-        test_set = _decoded(job.test, test, d, progress)
+        test_set = _decoded(job.test, test, d, progress, True)
         y_test = map_test_labels(full, test_set.images)  # of the test images that decoded
         monitor = TestMonitor(test_set, y_test, len(full.classes or []), cfg, device)
     elif main:
