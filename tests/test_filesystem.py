@@ -358,3 +358,16 @@ def test_pretrain_on_a_messy_folder_warns_once_per_kind_and_trains_on_each_real_
     assert len(warnings) == 4, warnings  # odd entries, loops, repeated folders, repeated files: one line each
     assert [w.split(" ", 2)[1] for w in warnings] == ["3", "1", "1", "1"]
     assert "on 24 images" in caplog.text  # 2 classes x 12, each once
+
+
+@pytest.mark.parametrize("pipeline", ["per_image", "device"])
+def test_strict_data_from_a_loader_worker_is_one_line(tmp_path, capsys, pipeline):
+    """--strict-data with the pipelines that read in DataLoader workers: torch raises the worker's error again
+    with the worker's traceback as its message; the command still prints one line naming the file."""
+    root = make_image_folder(tmp_path / "d", per_class=8)
+    (root / "class0" / "003.png").write_bytes(b"not an image")
+    code = main(["pretrain", "--data", str(root), "--out", str(tmp_path / "run"), "--strict-data", *TINY,
+                 "--set", f"data.pipeline={pipeline}", "--set", "data.workers=2", "--set", "optim.batch_size=4"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert err.startswith("moco: error: unreadable image: ") and err.count("003.png") == 2, err

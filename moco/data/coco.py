@@ -27,7 +27,7 @@ import torch
 from moco.core.distributed import SINGLE_PROCESS, DistInfo
 from moco.core.errors import DataError
 from moco.data.folder import ImageList, first_readable, load_rgb
-from moco.data.pipelines import _slices, note_lost
+from moco.data.pipelines import _slices, from_workers, note_lost
 
 log = logging.getLogger("moco")
 EDGE_TOLERANCE = 1.0  # px a box may pass its image's edge (clipped back); beyond it the box is out of bounds
@@ -275,7 +275,7 @@ class DetectionSource:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=_items,
             generator=torch.Generator().manual_seed(seed + 7919 * dinfo.rank), pin_memory=self.device.type == "cuda")
-        for items in loader:
+        for items in from_workers(loader):
             flips = (torch.rand(b, generator=self.gen) < self.flip)[lo:hi]
             note_lost(self.lost, [f for it in items for f in it[3]], self.images)
             images, targets = [], []

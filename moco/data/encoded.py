@@ -39,19 +39,19 @@ class EncodedFiles(torch.utils.data.Dataset):
 
     @staticmethod
     def read(path: Path) -> torch.Tensor:
-        return as_encoded(path.read_bytes())
+        return as_encoded(path.read_bytes(), path)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, list[tuple[int, str]]]:
         return first_readable(self.images, i, self.read, self.lost, self.strict)
 
 
-def as_encoded(data: bytes) -> torch.Tensor:
+def as_encoded(data: bytes, path: Path | None = None) -> torch.Tensor:
     """An image file's bytes for :func:`decode_on_device`: an RGB JPEG's own bytes as a 1-D uint8 tensor (the
-    device decodes it), any other image decoded here with PIL to a (3, H, W) uint8 tensor; raises on bytes
-    that are no image."""
+    device decodes it), any other image decoded here with PIL (from ``path`` when they came from a file, so
+    that PIL's errors name it) to a (3, H, W) uint8 tensor; raises on bytes that are no image."""
     if data[:3] == JPEG_MAGIC and _is_rgb_jpeg(data):
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    img = load_rgb(io.BytesIO(data))  # PIL: every other format and mode, converted to RGB
+    img = load_rgb(path if path is not None else io.BytesIO(data))  # PIL: every other format and mode, as RGB
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
 
 

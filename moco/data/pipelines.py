@@ -14,13 +14,13 @@ the views one process would.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Iterable, Iterator
+from typing import Protocol, TypeVar
 
 import torch
 
 from moco.core.distributed import SINGLE_PROCESS, DistInfo, barrier
-from moco.core.errors import shown
+from moco.core.errors import DataError, shown
 from moco.data.augment import (
     apply_params,
     crop_flip,
@@ -36,6 +36,7 @@ from moco.data.sides import cache_side
 from moco.schema import DataConfig
 
 log = logging.getLogger("moco")
+T = TypeVar("T")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -72,6 +73,21 @@ def collate_views(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     """(views 1, views 2, indices read, files that failed) of a batch of :class:`TwoViews` items."""
     return (torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items]),
             torch.tensor([it[2] for it in items]), [f for it in items for f in it[3]])
+
+
+def from_workers(loader: Iterable[T]) -> Iterator[T]:
+    """The batches of ``loader``; a :class:`DataError` that a worker raised (``--strict-data``) comes out with
+    its own one-line message: torch raises it again in this process with the worker's traceback as the
+    message."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except DataError as e:
+            raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
+        yield batch
 
 
 def note_lost(lost: dict[int, str], failed: list[tuple[int, str]], images: ImageList) -> None:
@@ -124,7 +140,7 @@ def per_image_batches(
         ds, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda", collate_fn=collate_views,
         generator=torch.Generator().manual_seed(epoch_seed + 7919 * dinfo.rank), persistent_workers=False,
     )
-    for im_q, im_k, idx, failed in loader:
+    for im_q, im_k, idx, failed in from_workers(loader):
         note_lost(ds.lost, failed, ds.images)
         yield im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True), idx
 
@@ -142,7 +158,7 @@ def device_batches(
     batches = [s.tolist() for s in _slices(perm, start, batch_size, dinfo)]
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=d.workers, collate_fn=collate,
                                          pin_memory=device.type == "cuda", persistent_workers=False)
-    for items, idx, failed in loader:
+    for items, idx, failed in from_workers(loader):
         note_lost(ds.lost, failed, ds.images)
         imgs = decode_on_device(items, device, [str(ds.images.paths[i]) for i in idx.tolist()])
         yield (*device_views(imgs, d, batch_size, gen, dinfo, size or d.view_size), idx)

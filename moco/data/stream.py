@@ -36,7 +36,7 @@ from moco.core.distributed import SINGLE_PROCESS, DistInfo
 from moco.core.errors import DataError, shown
 from moco.data.augment import per_image_transform, view_recipes
 from moco.data.encoded import as_encoded, decode_on_device
-from moco.data.pipelines import device_views
+from moco.data.pipelines import device_views, from_workers
 from moco.data.shards import REMOTE, decode, image_field, read_samples, shard_counts
 from moco.schema import DataConfig
 
@@ -288,19 +288,13 @@ class ShardSource:
                                              pin_memory=self.device.type == "cuda", persistent_workers=False)
         trace = os.environ.get(TRACE_ENV)
         with open(Path(trace) / f"keys-rank{dinfo.rank}.txt", "a") if trace else nullcontext() as keys_file:
-            batches = iter(loader)
-            while True:
-                try:
-                    if on_device:
-                        files, keys, failed = next(batches)
-                        q, k = device_views(decode_on_device(files, self.device, keys), d, self.batch_size, self.gen,
-                                            dinfo, side)
-                    else:
-                        q, k, keys, failed = next(batches)
-                except StopIteration:
-                    return
-                except DataError as e:  # from a worker, its traceback in the message: keep the message
-                    raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
+            for batch in from_workers(loader):
+                if on_device:
+                    files, keys, failed = batch
+                    q, k = device_views(decode_on_device(files, self.device, keys), d, self.batch_size, self.gen,
+                                        dinfo, side)
+                else:
+                    q, k, keys, failed = batch
                 for where, why in failed:
                     if where not in self.lost:
                         self.lost[where] = why
