@@ -18,7 +18,7 @@ from conftest import tiny_config
 
 from moco.config import ConfigError
 from moco.training.checkpoint import load_checkpoint
-from moco.training.pretrain import pretrain
+from moco.training.pretrain import NO_BUFFER_SYNC, pretrain
 
 # Width 8, not the tiny default 4: torchrun runs each process on one thread, and with one thread torch 2.14's
 # CPU convolutions on 4-channel channels_last tensors corrupt the heap on AVX2-only CPUs (a torch bug).
@@ -102,7 +102,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     cfg = tiny_config(Path(tmp), *COMMON)
     torch.manual_seed(0)
     model, opt, scaler = build_training(cfg, device)
-    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    net = torch.nn.parallel.DistributedDataParallel(model, **NO_BUFFER_SYNC)
     gen = torch.Generator().manual_seed(1)
     g_data = torch.Generator().manual_seed(100 + rank)  # each rank its own images
     for _ in range(3):

@@ -8,6 +8,7 @@ current step and write ``checkpoint_last.pt``; ``resume="auto"`` continues bit-f
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import signal
 import statistics
@@ -213,6 +214,15 @@ def _hint_larger_images(run: Run) -> None:
                 view, round((224 / view) ** 2), view)
 
 
+# BatchNorm statistics stay each process's own (per-device BN, as the paper's shuffle BN needs) and the queue is
+# kept equal by gathering keys: DDP must not broadcast buffers before each forward. torch 2.13 renamed the
+# switch (``broadcast_buffers`` warns from then on); the new one still syncs once at start, where every process
+# holds the same buffers (one seed, or one checkpoint).
+NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                  if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+                  else {"broadcast_buffers": False})
+
+
 def train(run: Run, state: TrainState) -> RunResult:
     """Train from where ``state`` stands to the end (``optim.epochs``, or a time budget's plan), or until a
     signal or ``max_steps``: the loop of every kind of run (``run.task``): pretraining, fine-tuning, detection."""
@@ -220,7 +230,7 @@ def train(run: Run, state: TrainState) -> RunResult:
     if run.dinfo.enabled:  # gradients of encoder_q are all-reduced; the queue is kept identical by gathering keys
         dev = run.device
         net = torch.nn.parallel.DistributedDataParallel(
-            state.model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False,
+            state.model, device_ids=[dev.index] if dev.type == "cuda" else None, **NO_BUFFER_SYNC,
             find_unused_parameters=run.task.unused_parameters)
     run.metrics = MetricsLogger(run.out) if run.main else None
     run.stop.install()
