@@ -58,9 +58,10 @@ def images_per_sec(run: Path) -> float:
 
 
 def pretrain(run: Path, data: str, budget: int, *sets: str, env: dict | None = None) -> Path:
-    if not (run / "checkpoint_last.pt").is_file():
-        moco("pretrain", "--preset", "cifar10-cpu", "--data", data, "--out", str(run), "--no-progress", "--no-knn",
-             "--time-budget", f"{budget}s", *[x for s in sets for x in ("--set", s)], env=env)
+    """A fresh `cifar10-cpu` run of ``budget`` seconds in ``run`` (a run left there is replaced: its budget or
+    code may have been another)."""
+    moco("pretrain", "--preset", "cifar10-cpu", "--data", data, "--out", str(run), "--no-progress", "--no-knn",
+         "--overwrite", "--time-budget", f"{budget}s", *[x for s in sets for x in ("--set", s)], env=env)
     return run
 
 
