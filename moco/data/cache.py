@@ -13,10 +13,11 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from moco.core.errors import shown
 from moco.data.folder import DataError, ImageList, load_rgb
 
 log = logging.getLogger("moco")
+T = TypeVar("T")
+R = TypeVar("R")
 CACHE_VERSION = 1
 
 
@@ -89,6 +92,68 @@ def report_skipped(skipped: list[tuple[str, str]], root: Path) -> None:
         log.warning("skipped %d unreadable image(s) in %s: %s%s", len(skipped), root, first, more)
 
 
+def load_entry(npy: Path, meta: Path, size: int, rows: str) -> tuple[np.ndarray, dict] | None:
+    """A cache entry: its array of (size, size, 3) squares, memory-mapped, and its record, whose list ``rows``
+    has one item per square; None when missing or damaged (then it is decoded again)."""
+    if not (npy.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        arr = np.load(npy, mmap_mode="r")
+        return (arr, info) if arr.shape == (len(info[rows]), size, size, 3) else None
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def save_entry(npy: Path, meta: Path, arr: np.ndarray, info: dict) -> np.ndarray:
+    """Write a cache entry, array then record, each written then renamed, so that a killed run never leaves a
+    torn one; the array memory-mapped from the file (or, when the cache cannot be written, as it is, with a
+    warning)."""
+    try:
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = npy.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, arr)
+        os.replace(tmp, npy)
+        tmp_meta = meta.with_suffix(f".tmp{os.getpid()}")
+        tmp_meta.write_text(json.dumps(info))
+        os.replace(tmp_meta, meta)
+        return np.load(npy, mmap_mode="r")
+    except OSError as e:
+        log.warning("could not write the decoded-image cache to %s (%s); continuing in memory", npy.parent, e)
+        return arr
+
+
+def map_jobs(fn: Callable[[T], R], jobs: list[T], workers: int, progress: str | None, total: int, unit: str,
+             advance: Callable[[R], int] = lambda _: 1, initializer: Callable[..., None] | None = None,
+             initargs: tuple = ()) -> list[R]:
+    """``fn`` of each job, in order, in ``workers`` processes (in this one when 0, or for one job), each process
+    set up by ``initializer(*initargs)``; a progress bar named ``progress`` (None: none) of ``total`` ``unit``,
+    moved on by ``advance(result)``."""
+    bar = None
+    if progress is not None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=progress, unit=unit, leave=False, disable=None)
+    results: list[R] = []
+    if workers > 0 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers, initializer=initializer, initargs=initargs) as pool:
+            parts = pool.map(fn, jobs)
+            for part in parts:
+                results.append(part)
+                if bar:
+                    bar.update(advance(part))
+    else:
+        if initializer is not None:
+            initializer(*initargs)
+        for job in jobs:
+            results.append(fn(job))
+            if bar:
+                bar.update(advance(results[-1]))
+    if bar:
+        bar.close()
+    return results
+
+
 def decode_images(
     images: ImageList,
     size: int,
@@ -101,42 +166,19 @@ def decode_images(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = _key(images, size)
     npy, meta = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if npy.is_file() and meta.is_file():
-        try:
-            info = json.loads(meta.read_text())
-            arr = np.load(npy, mmap_mode="r")
-            keep = info["keep"]
-            skipped = [tuple(s) for s in info["skipped"]]
-            if arr.shape == (len(keep), size, size, 3):
-                if strict and skipped:
-                    raise DataError(f"unreadable image: {shown(images.root / skipped[0][0])} ({skipped[0][1]})")
-                report_skipped(skipped, images.root)
-                return DecodedImages(arr, images.subset(keep), skipped)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            pass  # a damaged cache entry is rebuilt below
+    entry = load_entry(npy, meta, size, "keep")
+    if entry is not None:
+        arr, info = entry
+        skipped = [tuple(s) for s in info["skipped"]]
+        if strict and skipped:
+            raise DataError(f"unreadable image: {shown(images.root / skipped[0][0])} ({skipped[0][1]})")
+        report_skipped(skipped, images.root)
+        return DecodedImages(arr, images.subset(info["keep"]), skipped)
     full = [str(images.root / p) for p in images.paths]
     chunk = 256
     jobs = [(full[i : i + chunk], size) for i in range(0, len(full), chunk)]
-    results: list[np.ndarray | str] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(full), desc=f"decoding {images.root.name}", unit="img", leave=False, disable=None)
-    if workers > 0 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for part in pool.map(_decode_chunk, jobs):
-                results += part
-                if bar:
-                    bar.update(len(part))
-    else:
-        for job in jobs:
-            part = _decode_chunk(job)
-            results += part
-            if bar:
-                bar.update(len(part))
-    if bar:
-        bar.close()
+    results = [r for part in map_jobs(_decode_chunk, jobs, workers, f"decoding {images.root.name}" if progress
+                                      else None, len(full), "img", len) for r in part]
     keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
     skipped = [(images.paths[i], r) for i, r in enumerate(results) if isinstance(r, str)]
     if strict and skipped:
@@ -145,16 +187,6 @@ def decode_images(
         raise DataError(f"none of the {len(full)} image files in {images.root} could be read "
                         f"(first: {skipped[0][0]}: {skipped[0][1]})")
     report_skipped(skipped, images.root)
-    arr = np.stack([results[i] for i in keep])
-    try:  # write then rename, so a killed run never leaves a torn cache
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = npy.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, npy)
-        tmp_meta = meta.with_suffix(f".tmp{os.getpid()}")
-        tmp_meta.write_text(json.dumps({"root": str(images.root), "size": size, "keep": keep, "skipped": skipped}))
-        os.replace(tmp_meta, meta)
-        arr = np.load(npy, mmap_mode="r")
-    except OSError as e:
-        log.warning("could not write the decoded-image cache to %s (%s); continuing in memory", cache_dir, e)
+    arr = save_entry(npy, meta, np.stack([results[i] for i in keep]),
+                     {"root": str(images.root), "size": size, "keep": keep, "skipped": skipped})
     return DecodedImages(arr, images.subset(keep), skipped)

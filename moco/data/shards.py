@@ -390,7 +390,7 @@ def decode_shards(shards: list[str], size: int, cache_dir: str | Path | None = N
     shards (else the indices). Unreadable members are skipped with one warning (``strict``: refused)."""
     import numpy as np
 
-    from moco.data.cache import CACHE_VERSION, DecodedImages, default_cache_dir, report_skipped
+    from moco.data.cache import CACHE_VERSION, DecodedImages, default_cache_dir, load_entry, map_jobs, save_entry
 
     ident = [(s, *((os.stat(s).st_size, os.stat(s).st_mtime_ns) if not _remote(s) else ())) for s in shards]
     chosen = hashlib.sha256("\n".join(keys).encode()).hexdigest() if keys is not None else None
@@ -398,73 +398,38 @@ def decode_shards(shards: list[str], size: int, cache_dir: str | Path | None = N
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     npy, meta = cache / f"{key}.npy", cache / f"{key}.json"
     root = Path(shards[0]).parent if not _remote(shards[0]) else Path(".")
-    if npy.is_file() and meta.is_file():
-        try:
-            info = json.loads(meta.read_text())
-            arr = np.load(npy, mmap_mode="r")
-            if arr.shape == (len(info["keys"]), size, size, 3):
-                skipped = [tuple(x) for x in info["skipped"]]
-                if strict and skipped:
-                    raise DataError(f"unreadable shard data: {shown(skipped[0][0])} ({skipped[0][1]})")
-                report_skipped(skipped, root)
-                return DecodedImages(arr, ImageList(root, info["keys"], info["labels"], info["classes"]), skipped)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            pass  # a damaged cache entry is decoded again
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(shards), desc="decoding shards", unit="shard", leave=False, disable=None)
-    parts = []
-    jobs = [(s, size) for s in shards]
-    wanted = frozenset(keys) if keys is not None else None
-    if workers > 0 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=workers, initializer=_want, initargs=(wanted,)) as pool:
-            for part in pool.map(_decode_shard, jobs):
-                parts.append(part)
-                if bar is not None:
-                    bar.update(1)
-    else:
-        _want(wanted)
-        try:
-            for job in jobs:
-                parts.append(_decode_shard(job))
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            _want(None)
-    if bar is not None:
-        bar.close()
+    entry = load_entry(npy, meta, size, "keys")
+    if entry is not None:
+        arr, info = entry
+        skipped = [tuple(x) for x in info["skipped"]]
+        _report(shards, skipped, root, strict)
+        return DecodedImages(arr, ImageList(root, info["keys"], info["labels"], info["classes"]), skipped)
+    parts = map_jobs(_decode_shard, [(s, size) for s in shards], workers, "decoding shards" if progress else None,
+                     len(shards), "shard", initializer=_want,
+                     initargs=(frozenset(keys) if keys is not None else None,))
     keys = [k for p in parts for k in p[0]]
-    labels_or_none = [lab for p in parts for lab in p[1]]
-    arrays = [a for p in parts for a in p[2]]
+    found = [lab for p in parts for lab in p[1]]
     skipped = [f for p in parts for f in p[3]]
+    _report(shards, skipped, root, strict, any(p[2] for p in parts))
+    labels = [int(lab) for lab in found] if all(lab is not None for lab in found) else None  # type: ignore[arg-type]
+    classes = _class_names(shards, max(labels) + 1) if labels is not None else None
+    arr = save_entry(npy, meta, np.stack([a for p in parts for a in p[2]]),
+                     {"shards": shards, "size": size, "keys": keys, "labels": labels, "classes": classes,
+                      "skipped": skipped})
+    return DecodedImages(arr, ImageList(root, keys, labels, classes), skipped)
+
+
+def _report(shards: list[str], skipped: list, root: Path, strict: bool, any_read: bool = True) -> None:
+    """The unreadable members of a decoding: refused when ``strict``, else one warning; none read at all is an
+    error."""
+    from moco.data.cache import report_skipped
+
     if strict and skipped:
         raise DataError(f"unreadable shard data: {shown(skipped[0][0])} ({skipped[0][1]})")
-    if not arrays:
+    if not any_read:
         raise DataError(f"no readable sample in {shown(shards[0])}"
                         + (f" and {len(shards) - 1} other shard(s)" if len(shards) > 1 else ""))
     report_skipped(skipped, root)
-    labels = classes = None
-    if all(lab is not None for lab in labels_or_none):
-        labels = [int(lab) for lab in labels_or_none]  # type: ignore[arg-type]
-        classes = _class_names(shards, max(labels) + 1)
-    arr = np.stack(arrays)
-    try:  # write then rename, as the folder cache does
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = npy.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, npy)
-        tmp_meta = meta.with_suffix(f".tmp{os.getpid()}")
-        tmp_meta.write_text(json.dumps({"shards": shards, "size": size, "keys": keys, "labels": labels,
-                                        "classes": classes, "skipped": skipped}))
-        os.replace(tmp_meta, meta)
-        arr = np.load(npy, mmap_mode="r")
-    except OSError as e:
-        log.warning("could not write the decoded-image cache to %s (%s); continuing in memory", cache, e)
-    return DecodedImages(arr, ImageList(root, keys, labels, classes), skipped)
 
 
 def _class_names(shards: list[str], n: int) -> list[str]:
