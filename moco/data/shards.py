@@ -98,6 +98,11 @@ def resolve_shards(data: str | Path) -> list[str]:
     return shards
 
 
+def shards_root(shards: list[str]) -> Path:
+    """Where a set of shards lies, for messages and listings: the first one's folder (``.`` for a URL)."""
+    return Path(shards[0]).parent if not _remote(shards[0]) else Path(".")
+
+
 def check_shards(data: str | Path) -> list[str]:
     """:func:`resolve_shards`, and the first local shard must read as a tar file: a ``--data`` that names
     shards is refused in one line before any work, like a missing folder."""
@@ -324,7 +329,7 @@ def list_shards(shards: list[str], strict: bool = False, progress: bool = True) 
                 raise DataError(f"{shown(shard)}: sample {sample['__key__']!r} has .cls "
                                 f"{bytes(sample['cls'][:20])!r}, not a class index") from None
             keys.append(sample["__key__"])
-    root = Path(shards[0]).parent if not _remote(shards[0]) else Path(".")
+    root = shards_root(shards)
     report_skipped(failed, root)
     if not keys:
         raise DataError(f"no labelled sample in {shown(shards[0])}"
@@ -397,7 +402,7 @@ def decode_shards(shards: list[str], size: int, cache_dir: str | Path | None = N
     key = hashlib.sha256(json.dumps([f"v{CACHE_VERSION}-shards", size, ident, chosen]).encode()).hexdigest()[:24]
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     npy, meta = cache / f"{key}.npy", cache / f"{key}.json"
-    root = Path(shards[0]).parent if not _remote(shards[0]) else Path(".")
+    root = shards_root(shards)
     entry = load_entry(npy, meta, size, "keys")
     if entry is not None:
         arr, info = entry

@@ -37,7 +37,7 @@ from moco.core.errors import DataError, shown
 from moco.data.augment import per_image_transform, view_recipes
 from moco.data.encoded import as_encoded, decode_on_device
 from moco.data.pipelines import device_views, from_workers
-from moco.data.shards import REMOTE, decode, image_field, read_samples, shard_counts
+from moco.data.shards import REMOTE, decode, image_field, read_samples, shard_counts, shards_root
 from moco.schema import DataConfig
 
 log = logging.getLogger("moco")
@@ -265,7 +265,7 @@ class ShardSource:
                         "%d samples (every slot gives the lightest slot's batches); more, smaller shards even this "
                         "out (moco shards --shard-size)", len(shards), slots, self.batches * per_rank * slots,
                         sum(self.counts))
-        self.images = EpochLength(self.steps * batch_size, Path(".") if remote else Path(shards[0]).parent)
+        self.images = EpochLength(self.steps * batch_size, shards_root(shards))
         self.lost: dict[str, str] = {}  # (shard or shard:key) -> why, as reported by the workers
 
     @property

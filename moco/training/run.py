@@ -24,7 +24,7 @@ from moco.core.precision import memory_format, pick_device, resolve_precision
 from moco.data.cache import decode_images
 from moco.data.folder import find_split, scan_images
 from moco.data.pipelines import BatchSource, decode_side, open_source
-from moco.data.shards import REMOTE, decode_data, decode_shards, is_shard_spec, shard_split
+from moco.data.shards import decode_data, decode_shards, is_shard_spec, shard_split, shards_root
 from moco.data.stream import ShardSource
 from moco.methods import build_moco
 from moco.optim import build_optimizer
@@ -312,7 +312,7 @@ def set_up(
                               "shards has no indices: use the moco or end_to_end dictionary")
         shards, test_dir = shard_split(data)
         source = ShardSource(shards, cfg.data, b, gen, device, dinfo, progress)
-        train_dir = Path(shards[0]).parent if not str(shards[0]).startswith(REMOTE) else Path(".")
+        train_dir = shards_root(shards)
     else:
         train_dir, test_dir = find_split(Path(data))
         images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed, cfg.data.strict, warn=main)

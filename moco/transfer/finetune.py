@@ -37,7 +37,7 @@ from moco.core.run_lock import lock_run_folder
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.folder import ImageList, check_data_root, find_split, scan_images
 from moco.data.pipelines import LabelledSource, decode_side
-from moco.data.shards import REMOTE, check_shards, decode_shards, is_shard_spec, list_shards, shard_split
+from moco.data.shards import check_shards, decode_shards, is_shard_spec, list_shards, shard_split
 from moco.export.backbone import load_backbone_and_config
 from moco.methods.classifier import Classifier
 from moco.models import build_resnet, is_named
@@ -181,11 +181,6 @@ def data_record(data: Data | None) -> str | list[str] | None:
     return None if data is None else data if isinstance(data, list) else str(data.resolve())
 
 
-def data_root(data: Data) -> Path:
-    """Where a labelled set lies (the shards' folder), for messages."""
-    return data if isinstance(data, Path) else Path(data[0]).parent if not data[0].startswith(REMOTE) else Path(".")
-
-
 def _labelled(data: Data, what: str, strict: bool, warn: bool, progress: bool) -> ImageList:
     """The labelled listing of ``data``: the folder's files, or the shards' keys and ``.cls`` (no image decoded)."""
     if isinstance(data, list):
@@ -313,7 +308,7 @@ def set_up_finetune(
     b = cfg.optim.batch_size
     extra = {"classes": full.classes, "labels": label_info, "init": job.kind, "source": job.ckpt,
              "data": {"train": data_record(job.train), "test": data_record(job.test)}}
-    run = Run(cfg, out, data_root(job.train), dinfo, device, LabelledSource(decoded, cfg.data, b, gen, device, dinfo),
+    run = Run(cfg, out, decoded.images.root, dinfo, device, LabelledSource(decoded, cfg.data, b, gen, device, dinfo),
               monitor, progress, max_steps, task=TASKS["finetune"],
               passes=passes_per_epoch(len(decoded.images), b, cfg.finetune.min_epoch_steps), checkpoint_extra=extra)
     return run, start_state(run, (model, optimizer, scaler), gen, ck, ck_path)
