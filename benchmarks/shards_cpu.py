@@ -1,6 +1,7 @@
 """Pretraining from WebDataset shards against the folder's per_image pipeline, on a CPU (issue #26).
 
-    python benchmarks/shards_cpu.py [--budget 90] [--rounds 2] [--parts speed loader loader_device rss torchrun]
+    python benchmarks/shards_cpu.py [--budget 90] [--rounds 2] [--checkpoint CK]
+        [--parts speed loader loader_device rss torchrun finetune]
 
 * speed: `moco pretrain --preset cifar10-cpu` on CIFAR-10's training images for ``--budget`` seconds each, from
   the folder (``data.pipeline=per_image``, the same PIL views) and from its shards (`moco shards`, 16 MB
@@ -12,6 +13,8 @@
   training device, here the CPU, decodes and augments whole batches), folder against shards.
 * rss: peak resident memory of pretraining (``--budget`` seconds) over 10 and over 100 shards of the same
   size (500 samples each), to show that memory follows the buffers, not the data set.
+* finetune (with --checkpoint): `moco finetune` with 1% of CIFAR-10's labels for 5 epochs, from the folder and
+  from its shards: top-1, top-5 and wall time of each.
 * torchrun: `moco pretrain --nproc 2` (gloo) from 12 uneven shards for 2 epochs with data.workers=2, every
   sample's key traced (``MOCO_TRACE_KEYS``): how often each key was trained on per epoch, and how many.
 
@@ -199,19 +202,39 @@ def part_torchrun() -> dict:
     return {"shards": sizes, "samples_per_rank": ranks, "epochs": epochs}
 
 
+def part_finetune(checkpoint: str) -> dict:
+    """`moco finetune` of ``checkpoint`` with 1% of the labels for 5 epochs, from the folder and from its shards:
+    the same labels should train to the same top-1."""
+    if not checkpoint:
+        raise SystemExit("the finetune part needs --checkpoint (a pretraining checkpoint)")
+    shards = shards_of(CIFAR, WORK / "cifar10", "16MB")
+    res = {}
+    for name, data in (("folder", CIFAR), ("shards", shards)):
+        out = WORK / f"finetune-{name}"
+        t0 = time.perf_counter()
+        moco("finetune", "--checkpoint", checkpoint, "--data", str(data), "--labels", "1%", "--epochs", "5",
+             "--out", str(out), "--overwrite", "--no-progress")
+        got = json.loads((out / "results.json").read_text())
+        res[name] = {"top1": got["top1"], "top5": got["top5"], "images": got["labels"]["images"],
+                     "wall_s": round(time.perf_counter() - t0, 1)}
+    res["same_top1"] = res["folder"]["top1"] == res["shards"]["top1"]
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=90, help="seconds of each pretraining run (speed, rss)")
     ap.add_argument("--rounds", type=int, default=2, help="folder/shards pairs of the speed part, run in turn")
     ap.add_argument("--parts", nargs="+", default=["speed", "loader", "rss", "torchrun"])
+    ap.add_argument("--checkpoint", default="", help="the backbone the finetune part fine-tunes")
     ap.add_argument("--json", default=str(ROOT / "results" / "shards_cpu.json"))
     a = ap.parse_args()
     res = {"command": " ".join(sys.argv), "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d")}
     parts = {"speed": lambda: part_speed(a.budget, a.rounds), "loader": part_loader,
              "loader_device": lambda: part_loader("device"), "rss": lambda: part_rss(a.budget),
-             "torchrun": part_torchrun}
+             "torchrun": part_torchrun, "finetune": lambda: part_finetune(a.checkpoint)}
     for name in a.parts:
-        res[name] = parts[name]()
+        res[name] = {**parts[name](), "command": " ".join(sys.argv)}  # parts of one JSON come from several runs
         print(f"{name:9s} {json.dumps(res[name])}", flush=True)
     old = json.loads(Path(a.json).read_text()) if Path(a.json).is_file() else {}
     Path(a.json).write_text(json.dumps({**old, **res}, indent=2) + "\n")
