@@ -151,24 +151,24 @@ STREAM = ["model.width=8", "train.precision=fp32", "data.pipeline=per_image", "o
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_pretraining_from_shards_learns_as_from_the_folder_and_resumes_exactly(tmp_path, workers, caplog):
-    """A folder and its shards train to the same kNN (the classes differ in colour: both near 100%), and a
-    run from shards stopped mid-epoch continues to the same weights as one that was not."""
-    data, shards = shard_data(tmp_path)
+def test_pretraining_from_shards_trains_every_sample_and_resumes_exactly(tmp_path, workers, caplog):
+    """One process trains on every sample of uneven shards each epoch (48 images, batch 8: 6 steps, as many as
+    the folder gives), and a run from shards stopped mid-epoch continues to the same weights as one that was
+    not. (That shards *learn* as the folder does is benchmarks/shards_cpu.py's comparison on CIFAR-10.)"""
+    _, shards = shard_data(tmp_path)
     cfg = tiny_config(tmp_path, *STREAM, f"data.workers={workers}", "data.shuffle_buffer=16")
-    folder = pretrain(cfg, data, tmp_path / "folder", progress=False)
     full = pretrain(cfg, shards, tmp_path / "full", progress=False)
     recs = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["type"] == "epoch"]
-    assert full.metrics["knn_top1"] >= 90 and folder.metrics["knn_top1"] >= 90
     spe = recs[0]["step"]
-    assert 3 <= spe <= 48 // 8 and full.step == 2 * spe  # the lightest bundle's batches, every epoch the same
+    assert spe == 48 // 8 and full.step == 2 * spe
     part = pretrain(cfg, shards, tmp_path / "part", progress=False, max_steps=spe + 1)
     assert part.stopped
     with caplog.at_level(logging.WARNING, logger="moco"):
         pretrain(cfg, shards, tmp_path / "part", resume="auto", progress=False)
     a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("full", "part"))
     assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert a["readers"] == {"processes": 1, "workers": max(1, workers)} and "read by" not in caplog.text
+    assert a["stream"]["processes"] == 1 and a["stream"]["workers"] == max(1, workers)
+    assert "read by" not in caplog.text
     if workers:  # resumed mid-epoch with another number of workers: said to be approximate
         other = tiny_config(tmp_path, *STREAM, "data.workers=0", "data.shuffle_buffer=16")
         pretrain(other, shards, tmp_path / "other", progress=False, max_steps=spe + 1)
@@ -223,11 +223,10 @@ def test_a_corrupt_member_is_skipped_and_counted_and_refused_when_strict(tmp_pat
         assert "\n" not in str(e.value)
 
 
-def test_the_device_path_decodes_shard_jpegs_on_the_training_device_learns_and_resumes_exactly(tmp_path,
-                                                                                            monkeypatch):
+def test_the_device_path_decodes_shard_jpegs_on_the_training_device_and_resumes_exactly(tmp_path, monkeypatch):
     """data.pipeline=device with shards: the workers pass the JPEG bytes on, the device decodes a batch at a
-    time and augments it (the device pipeline's path); it learns as the folder does, and a run stopped
-    mid-epoch continues to the same weights (the draws come from the checkpointed generator)."""
+    time and augments it (the device pipeline's path), and a run stopped mid-epoch continues to the same
+    weights (the draws come from the checkpointed generator)."""
     import moco.data.stream as stream
 
     data = tmp_path / "data"
@@ -244,11 +243,8 @@ def test_the_device_path_decodes_shard_jpegs_on_the_training_device_learns_and_r
     monkeypatch.setattr(stream, "decode_on_device",
                         lambda items, *a: jpegs.extend(t.dim() == 1 for t in items) or real(items, *a))
     cfg = tiny_config(tmp_path, *STREAM, "data.pipeline=device", "data.workers=2", "data.shuffle_buffer=16")
-    folder = pretrain(cfg, data, tmp_path / "folder", progress=False)
-    assert not jpegs  # the folder's device path has its own decode call
     full = pretrain(cfg, shards, tmp_path / "full", progress=False)
-    assert jpegs and all(jpegs)  # every image reached the device as JPEG bytes
-    assert full.metrics["knn_top1"] >= 90 and folder.metrics["knn_top1"] >= 90
+    assert len(jpegs) == full.step * 8 and all(jpegs)  # every trained image reached the device as JPEG bytes
     part = pretrain(cfg, shards, tmp_path / "part", progress=False, max_steps=full.step // 2 + 1)
     assert part.stopped
     pretrain(cfg, shards, tmp_path / "part", resume="auto", progress=False)

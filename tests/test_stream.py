@@ -1,5 +1,6 @@
-"""Streaming shards: balanced bundles, equal batches on every slot, each key at most once an epoch, exact
-resume by passing over what was given, and bad members counted or refused."""
+"""Streaming shards: shares among processes and workers, every sample once an epoch in one process at any number
+of workers, at most the processes' imbalance left out across processes, exact resume (after unreadable members
+too), a buffer that mixes, and bad members counted or refused."""
 
 import io
 import tarfile
@@ -11,19 +12,21 @@ import pytest
 import torch
 from PIL import Image
 
+from moco.core.distributed import DistInfo
 from moco.core.errors import DataError
 from moco.data.shards import count_samples, decode, shard_counts
 from moco.data.stream import (
-    ShardStream,
-    SlotPlan,
-    batches_per_slot,
-    deal,
-    done_before,
-    epoch_plans,
+    TRACE_ENV,
+    Part,
+    ReaderPlan,
+    ShardSource,
     make_bundles,
-    slot_batches,
+    reader_chunks,
+    share,
+    turns,
     two_views,
 )
+from moco.schema import DataConfig
 
 
 def png(value: int) -> bytes:
@@ -56,8 +59,39 @@ def key(sample: dict) -> str:
     return sample["__key__"]
 
 
-def key_batches(plan: SlotPlan) -> list[list[str]]:
-    return [items for items, _ in slot_batches(plan, key, strict=False)]
+def plan_keys(plan: ReaderPlan) -> list[list[str]]:
+    return [items for items, *_ in reader_chunks(plan, key, strict=False)]
+
+
+def source(shards: list[str], tmp: Path, workers: int, batch: int, rank: int = 0, world: int = 1,
+           **data) -> ShardSource:  # noqa: ANN003
+    d = DataConfig(image_size=8, pipeline="per_image", workers=workers, cache_dir=str(tmp / "cache"),
+                   augmentation="cifar", **{"shuffle_buffer": 16, **data})
+    return ShardSource(shards, d, batch * world, torch.Generator().manual_seed(0), torch.device("cpu"),
+                       DistInfo(rank, world, rank))
+
+
+def epoch_keys(src: ShardSource, trace: Path, seed: int, start: int = 0,
+               positions: list[list[int]] | None = None) -> list[list[str]]:
+    """The keys of each batch ``src`` gives in the epoch of ``seed`` from ``start`` (traced as they train);
+    ``positions`` gets the source's record after each batch."""
+    trace.mkdir(parents=True, exist_ok=True)
+    out = trace / f"keys-rank{src.dinfo.rank}.txt"
+    out.unlink(missing_ok=True)
+    n = 0
+    for _ in src.epoch(None, start, 8, seed):
+        n += 1
+        if positions is not None:
+            positions.append(src.position())
+    keys = [line.split(" ", 1)[1] for line in out.read_text().splitlines()] if n else []
+    b = len(keys) // max(n, 1)
+    return [keys[i * b:(i + 1) * b] for i in range(n)]
+
+
+@pytest.fixture
+def traced(tmp_path, monkeypatch):
+    monkeypatch.setenv(TRACE_ENV, str(tmp_path / "trace"))
+    return tmp_path / "trace"
 
 
 def test_samples_are_counted_from_the_headers(tmp_path):
@@ -74,72 +108,128 @@ def test_samples_are_counted_from_the_headers(tmp_path):
         count_samples(tmp_path / "not.tar")
 
 
-def test_bundles_balance_uneven_shards_and_each_epoch_deals_them_anew():
-    counts = [100, 7, 50, 50, 3, 90, 20, 10]
-    bundles = make_bundles(counts, 4)
-    assert sorted(i for b in bundles for i in b) == list(range(8))
-    loads = [sum(counts[i] for i in b) for b in bundles]
-    assert max(loads) - min(loads) <= max(counts)
-    assert batches_per_slot(counts, bundles, 8) == min(loads) // 8
-    a, b = deal(bundles, seed=1), deal(bundles, seed=2)
-    assert a == deal(bundles, seed=1) and a != b  # seeded: the same epoch deals the same way
-    assert sorted(map(sorted, a)) == sorted(map(sorted, bundles))
-    with pytest.raises(DataError, match="3 shard\\(s\\) for 4 reading slots"):
-        make_bundles([5, 5, 5], 4)
+def test_bundles_are_greedy_largest_first_and_strides_take_over_when_they_cannot_balance():
+    skewed = [9, 1, 1, 1, 1, 1, 1, 1, 1, 1]  # round-robin would load 13 and 5
+    bundles = make_bundles(skewed, 2)
+    assert sorted(sum(skewed[i] for i in b) for b in bundles) == [9, 9]
+    assert sorted(i for b in bundles for i in b) == list(range(10))
+    parts = [Part(i) for i in range(10)]
+    assert [sum(p.size(skewed[p.shard]) for p in r) for r in share(parts, skewed, 2)] == [9, 9]
+    # bundles of whole shards that cannot come within 5% of each other: every reader reads every shard, in strides
+    strided = share([Part(0), Part(1), Part(2)], [10, 10, 10], 2)
+    assert strided == [[Part(0, 0, 2), Part(1, 0, 2), Part(2, 0, 2)], [Part(0, 1, 2), Part(1, 1, 2), Part(2, 1, 2)]]
+    assert [Part(0, 1, 2).size(10), Part(0, 1, 3).size(10), Part(0, 0, 3).size(10)] == [5, 3, 4]
+    assert share([Part(0)], [7], 3) == [[Part(0, r, 3)] for r in range(3)]  # fewer shards than readers
+    assert share([Part(0, 1, 2)], [7], 2) == [[Part(0, 1, 4)], [Part(0, 3, 4)]]  # a stride of a stride
+    assert len(share(parts, [1] * 10, 4, tolerance=None)) == 4  # unknown lengths: equal numbers of shards
 
 
-def test_workers_take_turns():
-    # 3 workers, 7 steps given: batches 0,3,6 from worker 0, 1,4 from worker 1, 2,5 from worker 2
-    assert [done_before(7, w, 3) for w in range(3)] == [3, 2, 2]
-    assert [done_before(0, w, 3) for w in range(3)] == [0, 0, 0]
-    assert [done_before(1, w, 3) for w in range(3)] == [1, 0, 0]
+def test_a_loader_serves_its_workers_in_turn_and_drops_each_once_it_is_done():
+    # full chunks 3, 1, 2: the turns go w0 w1 w2 | w0 (w1 done) w2 | w0
+    assert turns([3, 1, 2], 0) == ([0, 0, 0], 0)
+    assert turns([3, 1, 2], 2) == ([1, 1, 0], 2)
+    assert turns([3, 1, 2], 4) == ([2, 1, 1], 1)  # next: w1's last chunk, then w2
+    assert turns([3, 1, 2], 6)[0] == [3, 1, 2]  # all full chunks given: only the last ones are left
+    # and a real DataLoader over uneven workers hands them out in exactly that order
+    class Uneven(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            w = torch.utils.data.get_worker_info().id
+            yield from ((w, i) for i in range([4, 2, 3][w]))
+
+    got = [w for w, _ in torch.utils.data.DataLoader(Uneven(), batch_size=None, num_workers=3)]
+    assert got == [0, 1, 2, 0, 1, 2, 0, 2, 0]
 
 
-def test_two_ranks_of_two_workers_run_equal_steps_and_see_each_key_at_most_once(tmp_path):
-    sizes = [37, 5, 22, 61, 14, 30, 9, 44]
-    shards = uneven_shards(tmp_path, sizes)
-    world, workers, batch = 2, 2, 4
-    bundles = make_bundles(sizes, world * workers)
-    batches = batches_per_slot(sizes, bundles, batch)
-    seen: Counter = Counter()
-    steps = []
-    for rank in range(world):
-        plans = epoch_plans(shards, bundles, batches, rank, workers, seed=5, epoch_step=0, batch=batch, buffer=16)
-        loader = torch.utils.data.DataLoader(ShardStream(plans, key, lambda items: (items,), strict=False),
-                                             batch_size=None, num_workers=workers)
-        got = list(loader)
-        steps.append(len(got))
-        for items, failed in got:
-            assert len(items) == batch and failed == []
-            seen.update(items)
-    assert steps[0] == steps[1] == batches * workers
-    assert max(seen.values()) == 1
-    assert sum(seen.values()) == world * workers * batches * batch
+@pytest.mark.parametrize("workers", [1, 2, 6])
+def test_one_process_trains_on_every_key_once_an_epoch_at_any_number_of_workers(tmp_path, traced, workers):
+    shards = uneven_shards(tmp_path / "sh", [13, 40, 5, 22, 16])  # 96 samples: 12 batches of 8
+    src = source(shards, tmp_path, workers, 8)
+    assert src.steps == 12
+    for seed in (1, 2):
+        batches = epoch_keys(src, traced, seed)
+        keys = [k for b in batches for k in b]
+        assert len(batches) == 12 and all(len(b) == 8 for b in batches)
+        assert Counter(keys) == Counter(f"s{j}/{i:04d}" for j, n in enumerate([13, 40, 5, 22, 16]) for i in range(n))
+    # a total that is not a whole number of batches leaves fewer than one batch out, another each epoch
+    odd = source(uneven_shards(tmp_path / "odd", [13, 7, 5]), tmp_path, workers, 8)
+    epochs = [[k for x in epoch_keys(odd, traced, s) for k in x] for s in (1, 2, 3)]
+    assert all(len(e) == len(set(e)) == 24 for e in epochs) and len({frozenset(e) for e in epochs}) > 1
 
 
-def test_a_resumed_epoch_continues_with_the_batches_it_had_not_given(tmp_path):
-    sizes = [40, 33, 25]
-    shards = uneven_shards(tmp_path, sizes)
-    bundles = make_bundles(sizes, 1)
-    batches = batches_per_slot(sizes, bundles, 8)
-    whole = key_batches(epoch_plans(shards, bundles, batches, 0, 1, 9, 0, 8, 32)[0])
-    assert len(whole) == batches
-    for step in (1, 5, batches - 1):
-        assert key_batches(epoch_plans(shards, bundles, batches, 0, 1, 9, step, 8, 32)[0]) == whole[step:]
-    # two workers taking turns: each passes over the batches it gave
-    sizes2 = sizes + [30]
-    shards2 = shards + uneven_shards(tmp_path / "more", [30])
-    bundles2 = make_bundles(sizes2, 2)
-    b2 = batches_per_slot(sizes2, bundles2, 4)
+def test_two_processes_run_equal_steps_and_leave_out_no_more_than_their_imbalance(tmp_path, traced):
+    sizes = [30, 8, 22, 9, 11, 20]  # 100 samples
+    shards = uneven_shards(tmp_path / "sh", sizes)
+    ranks = [source(shards, tmp_path, 2, 4, rank=r, world=2) for r in (0, 1)]
+    loads = ranks[0].rank_items
+    assert sum(loads) == 100 and max(loads) - min(loads) <= 0.05 * 50  # bundles within 5% of each other
+    for seed in (3, 4):
+        per_rank = [epoch_keys(src, traced, seed) for r, src in enumerate(ranks)]
+        assert len(per_rank[0]) == len(per_rank[1]) == ranks[0].steps
+        keys = [k for batches in per_rank for b in batches for k in b]
+        assert len(keys) == len(set(keys))  # no key twice in an epoch
+        assert 100 - len(keys) <= max(loads) - min(loads) + 2 * (4 - 1)  # the imbalance, and < a batch each
+    # fewer shards than processes: each process reads both and keeps its stride; nothing is left out
+    two = uneven_shards(tmp_path / "two", [12, 12])
+    per_rank = [epoch_keys(source(two, tmp_path, 2, 4, rank=r, world=3), traced, 5) for r in range(3)]
+    keys = [k for batches in per_rank for b in batches for k in b]
+    assert [len(b) for b in per_rank] == [2, 2, 2] and sorted(keys) == sorted(set(keys)) and len(keys) == 24
 
-    def in_turn(step: int) -> list[list[str]]:
-        """The batches as a DataLoader of 2 workers hands them out from ``step`` on: its workers in turn."""
-        turns = [key_batches(p) for p in epoch_plans(shards2, bundles2, b2, 0, 2, 3, step, 4, 16)]
-        return [turns[i % 2][i // 2] for i in range(sum(map(len, turns)))]
 
-    assert len(in_turn(0)) == 2 * b2
-    for step in (1, 4, 5):
-        assert in_turn(step) == in_turn(0)[step:]
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_resumed_epoch_continues_with_the_batches_it_had_not_given(tmp_path, traced, workers):
+    shards = uneven_shards(tmp_path / "sh", [40, 33, 25, 6])  # 104: 13 batches, the last ones from remainders
+    whole = epoch_keys(source(shards, tmp_path, workers, 8), traced, 9)
+    assert len(whole) == 13
+    for step in (1, 5, 11, 12):  # in the full chunks, and in the held remainders' batches
+        assert epoch_keys(source(shards, tmp_path, workers, 8), traced, 9, step) == whole[step:], step
+
+
+def corrupt(shard: str, which: int) -> None:
+    """Replace the image bytes of sample ``which`` of ``shard`` with garbage."""
+    with tarfile.open(shard) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    with tarfile.open(shard, "w") as tf:
+        for m, body in members:
+            if m.name.endswith(f"/{which:04d}.png"):
+                body = b"broken"
+                m.size = len(body)
+            tf.addfile(m, io.BytesIO(body))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_resume_after_an_unreadable_member_repeats_nothing_and_shifts_nothing(tmp_path, traced, workers):
+    shards = uneven_shards(tmp_path / "sh", [24, 24, 17])
+    for s, i in ((0, 3), (1, 5), (2, 0)):  # one broken image early in each shard
+        corrupt(shards[s], i)
+    positions: list[list[int]] = []
+    whole = epoch_keys(source(shards, tmp_path, workers, 4), traced, 7, positions=positions)
+    flat = [k for b in whole for k in b]
+    assert not {"s0/0003", "s1/0005", "s2/0000"} & set(flat)
+    assert len(flat) - len(set(flat)) <= 3  # a reader short of its samples reads on from its start: a few repeat
+    for step in (3, 8, len(whole) - 1):
+        src = source(shards, tmp_path, workers, 4)
+        src.resume_at(positions[step - 1])  # what the checkpoint after that step records
+        assert epoch_keys(src, traced, 7, step) == whole[step:], step
+
+
+def test_the_shuffle_buffer_mixes_class_sorted_shards(tmp_path, traced):
+    """`moco shards` writes an ImageFolder class after class; the stream's buffer mixes the classes again."""
+    from conftest import make_image_folder
+
+    from moco.cli import main
+
+    make_image_folder(tmp_path / "data", classes=2, per_class=32, size=8)
+    assert main(["shards", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "sh"), "--shard-size", "4kB",
+                 "--no-progress"]) == 0
+    shards = sorted(str(p) for p in (tmp_path / "sh").glob("*.tar"))
+    assert len(shards) > 2
+    for s in shards:  # class-sorted: one class a shard (or two at the boundary)
+        with tarfile.open(s) as tf:
+            assert len({m.name.split("/")[0] for m in tf.getmembers()}) <= 2
+    for workers in (1, 2):
+        batches = epoch_keys(source(shards, tmp_path, workers, 8, shuffle_buffer=2000), traced, 1)  # the default
+        mixed = [len({k.split("/")[0] for k in b}) == 2 for b in batches]
+        assert sum(mixed) >= len(batches) - 1, batches  # all but perhaps one batch hold both classes
 
 
 def test_a_corrupt_image_a_sample_without_one_and_a_truncated_shard_are_counted_or_refused(tmp_path):
@@ -147,24 +237,27 @@ def test_a_corrupt_image_a_sample_without_one_and_a_truncated_shard_are_counted_
                      + [("bad.png", b"not a png"), ("lonely.txt", b"no image here")])
     full = write_tar(tmp_path / "cut.tar", [(f"c{i}.png", png(100 + i)) for i in range(10)])
     Path(full).write_bytes(Path(full).read_bytes()[: 5 * 1024 + 700])  # cut in the 6th member's data
-    plan = SlotPlan([good, full], seed=0, buffer=4, batches=4, skip=0, batch=4)  # 16: more than one pass
-    got = list(slot_batches(plan, key, strict=False))
-    assert len(got) == 4 and all(len(items) == 4 for items, _ in got)
-    failed = [f for _, fs in got for f in fs]
+    plan = ReaderPlan([(good, 0, 1), (full, 0, 1)], seed=0, buffer=4, items=16, batch=4)  # more than one pass
+    got = list(reader_chunks(plan, key, strict=False))
+    assert [len(items) for items, *_ in got] == [4, 4, 4, 4, 0] and got[-1][3]
+    failed = [f for *_, fs in got for f in fs]
     whys = " | ".join(f"{w} {y}" for w, y in failed)
     assert any("bad" in w for w, _ in failed) and any("lonely" in w for w, _ in failed), whys
     assert any(w == full and "ReadError" in y for w, y in failed), whys
     with pytest.raises(DataError, match="unreadable shard data"):
-        list(slot_batches(plan, key, strict=True))
+        list(reader_chunks(plan, key, strict=True))
 
 
-def test_a_slot_that_runs_short_starts_its_shards_again_and_an_empty_one_is_refused(tmp_path):
+def test_a_reader_that_runs_short_starts_its_shards_again_and_an_empty_one_is_refused(tmp_path):
     (s,) = uneven_shards(tmp_path, [5])
-    got = list(slot_batches(SlotPlan([s], 0, 2, batches=3, skip=0, batch=4), key, strict=False))
-    assert len(got) == 3  # 12 items from 5 samples: the shard read again, as for streams of unknown length
+    got = plan_keys(ReaderPlan([(s, 0, 1)], 0, 2, items=12, batch=4))
+    assert [len(c) for c in got] == [4, 4, 4, 0]  # 12 items from 5 samples: read again, as for unknown lengths
     empty = write_tar(tmp_path / "empty.tar", [])
     with pytest.raises(DataError, match="no readable sample in"):
-        list(slot_batches(SlotPlan([empty], 0, 2, batches=1, skip=0, batch=1), key, strict=False))
+        plan_keys(ReaderPlan([(empty, 0, 1)], 0, 2, items=1, batch=1))
+    bad = write_tar(tmp_path / "bad.tar", [("x.png", b"junk"), ("y.png", b"junk")])
+    with pytest.raises(DataError, match="no readable sample in"):
+        plan_keys(ReaderPlan([(bad, 0, 1)], 0, 2, items=1, batch=1))
 
 
 def test_views_follow_the_seed_and_key_alone_and_leave_torchs_generator_as_it_was():

@@ -18,7 +18,7 @@ import torch
 
 from moco.config import dump_yaml, from_dict
 from moco.core.checkpoint_files import atomic_save
-from moco.core.distributed import DistInfo, any_rank, barrier, check_same_config
+from moco.core.distributed import DistInfo, any_rank, barrier, check_same_config, concat_all_gather
 from moco.core.errors import CheckpointError, ConfigError, DataError
 from moco.core.precision import memory_format, pick_device, resolve_precision
 from moco.data.cache import decode_images
@@ -144,14 +144,27 @@ class Run:
         return any_rank(self.stop.signum is not None, self.device) or (
             self.max_steps is not None and state.step >= self.max_steps)
 
+    def stream_record(self) -> dict[str, Any] | None:
+        """Where every process's readers of a streaming source stand (its ``position()``), gathered from all
+        ranks, with the layout they had: what a checkpoint needs to resume a stream exactly; None for other
+        sources."""
+        position = getattr(self.source, "position", None)
+        if position is None:
+            return None
+        mine = torch.tensor(position(), dtype=torch.long, device=self.device).unsqueeze(0)
+        return {"processes": self.dinfo.world_size, "workers": self.source.workers,
+                "positions": concat_all_gather(mine).tolist()}
+
     def save(self, state: TrainState, end_of_epoch: bool) -> None:
         """``checkpoint_last.pt`` (rank 0), and after every ``train.checkpoint_every`` epochs and the last one
         a kept ``checkpoint_{epoch:04d}.pt``."""
         if self.clock is not None:
             state.budget_spent = self.clock.spent
+        stream = self.stream_record()  # every rank takes part: the positions are gathered
         if self.main:
             ckpt = state.to_checkpoint(self.cfg, self.n_images, self.dinfo.world_size,
-                                       {"task": self.task.name, **self.checkpoint_extra})
+                                       {"task": self.task.name, **self.checkpoint_extra,
+                                        **({"stream": stream} if stream else {})})
             atomic_save(ckpt, self.out / "checkpoint_last.pt")
             every = self.cfg.train.checkpoint_every
             if end_of_epoch and every and (state.epoch % every == 0 or self.finished(state)):
@@ -265,10 +278,20 @@ def open_run(
     return cfg, device, ckpt, ckpt_path
 
 
-def warn_if_readers_changed(before: dict[str, int] | None, now: dict[str, int] | None, state: TrainState) -> None:
-    """A stream of shards that resumes mid-epoch with other processes or workers than its checkpoint's: each
-    reading slot passes over what a slot of the old layout gave, so the rest of that epoch is approximate."""
-    if before is None or now is None or before == now or state.epoch_step == 0:
+def resume_stream(run: Run, record: dict[str, Any] | None, state: TrainState) -> None:
+    """Give a streaming source the positions its checkpoint recorded for this rank's readers. Resumed mid-epoch
+    with other processes or workers than the checkpoint's, the readers' positions are computed as if no sample
+    had failed in another layout, so the rest of that epoch is approximate: said in one line."""
+    resume_at = getattr(run.source, "resume_at", None)
+    if resume_at is None or record is None:
+        return
+    before = {"processes": record["processes"], "workers": record["workers"]}
+    now = {"processes": run.dinfo.world_size, "workers": run.source.workers}
+    if before == now:
+        resume_at(record["positions"][run.dinfo.rank])
+        return
+    resume_at(None)
+    if state.epoch_step == 0 or not run.main:
         return
     log.warning("this epoch's shards were read by %d process(es) x %d worker(s), now by %d x %d: the rest of "
                 "epoch %d continues approximately (a few samples may come twice, others not at all); the "
@@ -287,7 +310,7 @@ def start_state(run: Run, parts: tuple[torch.nn.Module, torch.optim.Optimizer, t
         if run.main:
             log.info("resumed from %s at epoch %d, step %d", ckpt_path, state.epoch + (state.epoch_step > 0),
                      state.step)
-            warn_if_readers_changed(ckpt.get("readers"), run.checkpoint_extra.get("readers"), state)
+        resume_stream(run, ckpt.get("stream"), state)
     if run.main:
         (run.out / "config.yaml").write_text(dump_yaml(run.cfg))
     return state
@@ -321,7 +344,5 @@ def set_up(
             raise DataError(f"{train_dir} has {len(source.images)} usable image(s), fewer than one batch of {b}; "
                             "lower --batch-size")
     monitor = knn_monitor(cfg, source, knn_train, knn_test, test_dir, progress, device) if knn and main else None
-    readers = {"processes": dinfo.world_size, "workers": source.workers} if isinstance(source, ShardSource) else {}
-    run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, max_steps,
-              checkpoint_extra={"readers": readers} if readers else {})
+    run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, max_steps)
     return run, start_state(run, build_training(cfg, device, run.n_images, backbone), gen, ckpt, ckpt_path)
