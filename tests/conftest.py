@@ -53,7 +53,8 @@ def tiny_cfg(tmp_path: Path) -> Config:
 
 def fake_checkpoint(path: Path, *overrides: str, width: int = 4):  # noqa: ANN201 - the MoCo model
     """A pretraining checkpoint with random weights (seed 123): a CIFAR-stem ResNet-18 of ``width`` at 16 px
-    unless ``overrides`` say otherwise. Returns the model it holds."""
+    unless ``overrides`` say otherwise. Its key encoder differs from the query encoder (as after training), so
+    that a test can tell which one was loaded. Returns the model it holds."""
     import torch
 
     from moco.methods import build_moco
@@ -63,6 +64,9 @@ def fake_checkpoint(path: Path, *overrides: str, width: int = 4):  # noqa: ANN20
                                             "optim.batch_size=8", *overrides])
     torch.manual_seed(123)
     model = build_moco(cfg)
+    with torch.no_grad():
+        for p in model.encoder_k.parameters():
+            p.add_(torch.randn_like(p), alpha=0.1)
     torch.save({"format": FORMAT, "config": cfg.to_dict(), "epoch": 1, "step": 1, "model": model.state_dict()}, path)
     return model
 

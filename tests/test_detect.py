@@ -169,13 +169,16 @@ def test_the_detector_starts_from_the_checkpoints_backbone_and_trains(tmp_path, 
                                   {"id": 11, "name": "class2"}]
     before = load_backbone(ck).state_dict()
     after = load_backbone(tmp_path / "d" / "checkpoint_last.pt").state_dict()
-    assert [k for k in before if not torch.equal(before[k], after[k])]  # the backbone was fine-tuned
+    convs = [k for k, v in before.items() if v.dim() == 4]
+    assert len(convs) == 20 and all(not torch.equal(before[k], after[k]) for k in convs)  # the backbone trained
 
-    # loading: the detector's body is the checkpoint's backbone, exactly
+    # loading: the detector's body is the checkpoint's query encoder, exactly (its key encoder differs)
     from moco.transfer.detect import _network
     cfg = resolve("cifar10-cpu", overrides=["model.width=8"])
     net = _network(cfg, "checkpoint", str(ck), None)
-    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    saved = load_checkpoint(ck)["model"]
+    assert all(torch.equal(v, saved[f"encoder_q.{k}"]) for k, v in net.state_dict().items())
+    assert not torch.equal(net.conv1.weight, saved["encoder_k.conv1.weight"])
     frozen = run_detect(ck, pasted, tmp_path / "f", "finetune.bn=frozen", "finetune.backbone_lr=0", epochs=1)
     assert frozen.steps == 4
     kept = load_backbone(tmp_path / "f" / "checkpoint_last.pt").state_dict()
@@ -192,6 +195,73 @@ def test_resume_is_exact(tmp_path, ck, pasted, stop_at):
     assert a["step"] == b["step"] == 8 and not res.stopped
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert res.AP == json.loads((tmp_path / "full" / "results.json").read_text())["AP"]
+
+
+def test_random_init_detects_the_same_with_or_without_a_checkpoint_path(tmp_path, ck, pasted):
+    """`--init random` ignores the checkpoint's weights: given the checkpoint (whose architecture it takes) it
+    trains to the same weights as the same network named by --set, and not to those of the checkpoint init."""
+    run_detect(ck, pasted, tmp_path / "a", init="random", epochs=1, max_steps=2)
+    run_detect(None, pasted, tmp_path / "b", "model.width=8", "data.image_size=16", init="random", epochs=1,
+               max_steps=2)
+    run_detect(ck, pasted, tmp_path / "c", epochs=1, max_steps=2)
+    a, b, c = (load_checkpoint(tmp_path / n / "checkpoint_last.pt")["model"] for n in ("a", "b", "c"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    conv1 = [k for k in a if k.endswith("conv1.weight")][0]
+    assert not torch.equal(a[conv1], c[conv1])
+
+
+def test_each_process_takes_its_half_of_every_batch_with_the_batch_flips(pasted):
+    """With 2 processes each takes a disjoint half of every global batch, the two halves are the one-process
+    batch, and each image is flipped as it would be in one process (the flips are drawn for the global batch)."""
+    from moco.core.distributed import DistInfo
+    from moco.data.coco import DetectionSource
+
+    train = read_coco(pasted / "train.json", pasted / "train")
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+
+    def batches(rank, world):
+        src = DetectionSource(train, False, 0.5, 0, 4, torch.Generator().manual_seed(1), torch.device("cpu"),
+                              DistInfo(rank, world))
+        return [(idx.tolist(), [x.sum().item() for x in images], [t["boxes"].tolist() for t in targets])
+                for images, targets, idx in src.epoch(perm, 0, 48, 0)]
+
+    one, halves = batches(0, 1), [batches(r, 2) for r in (0, 1)]
+    assert len(one) == len(halves[0]) == len(halves[1]) == 4
+    for whole, a, b in zip(one, *halves):
+        assert len(a[0]) == len(b[0]) == 2 and a[0] + b[0] == whole[0]  # disjoint halves, in the batch's order
+        assert a[1] + b[1] == whole[1] and a[2] + b[2] == whole[2]  # the same images, flipped the same way
+    assert any(b != [] for w in one for b in w[2])
+
+
+def test_masks_are_scored_as_masks_not_as_boxes(tmp_path):
+    """mask_AP is pycocotools' segm AP: box-shaped masks for triangles score far below their perfect boxes, and
+    triangle masks score 100."""
+    make_image_folder(tmp_path / "im", classes=1, per_class=2, size=40)
+    imgs = [{"id": i + 1, "file_name": f"class0/{i:03d}.png", "width": 40, "height": 40} for i in range(2)]
+    anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4, 4, 32, 32], "area": 512.0,
+             "segmentation": [[4, 4, 36, 4, 4, 36]]} for i in range(2)]  # a triangle: half of its box
+    val = read_coco(write_coco(tmp_path / "v.json", imgs, anns, [{"id": 1, "name": "tri"}]), tmp_path / "im")
+    square = torch.zeros(1, 1, 40, 40)
+    square[..., 4:36, 4:36] = 1
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.merge(mask_utils.frPyObjects(anns[0]["segmentation"], 40, 40))
+    triangle = torch.from_numpy(mask_utils.decode(rle)).float()[None, None]  # the polygon as pycocotools draws it
+
+    class Answer(torch.nn.Module):
+        def __init__(self, mask):
+            super().__init__()
+            self.mask = mask
+
+        def detect(self, images):
+            return [{"boxes": torch.tensor([[4.0, 4.0, 36.0, 36.0]]), "labels": torch.tensor([1]),
+                     "scores": torch.ones(1), "masks": self.mask} for _ in images]
+
+    mon = DetectionMonitor(val, [1], 2, resolve("cifar10-cpu", overrides=["data.workers=0"]), torch.device("cpu"),
+                           masks=True)
+    boxes = mon.evaluate(Answer(square))
+    assert boxes["AP"] == 100.0 and boxes["mask_AP"] <= 10.0, boxes
+    assert mon.evaluate(Answer(triangle))["mask_AP"] == 100.0
 
 
 def test_segmentations_train_mask_rcnn_and_score_masks(tmp_path, ck):
@@ -224,9 +294,38 @@ def test_a_vit_and_bad_input_get_one_line(tmp_path, ck, pasted, capsys):
         got = main([*base, *argv, "--out", str(tmp_path / f"o{i}")])
         err = capsys.readouterr().err.strip()
         assert got == code and message in err and "\n" not in err, (argv, err)
-    # a run of another kind is not resumed
-    assert main(["finetune", "--out", str(tmp_path / "o0"), "--resume", "auto"]) != 0
-    capsys.readouterr()
+    # a detection run is not resumed by `moco finetune`
+    run_detect(ck, pasted, tmp_path / "det", epochs=1, max_steps=1)
+    assert main(["finetune", "--out", str(tmp_path / "det"), "--resume", "auto", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is not a fine-tuning checkpoint" in err and "\n" not in err, err
+
+
+def test_bad_sets_get_one_line(tmp_path, ck, pasted, capsys):
+    """Validation categories that training lacks, fewer training images than a batch, an image id twice."""
+    f = {k: str(v) for k, v in files(pasted).items()}
+    train = json.loads((pasted / "train.json").read_text())
+    val = json.loads((pasted / "val.json").read_text())
+    val["categories"].append({"id": 99, "name": "new"})
+    val["annotations"][0]["category_id"] = 99
+    (tmp_path / "val99.json").write_text(json.dumps(val))
+    again = {**train["images"][0], "file_name": train["images"][1]["file_name"]}  # another file, the same id
+    twice = {**train, "images": [*train["images"], again]}
+    (tmp_path / "twice.json").write_text(json.dumps(twice))
+    base = ["detect", "--no-progress", "--epochs", "1", "--checkpoint", str(ck),
+            *[x for s in TINY for x in ("--set", s)]]
+    data = ["--train-ann", f["train_ann"], "--train-images", f["train_images"]]
+    cases = [
+        ([*data, "--val-ann", str(tmp_path / "val99.json"), "--val-images", f["val_images"]], 1,
+         "has boxes of 1 category id(s) that"),
+        ([*data, "--set", "optim.batch_size=32"], 1, "16 usable image(s), fewer than one batch of 32"),
+        (["--train-ann", str(tmp_path / "twice.json"), "--train-images", f["train_images"]], 1,
+         f"image id {train['images'][0]['id']} appears twice"),
+    ]
+    for i, (argv, code, message) in enumerate(cases):
+        got = main([*base, *argv, "--out", str(tmp_path / f"o{i}")])
+        err = capsys.readouterr().err.strip()
+        assert got == code and message in err and "\n" not in err, (argv, err)
 
 
 def test_the_pasted_set_is_seeded(tmp_path):
@@ -257,9 +356,11 @@ def test_a_torchvision_resnet_detects_and_exports_strictly(tmp_path, pasted):
     assert any(not torch.equal(before[f"backbone.{k}"], v) for k, v in state.items())  # trained, then exported
 
 
+@pytest.mark.slow
 def test_two_processes_train_a_detector(tmp_path, ck, pasted):
-    """`moco detect --nproc 2` on CPU (gloo): each process takes its half of every batch, DDP finds the
-    parameters a step does not use, and rank 0 scores the detector."""
+    """`moco detect --nproc 2` on CPU (gloo): the job runs its 4 steps in two processes, DDP finds the parameters
+    a step does not use, and rank 0 scores the detector (which half of a batch each process takes is
+    test_each_process_takes_its_half_of_every_batch_with_the_batch_flips)."""
     import os
     import socket
     import subprocess
@@ -280,3 +381,31 @@ def test_two_processes_train_a_detector(tmp_path, ck, pasted):
     assert res["steps"] == 4 and res["AP"] is not None  # 16 images, 4 a step (2 a process)
     ck2 = load_checkpoint(tmp_path / "two" / "checkpoint_last.pt")
     assert ck2["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_budgeted_detector_ends_by_its_deadline_with_its_final_evaluation_reserved(tmp_path, ck, pasted,
+                                                                                    monkeypatch):
+    """`moco detect --time-budget 25s`: the detector's evaluation is timed twice (at the start and in the last
+    fifth of the budget), the plan reserves its latest timing for the final AP, and the run, that AP included,
+    ends by its deadline."""
+    import time
+
+    from moco.training.logging import read_metrics
+
+    timings = []
+    real = DetectionMonitor.estimate_seconds
+
+    def timed(self, model):
+        timings.append(real(self, model))
+        return timings[-1]
+
+    monkeypatch.setattr(DetectionMonitor, "estimate_seconds", timed)
+    t0 = time.perf_counter()
+    res = run_detect(ck, pasted, tmp_path / "b", time_budget=25)
+    wall = time.perf_counter() - t0
+    assert not res.stopped and res.AP is not None and res.steps > 4
+    assert 25 - 5.0 <= wall <= 25 + 1.5, f"ended after {wall:.1f} s"
+    assert len(timings) == 2 and all(t > 0 for t in timings)
+    plans = [r for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if r["type"] == "plan"]
+    assert plans[-1]["reserve_s"] >= 1.1 * timings[-1]  # the final evaluation's estimate is in the reserve

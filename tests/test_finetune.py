@@ -2,6 +2,7 @@
 exports, and one-line errors for bad input."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,12 @@ from torch import nn
 
 from moco.cli import main
 from moco.core.errors import DataError
-from moco.data.folder import ImageList
+from moco.data.folder import ImageList, scan_images
 from moco.export import export_backbone, load_backbone
 from moco.methods.classifier import Classifier
 from moco.models import build_resnet
 from moco.training.checkpoint import load_checkpoint
-from moco.transfer.finetune import _network, finetune, finetune_config
+from moco.transfer.finetune import _network, finetune, finetune_config, map_test_labels
 from moco.transfer.labels import balanced_subset, read_labels, write_labels
 
 # width 4 in bf16: torch 2.14's oneDNN hangs in fp32 4-channel channels_last backward passes (conftest)
@@ -71,19 +72,39 @@ def test_labels_file_round_trips(tmp_path):
 def test_random_and_checkpoint_init_differ_only_in_their_weights(tmp_path, ck):
     from moco.export import load_backbone_and_config
 
-    pretrained, src_cfg = load_backbone_and_config(ck)
+    _, src_cfg = load_backbone_and_config(ck)
     cfg = finetune_config(src_cfg, "checkpoint", str(ck), overrides=TINY)
     torch.manual_seed(0)
     a = _network(cfg, "checkpoint", str(ck), 3, None)
     torch.manual_seed(0)
-    b = _network(cfg, "random", "", 3, None)
+    b = _network(cfg, "random", str(ck), 3, None)  # given a checkpoint path, as the transfer report's baseline
     assert [type(m) for m in a.modules()] == [type(m) for m in b.modules()]
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
     assert torch.equal(sa["fc.weight"], sb["fc.weight"])  # the new classifier: same draw in both
-    assert not torch.equal(sa["conv1.weight"], sb["conv1.weight"])
-    for k, v in pretrained.state_dict().items():  # the checkpoint init is the checkpoint's backbone, exactly
+    saved = load_checkpoint(ck)["model"]
+    q = {k[len("encoder_q."):]: v for k, v in saved.items() if k.startswith("encoder_q.") and ".fc." not in k}
+    assert q.keys() == {k for k in sa if not k.startswith("fc.")}
+    for k, v in q.items():  # the checkpoint init is the query encoder's backbone, exactly (the key encoder differs)
         assert torch.equal(sa[k], v), k
+    convs = [k for k in q if q[k].dim() == 4]
+    assert all(not torch.equal(saved[f"encoder_k.{k}"], v) for k, v in q.items() if k in convs)
+    assert all(not torch.equal(sb[k], q[k]) for k in convs)  # random init: none of the checkpoint's weights
+
+
+def test_random_init_fine_tunes_the_same_with_or_without_a_checkpoint_path(tmp_path, ck, tiny_data):
+    """`--init random` ignores the checkpoint's weights end to end: given the checkpoint (whose architecture it
+    takes) it trains to the same weights as the same network named by --set."""
+    with_path = run_finetune(ck, tiny_data, tmp_path / "a", init="random", epochs=1, max_steps=3)
+    alone = run_finetune(None, tiny_data, tmp_path / "b", "model.width=4", "data.image_size=16", init="random",
+                         epochs=1, max_steps=3)
+    assert with_path.steps == alone.steps == 3
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt")["model"] for n in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    loaded = run_finetune(ck, tiny_data, tmp_path / "c", epochs=1, max_steps=3)  # the test can tell them apart
+    assert loaded.steps == 3
+    c = load_checkpoint(tmp_path / "c" / "checkpoint_last.pt")["model"]
+    assert not torch.equal(a["encoder_q.conv1.weight"], c["encoder_q.conv1.weight"])
 
 
 def run_finetune(ck, data, out, *extra, **kw):
@@ -122,7 +143,12 @@ def test_a_frozen_backbone_does_not_move(tmp_path, ck, tiny_data):
     before, after = load_backbone(ck).state_dict(), load_backbone(tmp_path / "ft" / "checkpoint_last.pt").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     fc = load_checkpoint(tmp_path / "ft" / "checkpoint_last.pt")["model"]["encoder_q.fc.weight"]
-    assert fc.abs().sum() > 0
+    from moco.export import load_backbone_and_config
+
+    cfg = finetune_config(load_backbone_and_config(ck)[1], "checkpoint", str(ck), overrides=TINY)
+    torch.manual_seed(cfg.train.seed)  # the run's draw of the new classifier (open_run seeds it so)
+    start = _network(cfg, "checkpoint", str(ck), 2, None).fc.weight
+    assert start.shape == fc.shape and not torch.equal(start, fc)  # the classifier trained
 
 
 def test_batchnorm_trains_by_default_and_frozen_keeps_its_statistics(ck):
@@ -273,3 +299,93 @@ def test_shards_fine_tune_as_their_folder_does_resume_and_take_its_labels_file(t
     code, err = cli(["finetune", "--checkpoint", str(ck), "--train", str(bare), "--out", str(tmp_path / "o"),
                      "--no-progress"], capsys)
     assert code == 1 and "'x/000' has no .cls label" in err and err.strip().count("\n") == 0, err
+
+
+def test_every_class_draws_its_labels_with_a_seed_of_its_own(tmp_path):
+    """Classes of the same size pick different positions: a shared seed would choose the same ranks in each."""
+    picks = balanced_subset(listing(tmp_path, [20, 20, 20]), "5", seed=0)
+    positions = [sorted(int(p.split("/")[1][:3]) for p in picks.paths if p.startswith(f"c{c}/")) for c in range(3)]
+    assert positions[0] != positions[1] != positions[2] != positions[0]
+
+
+def test_the_labels_seed_setting_chooses_the_images(tmp_path, ck, tiny_data):
+    def chosen(seed):
+        run_finetune(ck, tiny_data, tmp_path / f"s{seed}", f"finetune.labels_seed={seed}", labels="4", epochs=1,
+                     max_steps=1)
+        return [x for x in (tmp_path / f"s{seed}" / "labels.txt").read_text().splitlines() if not x.startswith("#")]
+
+    zero, one = chosen(0), chosen(1)
+    assert len(zero) == len(one) == 8 and zero != one
+    assert zero == balanced_subset(scan_images(tiny_data / "train"), "4", seed=0).paths  # the draw it says it made
+
+
+def test_test_labels_are_mapped_to_the_training_classes_by_name(tmp_path, ck):
+    """A test split with fewer classes than training, in another order, is scored against the right classes."""
+    train = ImageList(tmp_path, ["a/0.png", "b/0.png", "c/0.png"], [0, 1, 2], ["a", "b", "c"])
+    test = ImageList(tmp_path, ["c/0.png", "a/0.png", "a/1.png"], [0, 1, 1], ["c", "a"])
+    assert map_test_labels(train, test).tolist() == [2, 0, 0]
+    # end to end: 3 colour classes train; the test split holds classes 1 and 2 only (its indices 0 and 1)
+    data = tmp_path / "three"
+    make_image_folder(data / "train", classes=3, per_class=16)
+    make_image_folder(data / "test", classes=3, per_class=8, seed=1)
+    shutil.rmtree(data / "test" / "class0")
+    res = run_finetune(ck, data, tmp_path / "ft", epochs=2)
+    assert res.top1 >= 90.0, res.top1  # the colours separate; a positional mapping would score under 50
+
+
+def test_a_resumed_fine_tune_keeps_its_labels_when_the_folder_changed(tmp_path, ck, tiny_data):
+    """Resuming reads RUN/labels.txt: images added to the training folder in between change neither the images
+    trained on nor the weights (the same as a run that was not interrupted)."""
+    data = tmp_path / "moving"
+    shutil.copytree(tiny_data, data)
+    run_finetune(ck, data, tmp_path / "full", labels="6", epochs=2)
+    part = run_finetune(ck, data, tmp_path / "part", labels="6", epochs=2, max_steps=25)
+    assert part.stopped
+    written = (tmp_path / "part" / "labels.txt").read_text()
+    make_image_folder(tmp_path / "more", per_class=30, seed=5)  # new files that sort before and among the old
+    for f in (tmp_path / "more").rglob("*.png"):
+        shutil.copy(f, data / "train" / f.parent.name / f"0{f.name}")
+    finetune(None, None, tmp_path / "part", resume="auto", progress=False)
+    assert (tmp_path / "part" / "labels.txt").read_text() == written
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("full", "part"))
+    assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_more_bad_input_gets_one_line(tmp_path, ck, tiny_data, capsys):
+    base = ["finetune", "--no-progress", "--epochs", "1", *[x for s in TINY for x in ("--set", s)]]
+    run = ["--checkpoint", str(ck), "--data", str(tiny_data)]
+    (tmp_path / "empty.txt").write_text("# only a comment\n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00bad")
+    cases = [
+        ([*run, "--init", "pretrained"], 2, "--init takes checkpoint, random or supervised:CKPT, got 'pretrained'"),
+        (["--data", str(tiny_data), "--init", "supervised:"], 2, "--init supervised:CKPT names"),
+        ([*run, "--labels-file", str(tmp_path / "empty.txt")], 1, "empty.txt lists no images"),
+        ([*run, "--labels-file", str(tmp_path / "binary.txt")], 1, "binary.txt: cannot be read"),
+        ([*run, "--labels-file", str(tmp_path / "missing.txt")], 1, "missing.txt: cannot be read"),
+    ]
+    for i, (argv, code, message) in enumerate(cases):
+        got, err, single = one_line(cli([*base, *argv, "--out", str(tmp_path / f"o{i}")], capsys))
+        assert got == code and message in err and single, (argv, err)
+
+
+def test_shards_with_a_bad_label_or_no_labelled_sample_get_one_line(tmp_path, ck, tiny_data, capsys):
+    import io
+    import tarfile
+
+    png = (tiny_data / "train" / "class0" / "000.png").read_bytes()
+
+    def shard(name, members):
+        with tarfile.open(tmp_path / name, "w") as tf:
+            for arcname, body in members:
+                info = tarfile.TarInfo(arcname)
+                info.size = len(body)
+                tf.addfile(info, io.BytesIO(body))
+        return str(tmp_path / name)
+
+    cases = [(shard("nan.tar", [("k/0.png", png), ("k/0.cls", b"cat")]),
+              "sample 'k/0' has .cls b'cat', not a class index"),
+             (shard("none.tar", [("k/0.txt", b"no image")]), "no labelled sample")]
+    for i, (path, message) in enumerate(cases):
+        got, err, single = one_line(cli(["finetune", "--checkpoint", str(ck), "--train", path, "--out",
+                                         str(tmp_path / f"o{i}"), "--no-progress"], capsys))
+        assert got == 1 and message in err and single, (path, err)

@@ -150,18 +150,33 @@ def shard_data(tmp_path: Path, per_class: int = 24) -> tuple[Path, Path]:
 STREAM = ["model.width=8", "train.precision=fp32", "data.pipeline=per_image", "optim.epochs=2", "train.knn_every=1"]
 
 
+def break_first_image(shard: Path) -> None:
+    """Replace the first image of ``shard`` with bytes no decoder reads."""
+    with tarfile.open(shard) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    broken = next(m.name for m, _ in members if m.name.endswith(".png"))
+    with tarfile.open(shard, "w") as tf:
+        for m, body in members:
+            if m.name == broken:
+                body = b"broken"
+                m.size = len(body)
+            tf.addfile(m, io.BytesIO(body))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_pretraining_from_shards_trains_every_sample_and_resumes_exactly(tmp_path, workers, caplog):
-    """One process trains on every sample of uneven shards each epoch (48 images, batch 8: 6 steps, as many as
-    the folder gives), and a run from shards stopped mid-epoch continues to the same weights as one that was
-    not. (That shards *learn* as the folder does is benchmarks/shards_cpu.py's comparison on CIFAR-10.)"""
+    """One process takes 8 x 6 samples an epoch from uneven shards of 48 (batch 8: as many steps as the folder
+    gives), and a run from shards stopped mid-epoch, after unreadable samples, continues to the same weights as
+    one that was not. (That shards *learn* as the folder does is benchmarks/shards_cpu.py's comparison.)"""
     _, shards = shard_data(tmp_path)
+    for shard in sorted(shards.glob("train-*.tar")):  # unreadable samples before the resume point: passed over
+        break_first_image(shard)
     cfg = tiny_config(tmp_path, *STREAM, f"data.workers={workers}", "data.shuffle_buffer=16")
     full = pretrain(cfg, shards, tmp_path / "full", progress=False)
     recs = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["type"] == "epoch"]
     spe = recs[0]["step"]
     assert spe == 48 // 8 and full.step == 2 * spe
-    part = pretrain(cfg, shards, tmp_path / "part", progress=False, max_steps=spe + 1)
+    part = pretrain(cfg, shards, tmp_path / "part", progress=False, max_steps=spe + 2)
     assert part.stopped
     with caplog.at_level(logging.WARNING, logger="moco"):
         pretrain(cfg, shards, tmp_path / "part", resume="auto", progress=False)
@@ -191,6 +206,7 @@ def test_shards_written_with_plain_tarfile_and_a_url_train(tmp_path):
             tf.add(cls, arcname=f"{f.parent.name}/{f.stem}.cls")
     cfg = tiny_config(tmp_path, *STREAM, "data.workers=0")
     res = pretrain(cfg, str(shard), tmp_path / "run", progress=False, knn_train=str(shard), knn_test=str(shard))
+    # the .cls labels were read: with them misread (one class) the kNN of these two colours would be 50%
     assert res.step == 2 * (32 // 8) and res.metrics["knn_top1"] >= 90
     url = f"pipe:cat {shard}"
     with pytest.raises(DataError, match="its length is unknown, so set data.samples_per_epoch"):
@@ -250,3 +266,28 @@ def test_the_device_path_decodes_shard_jpegs_on_the_training_device_and_resumes_
     pretrain(cfg, shards, tmp_path / "part", resume="auto", progress=False)
     a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("full", "part"))
     assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_an_empty_shard_list_an_unreadable_folder_and_too_few_samples_get_one_line(tmp_path, capsys):
+    (tmp_path / "list.txt").write_text("# no shard yet\n")
+    bad = tmp_path / "bad" / "train" / "c0"
+    bad.mkdir(parents=True)
+    for name in ("a.jpg", "b.png"):
+        (bad / name).write_bytes(b"not an image")
+    make_image_folder(tmp_path / "small", per_class=3)
+    assert main(["shards", "--data", str(tmp_path / "small"), "--out", str(tmp_path / "small-shards"),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    cases = [
+        (["pretrain", "--data", str(tmp_path / "list.txt")], "list.txt lists no shards"),
+        (["shards", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "none")],
+         "none of the 2 image files in"),
+        (["pretrain", "--data", str(tmp_path / "small-shards"), "--batch-size", "8"],
+         "the shards hold 6 sample(s), fewer than one batch of 8 in each of 1 process(es): lower --batch-size"),
+    ]
+    for i, (argv, message) in enumerate(cases):
+        out = [] if argv[0] == "shards" else ["--out", str(tmp_path / f"o{i}"), "--epochs", "1"]
+        code = main([*argv, *out, "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and message in err and "\n" not in err, (argv, err)
+    assert not (tmp_path / "none").exists()

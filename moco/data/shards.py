@@ -187,12 +187,14 @@ def write_shards(images: ImageList, out: Path, shard_size: int, prefix: str = "s
     data (and at most ``max_count`` samples) each, in the list's order (:func:`_samples`), and
     ``out/classes.json`` (the class names by index). With ``verify``, a file PIL cannot identify is skipped and
     counted (refused when ``strict``). Shards are written in ``out/.partial`` and moved into ``out`` as each
-    one is complete; one that an error cut short stays there."""
+    one is complete; one that an error cut short stays there. When no image could be read, nothing is left
+    (not even ``out``, when this call made it)."""
     import webdataset as wds
     from tqdm import tqdm
 
     from moco.data.cache import report_skipped
 
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     old = sorted(out.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"))
     if old:
@@ -226,7 +228,11 @@ def write_shards(images: ImageList, out: Path, shard_size: int, prefix: str = "s
     finally:
         sink.close()
     shutil.rmtree(partial, ignore_errors=True)
-    if written == 0:
+    if written == 0:  # the writer closed an empty shard: leave nothing behind
+        for f in finished:
+            Path(f).unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
         raise DataError(f"none of the {len(images)} image files in {shown(images.root)} could be read")
     if images.classes is not None:
         (out / "classes.json").write_text(json.dumps(images.classes))
