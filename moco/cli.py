@@ -131,6 +131,8 @@ def _transfer_args(sp: argparse.ArgumentParser, command: str, epochs: str, batch
     sp.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; auto = latest in --out")
     sp.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     sp.add_argument("--strict-data", action="store_true", help=strict)
+    sp.add_argument("--nproc", type=int, metavar="N",
+                    help="run N processes on this machine via torchrun (one per GPU, or gloo on CPU)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -187,8 +189,6 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
                    "the detector's lr (default 0.02; the backbone's is finetune.backbone_lr times it)",
                    "training seed", "image-reading processes",
                    "fail on the first bad annotation or unreadable image", "the final AP")
-    dt.add_argument("--nproc", type=int, metavar="N",
-                    help="run N processes on this machine via torchrun (one per GPU, or gloo on CPU)")
 
 
 def _eval_args(sp: argparse.ArgumentParser) -> None:
@@ -339,8 +339,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _launch(nproc: int, argv: list[str]) -> int:
-    """``moco pretrain|detect --nproc N ...``: the same command in N processes (:func:`moco.core.launch.launch`);
-    a ``--time-budget`` counts from this process's start."""
+    """``moco pretrain|finetune|detect --nproc N ...``: the same command in N processes
+    (:func:`moco.core.launch.launch`); a ``--time-budget`` counts from this process's start."""
     from moco.core.launch import launch
     from moco.training.budget import JOB_START_ENV, process_start
 
@@ -646,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s", stream=sys.stderr)
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("pretrain", "detect") and args.nproc and "WORLD_SIZE" not in os.environ:
+        if args.command in ("pretrain", "finetune", "detect") and args.nproc and "WORLD_SIZE" not in os.environ:
             return _launch(args.nproc, argv)
         commands = {"pretrain": _pretrain, "finetune": _finetune, "detect": _detect, "knn": _knn, "linear": _linear,
                     "embed": _embed, "neighbors": _neighbors, "export": _export, "shards": _shards, "info": _info,

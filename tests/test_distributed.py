@@ -54,6 +54,7 @@ def params(ck: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in ck["model"].items() if "running_" not in k and "num_batches" not in k}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, tiny_data):
     """Same global batch (16), same seed; 2 splits of split BN in one process == per-process BN in two."""
     one = tmp_path / "one"
@@ -131,6 +132,7 @@ def test_global_batch_must_divide(tmp_path, tiny_data, monkeypatch):
         pretrain(tiny_config(tmp_path, *COMMON), tiny_data, tmp_path / "r", progress=False)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_all_ranks_and_resume_with_one_process(tmp_path, tiny_data):
     """SIGTERM to the workers (as a cluster scheduler sends it): every rank stops at the same step and rank 0
     saves; one process then finishes the run."""
@@ -165,6 +167,7 @@ def test_sigterm_stops_all_ranks_and_resume_with_one_process(tmp_path, tiny_data
     assert sum(l_run[-6:]) == pytest.approx(sum(l_ref[-6:]), rel=0.1)
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_job_with_one_line(tmp_path, tiny_data):
     """SIGKILL to one worker (the OOM killer, a node failure): the job ends, and its last stderr line names the
     rank, the signal, the last checkpoint and the command that continues; torchrun's report goes to a file, not
@@ -195,6 +198,7 @@ def test_a_killed_rank_ends_the_job_with_one_line(tmp_path, tiny_data):
     assert err.splitlines()[-1] == f"moco: torchrun's report is in {out / 'torchrun_error.txt'}"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_rank_at_a_step_saves_and_names_the_command_to_continue(tmp_path, tiny_data):
     """Ctrl-C reaches the whole process group: the launcher and both workers. The workers finish their step and
     rank 0 saves (the launcher's relayed SIGINT does not cut that short); the job ends with one line, status
@@ -225,6 +229,7 @@ def test_ctrl_c_stops_every_rank_at_a_step_saves_and_names_the_command_to_contin
     assert [r["step"] for r in steps if r["type"] == "step"] == list(range(1, 91))  # no step lost or repeated
 
 
+@pytest.mark.slow
 def test_two_processes_of_two_workers_stream_uneven_shards_each_key_once(tmp_path, tiny_data):
     """`--nproc 2` with 2 loader workers each on 6 uneven shards that split evenly between the ranks (24 + 24):
     both ranks run the same steps and every key is trained on exactly once an epoch, across ranks and workers
@@ -257,3 +262,50 @@ def test_two_processes_of_two_workers_stream_uneven_shards_each_key_once(tmp_pat
     names = {f"{f.parent.name}/{f.stem}" for f in files}
     for keys in epochs.values():
         assert len(keys) == len(set(keys)) == 48 and set(keys) == names  # each key once
+
+
+def test_the_failure_line_names_the_worker_that_failed_first_and_says_when_there_is_no_checkpoint(tmp_path):
+    """torchrun stops the survivors of a failure with SIGTERM: the worker that exited with an error status is the
+    cause, not them; a killed worker (SIGKILL: the OOM killer) is the cause before the others' error exits."""
+    from types import SimpleNamespace as F
+
+    from moco.core.launch import cause, failure_line
+
+    term, kill = -int(signal.SIGTERM), -int(signal.SIGKILL)
+    assert cause({0: F(exitcode=term, timestamp=5), 1: F(exitcode=1, timestamp=6)})[0] == 1
+    assert cause({0: F(exitcode=1, timestamp=4), 1: F(exitcode=kill, timestamp=6)})[0] == 1
+    assert cause({0: F(exitcode=2, timestamp=7), 1: F(exitcode=1, timestamp=6)})[0] == 1
+    assert cause({0: F(exitcode=term, timestamp=3), 1: F(exitcode=term, timestamp=3)})[0] == 0
+    empty = tmp_path / "run"
+    empty.mkdir()
+    assert failure_line(1, 1, ["pretrain", "--out", str(empty)]) == (
+        f"rank 1 exited with status 1; no checkpoint in {empty} yet")
+
+
+@pytest.mark.slow
+def test_finetune_runs_in_two_processes_and_a_failed_worker_is_named(tmp_path, tiny_data):
+    """`moco finetune --nproc 2` trains with the global batch split between the processes; a batch that does not
+    divide is refused in one line; a worker that exits with an error (a missing checkpoint, found only in the
+    workers) ends the job with its own error and the launcher's line naming it, not the SIGTERMed other."""
+    from conftest import fake_checkpoint
+
+    fake_checkpoint(tmp_path / "ck.pt")
+    base = [sys.executable, "-m", "moco", "finetune", "--nproc", "2", "--data", str(tiny_data), "--epochs", "1",
+            "--no-progress", "--set", "train.precision=bf16", "--set", "data.workers=0"]
+    env = {**os.environ, "MASTER_PORT": str(free_port())}
+    r = subprocess.run([*base, "--checkpoint", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "ft"),
+                        "--batch-size", "8"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["steps"] == 24 and res["top1"] is not None  # 48 images x 4 passes (20 steps at least), batch 8
+    assert load_checkpoint(tmp_path / "ft" / "checkpoint_last.pt")["world_size"] == 2
+    r = subprocess.run([*base, "--checkpoint", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "odd"),
+                        "--batch-size", "7"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 1 and "optim.batch_size (7) is the global batch and must divide by the number of " \
+        "processes (2)" in r.stderr, r.stderr[-3000:]
+    r = subprocess.run([*base, "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "none"),
+                        "--batch-size", "8"], capture_output=True, text=True, env=env, timeout=600)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("moco: error:")]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"checkpoint not found: {tmp_path / 'nope.pt'}" in errors[0]
+    assert errors[-1].startswith("moco: error: rank ") and " exited with status 1; no checkpoint in " in errors[-1]

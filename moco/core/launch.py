@@ -1,4 +1,4 @@
-"""``moco pretrain|detect --nproc N``: the same command in N processes, by torchrun's own launcher, run in this
+"""``moco pretrain|finetune|detect --nproc N``: the same command in N processes, by torchrun's own launcher, run in this
 process so that a failed worker ends the job with one line (which rank, by what signal or exit status, the
 last checkpoint and the command to continue) instead of torchrun's report, which goes to a file in the run."""
 
@@ -10,6 +10,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from moco.core.checkpoint_files import latest_checkpoint, load_checkpoint
 from moco.core.errors import CheckpointError, ConfigError, shown
@@ -71,6 +72,18 @@ def failure_line(rank: int, exitcode: int, argv: list[str]) -> str:
     return f"rank {rank} {how_it_ended(exitcode)}{where_to_continue(argv)}"
 
 
+def cause(failures: dict) -> tuple[int, Any]:  # noqa: ANN401 - torchrun's ProcessFailure
+    """(rank, failure) of the process whose end ended the job: the first killed by a signal other than SIGTERM,
+    else the first that exited with an error status, else the first (torchrun stops the survivors of a failure
+    with SIGTERM)."""
+    def first(which: list[tuple[int, Any]]) -> tuple[int, Any] | None:
+        return min(which, key=lambda rf: (rf[1].timestamp, rf[0])) if which else None
+
+    items = sorted(failures.items())
+    return (first([(r, f) for r, f in items if f.exitcode < 0 and f.exitcode != -signal.SIGTERM])
+            or first([(r, f) for r, f in items if f.exitcode > 0]) or first(items))
+
+
 def launch(nproc: int, argv: list[str], job_env: dict[str, str]) -> int:
     """Run ``moco ARGV`` (less ``--nproc``) in ``nproc`` processes on this machine under torchrun's launcher
     (``--standalone``: a free port, one node), with ``job_env`` added to their environment. Returns 0; 1 after
@@ -95,9 +108,10 @@ def launch(nproc: int, argv: list[str], job_env: dict[str, str]) -> int:
         print(f"moco: interrupted by {signal.Signals(e.sigval).name}{where_to_continue(argv)}", file=sys.stderr)
         return 130
     except ChildFailedError as e:
-        # a process killed by a signal is the cause; the others' exits (a collective that lost it) follow
-        killed = sorted((f.timestamp, r, f) for r, f in e.failures.items() if f.exitcode < 0)
-        _, rank, failure = killed[0] if killed else (0, *e.get_first_failure())
+        # the cause: a process killed by a signal (the others' exits, a collective that lost it, follow), else the
+        # first to exit with an error; torchrun ends the rest with SIGTERM, which is never the cause when another
+        # process failed first
+        rank, failure = cause(e.failures)
         print(f"moco: error: {failure_line(rank, failure.exitcode, argv)}", file=sys.stderr)
         out = _flag(argv, "--out")
         if out and Path(out).is_dir():
