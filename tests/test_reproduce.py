@@ -35,6 +35,7 @@ def test_every_experiment_has_valid_settings_and_shares_the_base_run(tmp_path):
     assert "optim.batch_size=1024" in e2e[1].overrides and "optim.lr=0.24" in e2e[1].overrides
 
 
+@pytest.mark.slow
 def test_momentum_experiment_writes_report_and_skips_finished_runs(tiny_data, tmp_path):
     out, runs = tmp_path / "reports" / "momentum", tmp_path / "runs"
     extra = tiny(tmp_path)
@@ -87,6 +88,7 @@ def test_verdicts_find_settings_by_role_not_by_name_or_position(name):
     assert sum(s.role == "baseline" for s in settings) == 1 and sum(s.role == "seed" for s in settings) == 1
 
 
+@pytest.mark.slow
 def test_transfer_writes_its_report_and_skips_finished_runs(tmp_path, monkeypatch):
     """The transfer experiment end to end on 4 tiny classes: MoCo and the supervised network on the first two, then
     each init fine-tuned on the other two and trained as a detector on them pasted on canvases; a second
@@ -111,7 +113,8 @@ def test_transfer_writes_its_report_and_skips_finished_runs(tmp_path, monkeypatc
     assert sorted(r["init"] for r in res["finetunes"].values()) == ["MoCo", "random", "supervised"]
     assert all(r["images"] == 16 for r in res["finetunes"].values())  # 50% of 2 x 16, the same for every init
     assert set(res["probes"]) == {"MoCo", "supervised"} and "50%" in res["probes"]["MoCo"]["linear"]
-    assert res["supervised"]["seconds"] >= 10  # the same wall time as MoCo, at least the shortest budget
+    # the same wall time as MoCo (its training and monitoring), at least the shortest budget
+    assert res["supervised"]["seconds"] == max(round(res["moco_seconds"], 1), transfer.MIN_BUDGET_S)
     assert sorted(r["init"] for r in res["detection"].values()) == ["MoCo", "random", "supervised"]
     assert all(0 <= r["AP"] <= 100 and r["steps"] == 1 for r in res["detection"].values())  # 8 canvases, batch 8
     assert "## Detection (COCO AP" in text and "Detection (COCO AP on the pasted" in text
