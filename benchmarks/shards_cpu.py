@@ -1,7 +1,7 @@
 """Pretraining from WebDataset shards against the folder's per_image pipeline, on a CPU (issue #26).
 
     python benchmarks/shards_cpu.py [--budget 90] [--rounds 2] [--checkpoint CK]
-        [--parts speed loader loader_device rss torchrun finetune]
+        [--parts speed loader loader_device rss torchrun one_process finetune]
 
 * speed: `moco pretrain --preset cifar10-cpu` on CIFAR-10's training images for ``--budget`` seconds each, from
   the folder (``data.pipeline=per_image``, the same PIL views) and from its shards (`moco shards`, 16 MB
@@ -15,6 +15,8 @@
   size (500 samples each), to show that memory follows the buffers, not the data set.
 * finetune (with --checkpoint): `moco finetune` with 1% of CIFAR-10's labels for 5 epochs, from the folder and
   from its shards: top-1, top-5 and wall time of each.
+* one_process: 5 shards of 1,000 images written by plain tarfile, `moco pretrain --epochs 1 --batch-size 100`
+  with 2 and 6 loader workers (more workers than shards): the steps and the keys trained (issue #34).
 * torchrun: `moco pretrain --nproc 2` (gloo) from 12 uneven shards for 2 epochs with data.workers=2, every
   sample's key traced (``MOCO_TRACE_KEYS``): how often each key was trained on per epoch, and how many.
 
@@ -188,18 +190,55 @@ def part_torchrun() -> dict:
     moco("pretrain", "--nproc", "2", "--data", str(out), "--out", str(run), "--no-progress", "--no-knn",
          "--epochs", "2", "--batch-size", "64", "--set", "model.width=16", "--set", "method.K=1024",
          "--set", "data.workers=2", env={"MOCO_TRACE_KEYS": str(trace)})
+    ranks, epochs = traced_epochs(trace, sum(sizes))
+    return {"shards": sizes, "samples_per_rank": ranks, "epochs": epochs}
+
+
+def traced_epochs(trace: Path, total: int) -> tuple[dict, dict]:
+    """(samples each rank trained, per epoch: samples, distinct keys, the most any key came, their share of
+    ``total``) from the ``MOCO_TRACE_KEYS`` files in ``trace``."""
     per_epoch: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     ranks = {}
     for f in sorted(trace.glob("keys-rank*.txt")):
-        lines = f.read_text().split("\n")
-        ranks[f.stem] = len([ln for ln in lines if ln])
+        lines = [ln for ln in f.read_text().split("\n") if ln]
+        ranks[f.stem] = len(lines)
         for line in lines:
-            if line:
-                epoch, key = line.split(" ", 1)
-                per_epoch[epoch][key] += 1
+            epoch, key = line.split(" ", 1)
+            per_epoch[epoch][key] += 1
     epochs = {e: {"samples": sum(c.values()), "distinct_keys": len(c), "max_per_key": max(c.values()),
-                  "share_of_keys": round(len(c) / sum(sizes), 4)} for e, c in per_epoch.items()}
-    return {"shards": sizes, "samples_per_rank": ranks, "epochs": epochs}
+                  "share_of_keys": round(len(c) / total, 4)} for e, c in per_epoch.items()}
+    return ranks, epochs
+
+
+def part_one_process() -> dict:
+    """Issue #34's first contact: 5 shards of 1,000 CIFAR-10 images written by plain tarfile, `moco pretrain
+    --epochs 1 --batch-size 100` in one process with 2 and with 6 loader workers (more than shards): the steps
+    and the keys trained."""
+    import tarfile
+
+    out = WORK / "five"
+    if not list(out.glob("*.tar")):
+        out.mkdir(parents=True)
+        files = sorted((CIFAR / "train").rglob("*.jpg"))[:5000]
+        for j in range(5):
+            with tarfile.open(out / f"s-{j:06d}.tar", "w") as tf:
+                for k in range(j * 1000, (j + 1) * 1000):
+                    f = files[k]
+                    tf.add(f, arcname=f"{f.parent.name}/{f.stem}.jpg")
+    res = {}
+    for workers in (2, 6):
+        trace, run = WORK / f"trace-one-{workers}", WORK / f"one-run-{workers}"
+        for p in (trace, run):
+            subprocess.run(["rm", "-rf", str(p)], check=True)
+        trace.mkdir(parents=True)
+        moco("pretrain", "--data", str(out / "s-{000000..000004}.tar"), "--out", str(run), "--no-progress",
+             "--no-knn", "--epochs", "1", "--batch-size", "100", "--workers", str(workers), "--overwrite",
+             env={"MOCO_TRACE_KEYS": str(trace)})
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in records if r["type"] == "epoch"][-1]
+        _, epochs = traced_epochs(trace, 5000)
+        res[f"workers_{workers}"] = {"steps": steps, "epochs": epochs}
+    return res
 
 
 def part_finetune(checkpoint: str) -> dict:
@@ -229,12 +268,15 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="", help="the backbone the finetune part fine-tunes")
     ap.add_argument("--json", default=str(ROOT / "results" / "shards_cpu.json"))
     a = ap.parse_args()
-    res = {"command": " ".join(sys.argv), "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d")}
+    res = {}
     parts = {"speed": lambda: part_speed(a.budget, a.rounds), "loader": part_loader,
              "loader_device": lambda: part_loader("device"), "rss": lambda: part_rss(a.budget),
-             "torchrun": part_torchrun, "finetune": lambda: part_finetune(a.checkpoint)}
+             "torchrun": part_torchrun, "one_process": part_one_process,
+             "finetune": lambda: part_finetune(a.checkpoint)}
     for name in a.parts:
-        res[name] = {**parts[name](), "command": " ".join(sys.argv)}  # parts of one JSON come from several runs
+        # the parts of one JSON come from several runs, on whichever machine each drew: each records its own
+        res[name] = {**parts[name](), "command": " ".join(sys.argv), "cpu": cpu_info(),
+                     "date": time.strftime("%Y-%m-%d")}
         print(f"{name:9s} {json.dumps(res[name])}", flush=True)
     old = json.loads(Path(a.json).read_text()) if Path(a.json).is_file() else {}
     Path(a.json).write_text(json.dumps({**old, **res}, indent=2) + "\n")

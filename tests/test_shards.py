@@ -218,16 +218,7 @@ def test_shards_written_with_plain_tarfile_and_a_url_train(tmp_path):
 
 def test_a_corrupt_member_is_skipped_and_counted_and_refused_when_strict(tmp_path):
     data, shards = shard_data(tmp_path)
-    first = sorted(shards.glob("train-*.tar"))[0]
-    with tarfile.open(first) as tf:
-        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
-    broken = next(m.name for m, _ in members if m.name.endswith(".png"))
-    with tarfile.open(first, "w") as tf:
-        for m, body in members:
-            if m.name == broken:
-                body = b"broken"
-                m.size = len(body)
-            tf.addfile(m, io.BytesIO(body))
+    break_first_image(sorted(shards.glob("train-*.tar"))[0])
     cfg = tiny_config(tmp_path, *STREAM, "data.workers=0")
     pretrain(cfg, shards, tmp_path / "run", progress=False)
     recs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["type"] == "epoch"]
