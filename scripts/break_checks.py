@@ -1,0 +1,194 @@
+"""Do the tests catch what they claim to? Each check below is a one-line mistake in the package and the tests
+that must fail on it (issue #34). The script applies each mistake to a scratch copy of the working tree (beside
+it, so that ../shared is found), runs those tests there, and prints whether they failed, with the first failure
+line; it never touches the tree.
+
+    .venv/bin/python scripts/break_checks.py                # every check (about 15 minutes on 2 CPU cores)
+    .venv/bin/python scripts/break_checks.py --only flip     # the checks whose name contains "flip"
+    .venv/bin/python scripts/break_checks.py --json out.json
+
+Exit status 1 when some mistake passed its tests. Not part of the suite: it reruns slow tests many times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Break:
+    name: str
+    file: str  # under the repository root
+    old: str  # occurs exactly once in file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids that must fail
+
+
+TL = "tests/test_transfer_learning.py"
+FT, DT, ST = "tests/test_finetune.py", "tests/test_detect.py", "tests/test_stream.py"
+BREAKS = [
+    # 1. fine-tuning and detection learn
+    Break("finetune: labels paired with the wrong images", "moco/data/pipelines.py",
+          "self.labels[idx].to(self.device", "self.labels[idx.flip(0)].to(self.device",
+          (f"{TL}::test_fine_tuning_learns_and_the_same_run_on_shuffled_labels_does_not",)),
+    Break("finetune: backbone left out of the optimiser", "moco/methods/classifier.py",
+          '[{"params": [p for p in backbone if p.requires_grad]', '[{"params": []',
+          (f"{TL}::test_fine_tuning_learns_and_the_same_run_on_shuffled_labels_does_not",)),
+    Break("detect: boxes paired with another image", "moco/data/coco.py",
+          "                images.append(x)", "                images.insert(0, x)",
+          (f"{TL}::test_detection_learns_far_beyond_an_untrained_detector",)),
+    Break("detect: a flipped image keeps unflipped boxes", "moco/data/coco.py",
+          "x, t = x.flip(-1), flip_target(t, x.shape[-1])", "x, t = x.flip(-1), t",
+          (f"{TL}::test_detection_learns_far_beyond_an_untrained_detector",)),
+    Break("detect: backbone left out of the optimiser", "moco/methods/classifier.py",
+          '[{"params": [p for p in backbone if p.requires_grad]', '[{"params": []',
+          (f"{TL}::test_detection_learns_far_beyond_an_untrained_detector",)),
+    # 2. behaviour pinned
+    Break("finetune: random init loads the checkpoint it was given", "moco/transfer/finetune.py",
+          '    if kind != "random":\n        source, _ = load_backbone_and_config(ckpt, copy.deepcopy(backbone))\n'
+          "        load_backbone_into(net, source, ckpt)\n    return net",
+          "    if ckpt:\n        source, _ = load_backbone_and_config(ckpt, copy.deepcopy(backbone))\n"
+          "        load_backbone_into(net, source, ckpt)\n    return net",
+          (f"{FT}::test_random_and_checkpoint_init_differ_only_in_their_weights",
+           f"{FT}::test_random_init_fine_tunes_the_same_with_or_without_a_checkpoint_path")),
+    Break("detect: random init loads the checkpoint it was given", "moco/transfer/detect.py",
+          '    if kind != "random":', "    if ckpt:",
+          (f"{DT}::test_random_init_detects_the_same_with_or_without_a_checkpoint_path",)),
+    Break("the checkpoint init loads the key encoder", "moco/export/backbone.py",
+          'prefix: str = "encoder_q."', 'prefix: str = "encoder_k."',
+          (f"{FT}::test_random_and_checkpoint_init_differ_only_in_their_weights",
+           f"{DT}::test_the_detector_starts_from_the_checkpoints_backbone_and_trains")),
+    Break("detect: backbone out of the optimiser (BatchNorm statistics still move)", "moco/methods/classifier.py",
+          '[{"params": [p for p in backbone if p.requires_grad]', '[{"params": []',
+          (f"{DT}::test_the_detector_starts_from_the_checkpoints_backbone_and_trains",)),
+    Break("finetune: the classifier out of the optimiser", "moco/methods/classifier.py",
+          '{"params": [p for p in rest if p.requires_grad]', '{"params": []',
+          (f"{FT}::test_a_frozen_backbone_does_not_move",)),
+    Break("finetune: test labels mapped by position, not by name", "moco/transfer/finetune.py",
+          "torch.tensor([index[test.classes[y]] for y in test.labels])", "torch.tensor(list(test.labels))",
+          (f"{FT}::test_test_labels_are_mapped_to_the_training_classes_by_name",)),
+    Break("detect: masks scored as boxes", "moco/training/tasks.py",
+          'coco_ap(self.val.gt, found, "segm")', 'coco_ap(self.val.gt, found, "bbox")',
+          (f"{DT}::test_masks_are_scored_as_masks_not_as_boxes",)),
+    Break("finetune: labels_seed ignored", "moco/transfer/finetune.py",
+          "balanced_subset(full, f.labels, f.labels_seed)", "balanced_subset(full, f.labels, 0)",
+          (f"{FT}::test_the_labels_seed_setting_chooses_the_images",)),
+    Break("finetune: one labels seed for every class", "moco/transfer/labels.py",
+          "manual_seed(seed * 1_000_003 + c)", "manual_seed(seed * 1_000_003)",
+          (f"{FT}::test_every_class_draws_its_labels_with_a_seed_of_its_own",)),
+    Break("finetune: a resumed run draws its labels again", "moco/transfer/finetune.py",
+          '        labels_file = out / "labels.txt"', "        labels_file = labels_file",
+          (f"{FT}::test_a_resumed_fine_tune_keeps_its_labels_when_the_folder_changed",)),
+    Break("detect: both processes take the first half of a batch", "moco/data/coco.py",
+          "lo, hi = dinfo.rank * (b // dinfo.world_size), (dinfo.rank + 1) * (b // dinfo.world_size)",
+          "lo, hi = 0, b // dinfo.world_size",
+          (f"{DT}::test_each_process_takes_its_half_of_every_batch_with_the_batch_flips",)),
+    Break("detect: flips drawn per process", "moco/data/coco.py",
+          "flips = (torch.rand(b, generator=self.gen) < self.flip)[lo:hi]",
+          "flips = (torch.rand(b, generator=self.gen) < self.flip)[:hi - lo]",
+          (f"{DT}::test_each_process_takes_its_half_of_every_batch_with_the_batch_flips",)),
+    Break("shards: the shuffle buffer holds one sample", "moco/data/stream.py",
+          "shuffled(stream(), plan.buffer, rng)", "shuffled(stream(), 1, rng)",
+          (f"{ST}::test_the_shuffle_buffer_mixes_class_sorted_shards",)),
+    Break("shards: bundles dealt round-robin", "moco/data/stream.py",
+          "        bundles[b].append(i)", "        bundles[i % n].append(i)",
+          (f"{ST}::test_bundles_are_greedy_largest_first_and_strides_take_over_when_they_cannot_balance",)),
+    Break("launcher: a worker SIGTERMed by torchrun is named as the cause", "moco/core/launch.py",
+          "f.exitcode < 0 and f.exitcode != -signal.SIGTERM", "f.exitcode < 0",
+          ("tests/test_distributed.py::test_the_failure_line_names_the_worker_that_failed_first_and_says_when_there"
+           "_is_no_checkpoint",)),
+    Break("launcher: finetune does not check that the batch divides by the processes", "moco/transfer/finetune.py",
+          "    if job.cfg.optim.batch_size % world:", "    if False:",
+          ("tests/test_distributed.py::test_finetune_runs_in_two_processes_and_a_failed_worker_is_named",)),
+    Break("budget: the final evaluation is not reserved", "moco/training/loop.py",
+          "return run.end_seconds + 1.1 * max(timings, default=0.0) + 0.25", "return run.end_seconds + 0.25",
+          (f"{DT}::test_a_budgeted_detector_ends_by_its_deadline_with_its_final_evaluation_reserved",)),
+    Break("moco shards: a folder with nothing readable leaves an empty shard", "moco/data/shards.py",
+          "            Path(f).unlink(missing_ok=True)", "            pass",
+          ("tests/test_shards.py::test_an_empty_shard_list_an_unreadable_folder_and_too_few_samples_get_one_line",)),
+    # 3 and 4. shards
+    Break("shards: resume skips the samples read, not given (the old behaviour)", "moco/data/stream.py",
+          "if record is not None and start > 0 and record[3 * w] == given[w]:",
+          "if False and start > 0 and record[3 * w] == given[w]:",
+          (f"{ST}::test_a_resume_after_an_unreadable_member_repeats_nothing_and_shifts_nothing",)),
+    Break("shards: the checkpoint's reader positions are not used", "moco/training/run.py",
+          '        resume_at(record["positions"][run.dinfo.rank])', "        resume_at(None)",
+          ("tests/test_shards.py::test_pretraining_from_shards_trains_every_sample_and_resumes_exactly",)),
+    Break("shards: one process drops its workers' remainders", "moco/data/stream.py",
+          "n_tail = _size(tail) // b if tail is not None else 0", "n_tail = 0",
+          (f"{ST}::test_one_process_trains_on_every_key_once_an_epoch_at_any_number_of_workers",)),
+]
+
+
+def scratch_copy(dst: Path) -> None:
+    """The working tree as git sees it (tracked and untracked, not ignored) copied to ``dst``."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / f)
+
+
+def apply(tree: Path, b: Break) -> str:
+    """Apply ``b`` in ``tree``; returns the original text of its file."""
+    path = tree / b.file
+    text = path.read_text()
+    if text.count(b.old) != 1:
+        raise SystemExit(f"{b.name}: {b.old!r} occurs {text.count(b.old)} times in {b.file}, not once: update the "
+                         "check to the code")
+    path.write_text(text.replace(b.old, b.new))
+    return text
+
+
+def first_failure(out: str) -> str:
+    for line in out.splitlines():
+        if line.startswith("E ") or line.startswith("FAILED"):
+            return line.strip()[:200]
+    return out.strip().splitlines()[-1][:200] if out.strip() else ""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="run the checks whose name contains this")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+    chosen = [b for b in BREAKS if args.only in b.name]
+    results = []
+    with tempfile.TemporaryDirectory(prefix=".break-checks-", dir=ROOT.parent) as tmp:
+        tree = Path(tmp)
+        scratch_copy(tree)
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        for b in chosen:
+            original = apply(tree, b)
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "",
+                                *b.tests], cwd=tree, env=env, capture_output=True, text=True)
+            (tree / b.file).write_text(original)
+            caught = r.returncode == 1
+            results.append({"name": b.name, "caught": caught, "returncode": r.returncode,
+                            "seconds": round(time.perf_counter() - t0, 1), "tests": list(b.tests),
+                            "failure": first_failure(r.stdout + r.stderr)})
+            print(f"{'caught' if caught else 'MISSED'}  {b.name}  ({results[-1]['seconds']} s)\n"
+                  f"        {results[-1]['failure']}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    missed = [r["name"] for r in results if not r["caught"]]
+    print(f"{len(results) - len(missed)} of {len(results)} mistakes caught" + (f"; missed: {missed}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
