@@ -61,7 +61,7 @@ class DataConfig:
     strict: bool = False  # fail on the first unreadable image instead of skipping it
     samples_per_epoch: int = 0  # WebDataset shards: samples that make an epoch (0: count the local shards; a
     # stream of unknown length, a URL, needs it)
-    shuffle_buffer: int = 2000  # WebDataset shards: samples each reading slot mixes in its buffer
+    shuffle_buffer: int = 2000  # WebDataset shards: samples each reader (a loader worker) mixes in its buffer
 
     @property
     def view_size(self) -> int:
