@@ -1,6 +1,6 @@
 """Compare two folders of fixed-seed runs (scripts/fixed_seed_runs.sh): every checkpoint tensor (both encoders,
-queue, optimiser state, random states), every counter, and metrics.jsonl and the history without wall-clock
-fields. Exits 1 if any run differs.
+queue, optimiser state, random states), every counter, and metrics.jsonl, the history and results.json without
+wall-clock fields; paths under either folder are compared relative to it. Exits 1 if any run differs.
 
     python scripts/compare_runs.py BEFORE AFTER cached per_image v3 [--added task,config.finetune]
 
@@ -13,7 +13,19 @@ from pathlib import Path
 
 import torch
 
-TIMING = {"images_per_sec", "epoch_time", "knn_time", "eval_time"}
+TIMING = {"images_per_sec", "epoch_time", "knn_time", "eval_time", "wall_s", "train_seconds", "train_time"}
+
+
+def relative(obj, root: Path):
+    """``obj`` with every string naming a path under ``root`` written relative to it (``<OUT>/...``)."""
+    if isinstance(obj, dict):
+        return {k: relative(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(relative(v, root) for v in obj)
+    if isinstance(obj, str):
+        for r in (str(root.resolve()), str(root)):
+            obj = obj.replace(r, "<OUT>")
+    return obj
 
 
 def flat(obj, prefix=""):
@@ -36,8 +48,8 @@ added = tuple(p for x in sys.argv[1:] if x.startswith("--added=") for p in x.spl
 a_root, b_root = Path(args[0]), Path(args[1])
 ok = True
 for name in args[2:]:
-    a = torch.load(a_root / name / "checkpoint_last.pt", weights_only=True)
-    b = torch.load(b_root / name / "checkpoint_last.pt", weights_only=True)
+    a = relative(torch.load(a_root / name / "checkpoint_last.pt", weights_only=True), a_root)
+    b = relative(torch.load(b_root / name / "checkpoint_last.pt", weights_only=True), b_root)
     fa = dict(flat({k: v for k, v in a.items() if k not in ("history", "metrics")}))
     fb = dict(flat({k: v for k, v in b.items() if k not in ("history", "metrics")}))
     n_t, bad = 0, []
@@ -54,19 +66,27 @@ for name in args[2:]:
                 bad.append(k)
         elif x != y:
             bad.append(f"{k}: {x!r} != {y!r}")
-    ha = [strip_timing(r) for r in a["history"]]
-    hb = [strip_timing(r) for r in b["history"]]
+    ha = [strip_timing(r) for r in a.get("history", [])]
+    hb = [strip_timing(r) for r in b.get("history", [])]
     if ha != hb:
         bad.append("history differs")
     ma = [strip_timing(json.loads(line)) for line in (a_root / name / "metrics.jsonl").read_text().splitlines()]
     mb = [strip_timing(json.loads(line)) for line in (b_root / name / "metrics.jsonl").read_text().splitlines()]
     if ma != mb:
         bad.append("metrics.jsonl differs")
+    ra, rb = (a_root / name / "results.json", b_root / name / "results.json")
+    if ra.is_file() != rb.is_file():
+        bad.append("results.json in one run only")
+    elif ra.is_file():
+        ja, jb = (strip_timing(relative(json.loads(r.read_text()), root)) for r, root in ((ra, a_root), (rb, b_root)))
+        if ja != jb:
+            bad.append(f"results.json differs: {sorted(k for k in ja.keys() | jb.keys() if ja.get(k) != jb.get(k))}")
     q = "model.queue"
     queue = "n/a" if q not in fa else "equal" if torch.equal(fa[q], fb[q]) else "DIFF"
     verdict = ("IDENTICAL" + (f" (added: {', '.join(new)})" if new else "")) if not bad else \
         "DIFFERENT: " + "; ".join(bad[:5])
-    print(f"{name:10s} tensors compared: {n_t:4d}  queue {queue}  metrics records: {len(ma)}  "
-          f"knn_top1: {ha[-1].get('knn_top1')}  -> {verdict}")
+    last = ha[-1] if ha else {}
+    score = next((f"{k}: {last[k]}" for k in ("knn_top1", "test_top1", "AP") if k in last), "")
+    print(f"{name:15s} tensors compared: {n_t:4d}  queue {queue}  metrics records: {len(ma)}  {score}  -> {verdict}")
     ok &= not bad
 sys.exit(0 if ok else 1)
