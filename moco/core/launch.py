@@ -72,7 +72,7 @@ def failure_line(rank: int, exitcode: int, argv: list[str]) -> str:
     return f"rank {rank} {how_it_ended(exitcode)}{where_to_continue(argv)}"
 
 
-def cause(failures: dict) -> tuple[int, Any]:  # noqa: ANN401 - torchrun's ProcessFailure
+def cause(failures: dict[int, Any]) -> tuple[int, Any]:  # Any: torchrun's ProcessFailure
     """(rank, failure) of the process whose end ended the job: the first killed by a signal other than SIGTERM,
     else the first that exited with an error status, else the first (torchrun stops the survivors of a failure
     with SIGTERM)."""
