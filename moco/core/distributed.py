@@ -70,6 +70,15 @@ def init_distributed(device_pref: str) -> tuple[DistInfo, torch.device | None]:
     return DistInfo(rank, world, local), device
 
 
+def check_global_batch(batch_size: int) -> None:
+    """Before joining the process group: ``batch_size`` is the global batch, split evenly over the processes
+    torchrun started, so it must divide by their number."""
+    world = env_world_size()
+    if batch_size % world:
+        raise ConfigError(f"optim.batch_size ({batch_size}) is the global batch and must divide by the number of "
+                          f"processes ({world})")
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from moco.config import validate
-from moco.core.distributed import cleanup, env_world_size, init_distributed
+from moco.core.distributed import check_global_batch, cleanup, init_distributed
 from moco.core.errors import CheckpointError, ConfigError
 from moco.core.run_lock import lock_run_folder
 from moco.data.folder import ImageList, check_data_root
@@ -91,10 +91,7 @@ def pretrain(
         cfg = copy.deepcopy(cfg)
         cfg.model.arch = custom_name(backbone)
     validate(cfg)
-    world = env_world_size()
-    if cfg.optim.batch_size % world:
-        raise ConfigError(f"optim.batch_size ({cfg.optim.batch_size}) is the global batch and must divide by the "
-                          f"number of processes ({world})")
+    check_global_batch(cfg.optim.batch_size)
     dinfo, dist_device = init_distributed(cfg.train.device)
     lock = None
     try:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from moco.config import Config, from_dict, resolve
-from moco.core.distributed import DistInfo, cleanup, env_world_size, init_distributed
+from moco.core.distributed import DistInfo, check_global_batch, cleanup, init_distributed
 from moco.core.errors import ConfigError, DataError
 from moco.core.precision import memory_format
 from moco.core.run_lock import lock_run_folder
@@ -260,12 +260,9 @@ def detect(
     dinfo, dist_device = None, None
     lock = None
     try:
-        world = env_world_size()
         job = resolve_job(checkpoint, train_ann, train_images, val_ann, val_images, out, init, flags, overrides,
                           config_file, resume, backbone, warn=int(os.environ.get("RANK", "0")) == 0)
-        if job.cfg.optim.batch_size % world:
-            raise ConfigError(f"optim.batch_size ({job.cfg.optim.batch_size}) is the global batch and must divide "
-                              f"by the number of processes ({world})")
+        check_global_batch(job.cfg.optim.batch_size)
         dinfo, dist_device = init_distributed(job.cfg.train.device)
         lock = lock_run_folder(out) if dinfo.is_main else None
         run, state = set_up_detect(job, out, dinfo, dist_device, resume, overwrite, progress and dinfo.is_main,

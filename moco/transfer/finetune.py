@@ -30,7 +30,7 @@ from torch import nn
 
 from moco.config import Config, from_dict, resolve
 from moco.core.checkpoint_files import load_state_strict
-from moco.core.distributed import DistInfo, cleanup, env_world_size, init_distributed
+from moco.core.distributed import DistInfo, check_global_batch, cleanup, init_distributed
 from moco.core.errors import ConfigError, DataError
 from moco.core.precision import memory_format
 from moco.core.run_lock import lock_run_folder
@@ -353,10 +353,7 @@ def finetune(
     flags = length_flags(flags, epochs, time_budget)
     job = resolve_job(checkpoint, data, out, labels, init, train_dir, test_dir, labels_file, flags, overrides,
                       config_file, resume, backbone)
-    world = env_world_size()
-    if job.cfg.optim.batch_size % world:
-        raise ConfigError(f"optim.batch_size ({job.cfg.optim.batch_size}) is the global batch and must divide by "
-                          f"the number of processes ({world})")
+    check_global_batch(job.cfg.optim.batch_size)
     dinfo, dist_device = init_distributed(job.cfg.train.device)
     lock = None
     try:
