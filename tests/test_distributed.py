@@ -309,3 +309,41 @@ def test_finetune_runs_in_two_processes_and_a_failed_worker_is_named(tmp_path, t
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"checkpoint not found: {tmp_path / 'nope.pt'}" in errors[0]
     assert errors[-1].startswith("moco: error: rank ") and " exited with status 1; no checkpoint in " in errors[-1]
+
+
+def _stream_resume_worker(rank: int, world: int, ports: list[int], tmp: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    tmp_path = Path(tmp)
+    cfg = tiny_config(tmp_path, *COMMON, "data.workers=1", "data.pipeline=per_image", "train.knn_every=0")
+    runs = [("full", {}), ("part", {"max_steps": 4}), ("part", {"resume": "auto"})]
+    for port, (name, kw) in zip(ports, runs):  # each run joins and leaves its own process group
+        os.environ["MASTER_PORT"] = str(port)
+        pretrain(cfg, tmp_path / "shards", tmp_path / name, progress=False, knn=False, **kw)
+
+
+@pytest.mark.slow
+def test_two_processes_resume_a_stream_from_every_ranks_reader_positions(tmp_path, tiny_data):
+    """Two processes (a loader worker each) on shards with an unreadable sample each, stopped mid-epoch and resumed: the
+    checkpoint holds both ranks' reader positions, and the resumed run ends on the weights of the run that was
+    not stopped (computing positions as if nothing had failed would shift the rest of the epoch)."""
+    import tarfile
+
+    files = sorted((tiny_data / "train").rglob("*.png"))
+    (tmp_path / "shards").mkdir()
+    start = 0
+    for j, n in enumerate([14, 4, 10, 6, 8, 6]):
+        with tarfile.open(tmp_path / "shards" / f"u-{j}.tar", "w") as tf:
+            for i, f in enumerate(files[start:start + n]):
+                if i == 1:  # the second sample of every shard cannot be decoded
+                    broken = tmp_path / "broken.png"
+                    broken.write_bytes(b"not an image")
+                    tf.add(broken, arcname=f"{f.parent.name}/{f.stem}.png")
+                else:
+                    tf.add(f, arcname=f"{f.parent.name}/{f.stem}.png")
+        start += n
+    ports = [free_port() for _ in range(3)]
+    mp.start_processes(_stream_resume_worker, args=(2, ports, str(tmp_path)), nprocs=2, start_method="spawn")
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt") for n in ("full", "part"))
+    assert a["step"] == b["step"] == 6 and b["world_size"] == 2
+    assert len(b["stream"]["positions"]) == 2 and b["stream"]["workers"] == 1
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -149,20 +149,26 @@ def read_part(shard: str, j: int, k: int, on_error: Callable[[str, str], None]) 
             yield sample
 
 
-def two_views(transforms: tuple[Callable, Callable], seed: int) -> Callable[[dict], tuple]:
+@dataclass(frozen=True)
+class two_views:  # noqa: N801 - a function's name: a picklable closure, since loader workers may be spawned
     """``make`` for pretraining: the sample's image decoded, its two augmented views drawn from torch's
     generator seeded by (``seed``, the sample's key), its state restored after: the views are the same
-    whichever process or worker makes them, and a resumed epoch makes the same ones; and its key."""
-    def make(sample: dict) -> tuple:
+    whichever process or worker makes them, and a resumed epoch makes the same ones; and its key. A class,
+    not a closure, so that it pickles: DataLoader workers are spawned, not forked, in a spawned process
+    (torch.multiprocessing) and by default from Python 3.14."""
+
+    transforms: tuple[Callable, Callable]
+    seed: int
+
+    def __call__(self, sample: dict) -> tuple:
         img = decode(sample)
         gen = torch.default_generator  # torchvision's transforms draw from it; torch.manual_seed would also
         state = gen.get_state()        # queue accelerator seeding, at a stack trace per call
-        gen.manual_seed(zlib.crc32(f"{seed}/{sample['__key__']}".encode()))
+        gen.manual_seed(zlib.crc32(f"{self.seed}/{sample['__key__']}".encode()))
         try:
-            return transforms[0](img), transforms[1](img), sample["__key__"]
+            return self.transforms[0](img), self.transforms[1](img), sample["__key__"]
         finally:
             gen.set_state(state)
-    return make
 
 
 def encoded(sample: dict) -> tuple[torch.Tensor, str]:
@@ -432,11 +438,12 @@ class ShardSource:
             given += 1
             if given == self.steps:
                 return
+        if not held:
+            return
         b = self.batch_size // self.dinfo.world_size
-        tail = _join([held[w] for w in sorted(held)]) if held else None
-        n_tail = _size(tail) // b if tail is not None else 0
+        tail = _join([held[w] for w in sorted(held)])
+        n_tail = _size(tail) // b
         for i in range(max(0, start - full), n_tail):
-            assert tail is not None
             yield self._to_device(tuple(f[i * b:(i + 1) * b] for f in tail), side, seed, keys_file)
             given += 1
             if given == self.steps:
