@@ -20,11 +20,11 @@ from moco.data.stream import (
     Part,
     ReaderPlan,
     ShardSource,
+    TwoViews,
     make_bundles,
     reader_chunks,
     share,
     turns,
-    two_views,
 )
 from moco.schema import DataConfig
 
@@ -264,7 +264,7 @@ def test_views_follow_the_seed_and_key_alone_and_leave_torchs_generator_as_it_wa
     def noisy(img):  # a transform that draws from torch's generator, as torchvision's do
         return torch.rand(3)
 
-    make = two_views((noisy, noisy), seed=4)
+    make = TwoViews((noisy, noisy), seed=4)
     sample = {"__key__": "a/b", "png": png(9)}
     torch.manual_seed(0)
     before = torch.get_rng_state()
@@ -274,6 +274,6 @@ def test_views_follow_the_seed_and_key_alone_and_leave_torchs_generator_as_it_wa
     torch.manual_seed(123)  # whatever the generator's state, the same sample makes the same views
     q2, k2, _ = make(sample)
     assert torch.equal(q, q2) and torch.equal(k, k2)
-    q3, _, _ = two_views((noisy, noisy), seed=5)(sample)  # another epoch, other views
+    q3, _, _ = TwoViews((noisy, noisy), seed=5)(sample)  # another epoch, other views
     q4, _, _ = make({**sample, "__key__": "a/c"})  # another key, other views
     assert not torch.equal(q, q3) and not torch.equal(q, q4)

@@ -150,7 +150,7 @@ def read_part(shard: str, j: int, k: int, on_error: Callable[[str, str], None]) 
 
 
 @dataclass(frozen=True)
-class two_views:  # noqa: N801 - a function's name: a picklable closure, since loader workers may be spawned
+class TwoViews:
     """``make`` for pretraining: the sample's image decoded, its two augmented views drawn from torch's
     generator seeded by (``seed``, the sample's key), its state restored after: the views are the same
     whichever process or worker makes them, and a resumed epoch makes the same ones; and its key. A class,
@@ -412,7 +412,7 @@ class ShardSource:
         else:
             transforms = tuple(per_image_transform(k, side, d.crop_min_scale, d.normalize)
                                for k in view_recipes(d.augmentation))
-            ds = ShardStream(plans, two_views(transforms, seed), _pairs, d.strict)
+            ds = ShardStream(plans, TwoViews(transforms, seed), _pairs, d.strict)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=d.workers,
                                              pin_memory=self.device.type == "cuda", persistent_workers=False)
         trace = os.environ.get(TRACE_ENV)
