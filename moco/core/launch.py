@@ -79,7 +79,7 @@ def cause(failures: dict[int, Any]) -> tuple[int, Any]:  # Any: torchrun's Proce
     def first(which: list[tuple[int, Any]]) -> tuple[int, Any] | None:
         return min(which, key=lambda rf: (rf[1].timestamp, rf[0])) if which else None
 
-    items = sorted(failures.items())
+    items = list(failures.items())
     return (first([(r, f) for r, f in items if f.exitcode < 0 and f.exitcode != -signal.SIGTERM])
             or first([(r, f) for r, f in items if f.exitcode > 0]) or first(items))
 
@@ -108,9 +108,6 @@ def launch(nproc: int, argv: list[str], job_env: dict[str, str]) -> int:
         print(f"moco: interrupted by {signal.Signals(e.sigval).name}{where_to_continue(argv)}", file=sys.stderr)
         return 130
     except ChildFailedError as e:
-        # the cause: a process killed by a signal (the others' exits, a collective that lost it, follow), else the
-        # first to exit with an error; torchrun ends the rest with SIGTERM, which is never the cause when another
-        # process failed first
         rank, failure = cause(e.failures)
         print(f"moco: error: {failure_line(rank, failure.exitcode, argv)}", file=sys.stderr)
         out = _flag(argv, "--out")
