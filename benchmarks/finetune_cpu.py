@@ -103,8 +103,9 @@ def speed(ckpt: str, steps: int = 30, batch: int = 256) -> dict:
     from moco.core.precision import autocast, resolve_precision
     from moco.data.augment import crop_flip
     from moco.export.backbone import load_backbone_and_config
-    from moco.methods.classifier import Classifier
-    from moco.transfer.finetune import build_network, finetune_config, load_backbone_into
+    from moco.tasks.finetune import finetune_config
+    from moco.transfer.classifier import Classifier
+    from moco.transfer.init import build_network, load_backbone_into
 
     data = ROOT.parent.parent / "shared" / "datasets" / "cifar10" / "train"
     files = sorted(data.glob("*/*.jpg"))[: batch * 8]

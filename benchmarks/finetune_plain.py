@@ -32,8 +32,9 @@ def main() -> None:
     from moco.data.augment import crop_flip, eval_batch
     from moco.data.cache import decode_images
     from moco.data.folder import scan_images
-    from moco.methods.classifier import Classifier
-    from moco.transfer.finetune import build_network, finetune_config
+    from moco.tasks.finetune import finetune_config
+    from moco.transfer.classifier import Classifier
+    from moco.transfer.init import build_network
     from moco.transfer.labels import read_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -34,8 +34,8 @@ from moco.data.cache import decode_images  # noqa: E402
 from moco.data.folder import find_split, scan_images  # noqa: E402
 from moco.data.pipelines import decode_side  # noqa: E402
 from moco.evaluation.knn import evaluate_knn  # noqa: E402
+from moco.tasks.pretrain import pretrain  # noqa: E402
 from moco.training.logging import read_metrics  # noqa: E402
-from moco.training.pretrain import pretrain  # noqa: E402
 
 CURVE = ROOT.parent.parent / "shared" / "docs" / "reference" / "moco-cifar10-demo-curve.json"
 

@@ -27,7 +27,7 @@ from moco.data.augment import apply_params, sample_params
 from moco.data.cache import decode_images
 from moco.data.folder import find_split, scan_images
 from moco.methods.moco import batch_shuffle, batch_unshuffle, info_nce, update_momentum
-from moco.training.run import build_training
+from moco.tasks.pretrain import build_training
 
 ROOT = Path(__file__).resolve().parent
 

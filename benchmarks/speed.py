@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from moco.config import resolve
-from moco.core.precision import memory_format
 from moco.data.cache import decode_images
 from moco.data.folder import find_split, scan_images
 from moco.data.pipelines import cached_batches
+from moco.tasks.pretrain import build_training, pretrain_task
 from moco.training.loop import train_step
-from moco.training.run import build_training
+from moco.training.task import StepModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_loop import reference_images_per_sec, sync_device  # noqa: E402
@@ -44,19 +44,18 @@ def measure(preset: str, overrides: list[str], data, steps: int, warmup: int, de
     torch.manual_seed(0)
     model, opt, scaler = build_training(cfg, device)
     gen = torch.Generator().manual_seed(0)
-    fmt = memory_format(cfg.train.channels_last)
+    net = StepModule(model, pretrain_task(cfg).step)
     if batches is None:
         source = cached_batches(data, torch.randperm(len(data.array), generator=gen), 0, cfg.data,
                                 cfg.optim.batch_size, gen, device)
     else:
         source = batches(cfg, gen, device)
     t = None
-    for i, (im_q, im_k, _) in enumerate(source):
+    for i, batch in enumerate(source):
         if i == warmup:
             sync_device(device)
             t = time.perf_counter()
-        train_step(model, opt, scaler, im_q.contiguous(memory_format=fmt), im_k.contiguous(memory_format=fmt), gen,
-                   cfg.train.precision, device)
+        train_step(net, opt, scaler, batch, gen, cfg.train.precision, device)
         if i + 1 >= warmup + steps:
             break
     assert t is not None, "not enough batches for warmup + steps"

@@ -32,9 +32,9 @@ from moco.export.backbone import load_backbone
 from moco.methods import ContrastiveMethod, EndToEnd, MemoryBank, MoCo, MoCoV3
 from moco.methods.moco import batch_shuffle, batch_unshuffle, info_nce, update_momentum
 from moco.models.generic import Encoder, remove_classifier
-from moco.training.pretrain import RunResult, pretrain
-from moco.transfer.detect import DetectResult, detect
-from moco.transfer.finetune import FinetuneResult, finetune
+from moco.tasks.detect import DetectResult, detect
+from moco.tasks.finetune import FinetuneResult, finetune
+from moco.tasks.pretrain import RunResult, pretrain
 
 __version__ = "0.1.0"
 

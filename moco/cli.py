@@ -351,8 +351,8 @@ def _launch(nproc: int, argv: list[str]) -> int:
 def _pretrain(a: argparse.Namespace) -> int:
     from moco.config import dump_yaml, from_dict, resolve
     from moco.core.checkpoint_files import load_checkpoint, load_newest_intact, require_moco_checkpoint
+    from moco.tasks.pretrain import pretrain
     from moco.training.budget import parse_duration, process_start
-    from moco.training.pretrain import pretrain
 
     if a.time_budget and a.epochs:
         raise ConfigError("--time-budget and --epochs both set how long to train; give one of them")
@@ -397,8 +397,8 @@ def _pretrain(a: argparse.Namespace) -> int:
 
 
 def _finetune(a: argparse.Namespace) -> int:
+    from moco.tasks.finetune import finetune
     from moco.training.budget import parse_duration, process_start
-    from moco.transfer.finetune import finetune
 
     if a.labels and a.labels_file:
         raise ConfigError("--labels draws a subset and --labels-file names one; give one of them")
@@ -422,8 +422,8 @@ def _finetune(a: argparse.Namespace) -> int:
 
 
 def _detect(a: argparse.Namespace) -> int:
+    from moco.tasks.detect import detect
     from moco.training.budget import parse_duration, process_start
-    from moco.transfer.detect import detect
 
     flags = _transfer_flags(a)
     res = detect(a.checkpoint, a.train_ann, a.train_images, a.val_ann, a.val_images, Path(a.out or "runs/detect"),

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,13 +14,12 @@ from moco.cli import main
 from moco.config import ConfigError, resolve
 from moco.evaluation import knn as knn_module
 from moco.schedules import lr_at, momentum_at
+from moco.tasks.pretrain import pretrain
 from moco.training import budget as budget_module
 from moco.training import loop as loop_module
-from moco.training import tasks as tasks_module
-from moco.training.budget import JOB_START_ENV, BudgetClock, Plan, parse_duration
+from moco.training.budget import JOB_START_ENV, BudgetClock, Plan, TimeBudget, parse_duration
 from moco.training.checkpoint import load_checkpoint
 from moco.training.logging import read_metrics
-from moco.training.pretrain import pretrain
 from tests.conftest import make_image_folder, tiny_config
 
 
@@ -132,8 +130,7 @@ def test_a_slow_down_mid_run_is_re_planned_and_the_deadline_still_met(tmp_path, 
         return out
 
     monkeypatch.setattr(loop_module, "train_step", slower_after_10s)
-    monkeypatch.setattr(tasks_module, "extract_feature_sets", features_slower_after_10s)  # the kNN's estimate
-    monkeypatch.setattr(knn_module, "extract_feature_sets", features_slower_after_10s)  # the kNN itself
+    monkeypatch.setattr(knn_module, "extract_feature_sets", features_slower_after_10s)  # the kNN and its estimate
     pretrain(budget_cfg(tmp_path, 30), data, tmp_path / "run", progress=False)
     wall = time.perf_counter() - t_start
     assert -5.0 <= wall - 30 <= 3.0, f"ended after {wall:.1f} s"  # met: not late (load aside), not much early
@@ -162,12 +159,18 @@ def test_the_final_evaluation_is_reserved_from_the_larger_timing_or_a_detectors_
     """kNN costs the same whatever the network has learnt, so of its two timings the larger counts (a machine
     that slowed down). A detector's evaluation is not: untrained it keeps 100 boxes an image and takes longer
     to score (54 s against 39 s on the pasted set here), so its latest timing counts."""
-    run = SimpleNamespace(end_seconds=2.0, eval_timings=[60.0, 40.0], monitor=SimpleNamespace())
-    assert loop_module.final_cost(run) == pytest.approx(2.0 + 1.1 * 60.0 + 0.25)
-    run.monitor = tasks_module.DetectionMonitor(None, [1], 8, None, None)
-    assert loop_module.final_cost(run) == pytest.approx(2.0 + 1.1 * 40.0 + 0.25)
-    run.eval_timings = [60.0]
-    assert loop_module.final_cost(run) == pytest.approx(2.0 + 1.1 * 60.0 + 0.25)
+    from moco.evaluation.knn import KnnMonitor
+    from moco.tasks.detect import DetectionMonitor
+
+    clock = BudgetClock(100.0, 0.0, lambda: 0.0)
+    knn = TimeBudget(clock, None, getattr(KnnMonitor(None, None, None, None), "cost_follows_model", False),
+                     end_seconds=2.0, eval_timings=[60.0, 40.0])
+    assert knn.final_cost() == pytest.approx(2.0 + 1.1 * 60.0 + 0.25)
+    det = TimeBudget(clock, None, DetectionMonitor(None, [1], 8, None, None).cost_follows_model, end_seconds=2.0,
+                     eval_timings=[60.0, 40.0])
+    assert det.final_cost() == pytest.approx(2.0 + 1.1 * 40.0 + 0.25)
+    det.eval_timings = [60.0]
+    assert det.final_cost() == pytest.approx(2.0 + 1.1 * 60.0 + 0.25)
 
 
 @pytest.mark.slow

@@ -17,9 +17,8 @@ from moco.data.coco import CocoImages, flip_target, read_coco
 from moco.data.pasted import PastedSpec, make_pasted_set
 from moco.evaluation.coco_ap import coco_ap, detections_to_coco
 from moco.export import load_backbone
+from moco.tasks.detect import DetectionMonitor, detect
 from moco.training.checkpoint import load_checkpoint
-from moco.training.tasks import DetectionMonitor
-from moco.transfer.detect import detect
 
 # width 8 in fp32 without channels_last: small, and clear of oneDNN's 4-channel channels_last hang (conftest)
 TINY = ["optim.batch_size=4", "data.workers=0", "train.precision=fp32", "train.channels_last=false",
@@ -173,9 +172,9 @@ def test_the_detector_starts_from_the_checkpoints_backbone_and_trains(tmp_path, 
     assert len(convs) == 20 and all(not torch.equal(before[k], after[k]) for k in convs)  # the backbone trained
 
     # loading: the detector's body is the checkpoint's query encoder, exactly (its key encoder differs)
-    from moco.transfer.detect import _network
+    from moco.tasks.detect import detection_network
     cfg = resolve("cifar10-cpu", overrides=["model.width=8"])
-    net = _network(cfg, "checkpoint", str(ck), None)
+    net = detection_network(cfg, "checkpoint", str(ck), None)
     saved = load_checkpoint(ck)["model"]
     assert all(torch.equal(v, saved[f"encoder_q.{k}"]) for k, v in net.state_dict().items())
     assert not torch.equal(net.conv1.weight, saved["encoder_k.conv1.weight"])

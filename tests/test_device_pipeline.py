@@ -91,7 +91,7 @@ def test_device_pipeline_slices_the_global_batch_like_cached(tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_pretrain_with_device_pipeline(tmp_path, workers):
-    from moco.training.pretrain import pretrain
+    from moco.tasks.pretrain import pretrain
 
     root = jpeg_folder(tmp_path / "data" / "train", [(16, 16), (24, 20), (18, 30)] * 4)
     cfg = tiny_config(tmp_path, "data.pipeline=device", f"data.workers={workers}", "optim.epochs=1")

@@ -158,7 +158,7 @@ def test_build_moco_selects_the_dictionary_and_checks_config():
 @pytest.mark.parametrize("dictionary", ["end_to_end", "memory_bank"])
 def test_pretrain_runs_and_resumes_with_each_dictionary(tiny_data, tmp_path, dictionary):
     """The training loop needs no branch per dictionary: each trains, checkpoints, and resumes exactly."""
-    from moco.training.pretrain import pretrain
+    from moco.tasks.pretrain import pretrain
 
     cfg = tiny_config(tmp_path, "method.dictionary=" + dictionary, "optim.epochs=2")
     full = pretrain(cfg, tiny_data, tmp_path / "full", progress=False, knn=False)

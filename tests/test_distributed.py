@@ -17,8 +17,9 @@ import torch.multiprocessing as mp
 from conftest import tiny_config
 
 from moco.config import ConfigError
+from moco.tasks.pretrain import pretrain
 from moco.training.checkpoint import load_checkpoint
-from moco.training.pretrain import NO_BUFFER_SYNC, pretrain
+from moco.training.loop import NO_BUFFER_SYNC
 
 # Width 8, not the tiny default 4: torchrun runs each process on one thread, and with one thread torch 2.14's
 # CPU convolutions on 4-channel channels_last tensors corrupt the heap on AVX2-only CPUs (a torch bug).
@@ -96,19 +97,20 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     from moco.core.distributed import concat_all_gather, init_distributed
+    from moco.tasks.pretrain import build_training, contrastive_step
     from moco.training.loop import train_step
-    from moco.training.run import build_training
+    from moco.training.task import StepModule
 
     dinfo, device = init_distributed("cpu")
     cfg = tiny_config(Path(tmp), *COMMON)
     torch.manual_seed(0)
     model, opt, scaler = build_training(cfg, device)
-    net = torch.nn.parallel.DistributedDataParallel(model, **NO_BUFFER_SYNC)
+    net = torch.nn.parallel.DistributedDataParallel(StepModule(model, contrastive_step), **NO_BUFFER_SYNC)
     gen = torch.Generator().manual_seed(1)
     g_data = torch.Generator().manual_seed(100 + rank)  # each rank its own images
     for _ in range(3):
         x1, x2 = (torch.randn(8, 3, 16, 16, generator=g_data) for _ in range(2))
-        train_step(net, opt, scaler, x1, x2, gen, "fp32", device)
+        train_step(net, opt, scaler, (x1, x2, None), gen, "fp32", device)
     flat = torch.cat([p.detach().flatten() for p in model.encoder_q.parameters()])
     queues = concat_all_gather(model.queue.unsqueeze(0))
     ptrs = concat_all_gather(model.queue_ptr.view(1))

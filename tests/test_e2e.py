@@ -12,7 +12,7 @@ from moco.data.cache import decode_images
 from moco.data.folder import scan_images
 from moco.evaluation.knn import evaluate_knn
 from moco.methods import build_moco
-from moco.training.pretrain import pretrain
+from moco.tasks.pretrain import pretrain
 
 # The main job's recipe at its 32 px and width 16, 3 epochs over 5,000 images in batches of 64 (234 steps) with
 # K=256 (fresh negatives learn fastest early): measured on 2026-12-06 (AVX-512 without bf16, fp32) kNN 25.9% at

@@ -15,8 +15,8 @@ from moco.data.folder import DataError, scan_images
 from moco.data.pipelines import cached_batches
 from moco.evaluation.knn import evaluate_knn, extract_features, knn_accuracy
 from moco.export.backbone import load_backbone, load_encoder_and_config
+from moco.tasks.pretrain import pretrain
 from moco.training.logging import read_metrics
-from moco.training.pretrain import pretrain
 from tests.conftest import tiny_config
 from tests.test_export import fake_checkpoint
 

@@ -21,8 +21,8 @@ from moco.core.run_lock import LOCK_NAME, RunLock, lock_run_folder
 from moco.data.cache import decode_images
 from moco.data.folder import DataError, scan_images
 from moco.data.pipelines import open_source
+from moco.tasks.pretrain import pretrain
 from moco.training.logging import read_metrics
-from moco.training.pretrain import pretrain
 from tests.conftest import make_image_folder, tiny_config
 
 TINY = ["--set", "model.width=4", "--set", "train.precision=bf16",
@@ -197,7 +197,7 @@ def test_a_file_that_changes_after_the_scan_is_skipped_for_the_rest_of_the_run(t
 
 def test_files_lost_during_training_are_counted_in_metrics(tmp_path, monkeypatch, caplog):
     make_image_folder(tmp_path / "data" / "train", per_class=12)
-    import moco.training.run as run_module
+    import moco.tasks.pretrain as run_module
 
     real_scan = run_module.scan_images
 

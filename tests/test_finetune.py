@@ -15,10 +15,11 @@ from moco.cli import main
 from moco.core.errors import DataError
 from moco.data.folder import ImageList, scan_images
 from moco.export import export_backbone, load_backbone
-from moco.methods.classifier import Classifier
 from moco.models import build_resnet
+from moco.tasks.finetune import finetune, finetune_config, map_test_labels
 from moco.training.checkpoint import load_checkpoint
-from moco.transfer.finetune import _network, finetune, finetune_config, map_test_labels
+from moco.transfer.classifier import Classifier
+from moco.transfer.init import init_network
 from moco.transfer.labels import balanced_subset, read_labels, write_labels
 
 # width 4 in bf16: torch 2.14's oneDNN hangs in fp32 4-channel channels_last backward passes (conftest)
@@ -75,9 +76,9 @@ def test_random_and_checkpoint_init_differ_only_in_their_weights(tmp_path, ck):
     _, src_cfg = load_backbone_and_config(ck)
     cfg = finetune_config(src_cfg, "checkpoint", str(ck), overrides=TINY)
     torch.manual_seed(0)
-    a = _network(cfg, "checkpoint", str(ck), 3, None)
+    a = init_network(cfg, "checkpoint", str(ck), 3, None)
     torch.manual_seed(0)
-    b = _network(cfg, "random", str(ck), 3, None)  # given a checkpoint path, as the transfer report's baseline
+    b = init_network(cfg, "random", str(ck), 3, None)  # given a checkpoint path, as the transfer report's baseline
     assert [type(m) for m in a.modules()] == [type(m) for m in b.modules()]
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
@@ -147,7 +148,7 @@ def test_a_frozen_backbone_does_not_move(tmp_path, ck, tiny_data):
 
     cfg = finetune_config(load_backbone_and_config(ck)[1], "checkpoint", str(ck), overrides=TINY)
     torch.manual_seed(cfg.train.seed)  # the run's draw of the new classifier (open_run seeds it so)
-    start = _network(cfg, "checkpoint", str(ck), 2, None).fc.weight
+    start = init_network(cfg, "checkpoint", str(ck), 2, None).fc.weight
     assert start.shape == fc.shape and not torch.equal(start, fc)  # the classifier trained
 
 
@@ -257,7 +258,7 @@ def test_bad_input_gets_one_line(tmp_path, ck, tiny_data, capsys):
 def test_finetune_will_not_resume_a_pretraining_run(tmp_path, ck, tiny_data, capsys):
     from conftest import tiny_config
 
-    from moco.training.pretrain import pretrain
+    from moco.tasks.pretrain import pretrain
 
     pretrain(tiny_config(tmp_path, "optim.epochs=1"), tiny_data, tmp_path / "pre", progress=False, max_steps=2)
     code, err, single = one_line(cli(["finetune", "--checkpoint", str(ck), "--data", str(tiny_data), "--out",

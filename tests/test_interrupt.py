@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from moco.tasks.pretrain import pretrain
 from moco.training.checkpoint import load_checkpoint
-from moco.training.pretrain import pretrain
 
 OVERRIDES = ["optim.epochs=5", "optim.batch_size=4", "method.K=40", "train.log_every=1"]
 

@@ -11,7 +11,7 @@ from moco.data.cache import decode_images
 from moco.data.folder import scan_images
 from moco.evaluation.knn import evaluate_knn
 from moco.methods import build_moco
-from moco.training.pretrain import pretrain
+from moco.tasks.pretrain import pretrain
 
 pytestmark = pytest.mark.skipif(not (SHARED_CIFAR / "train").is_dir(), reason="shared CIFAR-10 not available")
 

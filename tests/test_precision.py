@@ -8,7 +8,7 @@ import yaml
 
 from moco.core import precision
 from moco.core.precision import autocast, resolve_precision
-from moco.training.pretrain import pretrain
+from moco.tasks.pretrain import pretrain
 from tests.conftest import tiny_config
 
 CPU = torch.device("cpu")

@@ -19,9 +19,9 @@ from moco.cli import main
 from moco.core.errors import ConfigError, DataError
 from moco.data.folder import scan_images
 from moco.data.shards import is_shard_spec, parse_size, resolve_shards, sample_key, write_shards
+from moco.tasks.pretrain import pretrain
 from moco.training.checkpoint import load_checkpoint
 from moco.training.logging import read_metrics
-from moco.training.pretrain import pretrain
 
 
 def read_back(pattern: str) -> dict[str, dict]:

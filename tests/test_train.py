@@ -11,8 +11,8 @@ from moco.config import ConfigError, resolve
 from moco.core.errors import TrainingError
 from moco.data.folder import DataError
 from moco.schedules import base_lr, lr_at
+from moco.tasks.pretrain import pretrain
 from moco.training.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from moco.training.pretrain import pretrain
 
 
 def states_equal(a: dict, b: dict) -> bool:

@@ -24,11 +24,10 @@ from moco.config import resolve
 from moco.data.augment import NORMALIZATIONS
 from moco.data.coco import read_coco
 from moco.data.pasted import PastedSpec, make_pasted_set
-from moco.methods.detector import build_detector
-from moco.training.tasks import DetectionMonitor
-from moco.transfer.detect import _network as detection_backbone
-from moco.transfer.detect import detect
-from moco.transfer.finetune import finetune
+from moco.tasks.detect import DetectionMonitor, detect
+from moco.tasks.detect import detection_network as detection_backbone
+from moco.tasks.finetune import finetune
+from moco.transfer.detector import build_detector
 
 FINETUNE = ["model.width=16", "model.cifar_stem=true", "train.precision=fp32", "data.image_size=16",
             "optim.batch_size=32", "data.workers=0", "train.log_every=50"]

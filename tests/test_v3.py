@@ -18,9 +18,10 @@ from moco.models.resnet import build_resnet
 from moco.models.vit import build_vit, sincos_pos_embed
 from moco.optim import LARS, build_optimizer
 from moco.schedules import momentum_at
+from moco.tasks.pretrain import build_training, contrastive_step
 from moco.training.checkpoint import FORMAT
 from moco.training.loop import train_step
-from moco.training.run import build_training
+from moco.training.task import StepModule
 
 
 def tiny_v3(T: float = 0.5) -> MoCoV3:
@@ -132,8 +133,8 @@ def test_vit_frozen_patch_projection_and_position_embedding_never_change(tmp_pat
     blocks = model.encoder_q.encoder.layers[0].mlp[0].weight.detach().clone()
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
-        train_step(model, opt, scaler, torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16), gen, "fp32",
-                   torch.device("cpu"))
+        train_step(StepModule(model, contrastive_step), opt, scaler,
+                   (torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16), None), gen, "fp32", torch.device("cpu"))
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in frozen.items())
     assert not torch.equal(model.encoder_q.encoder.layers[0].mlp[0].weight, blocks)  # the rest trains
@@ -201,7 +202,7 @@ def test_v3_config_checks():
 
 
 def test_v3_pretrain_resumes_exactly(tiny_data, tmp_path):
-    from moco.training.pretrain import pretrain
+    from moco.tasks.pretrain import pretrain
 
     cfg = tiny_config(tmp_path, "method.dictionary=v3", "model.head=v3", "model.mlp_dim=32", "optim.optimizer=lars",
                       "method.m_schedule=cosine", "optim.epochs=2", "data.augmentation=byol-cifar")

@@ -59,7 +59,7 @@ def _summarise(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_setting(setting: Setting, cfg: Config, data: Path, runs: Path, progress: bool) -> dict[str, Any] | None:
     """Run (or resume, or skip) one setting; returns its summary, or None if it was interrupted."""
-    from moco.training.pretrain import pretrain
+    from moco.tasks.pretrain import pretrain
 
     out = run_dir(runs, cfg, data)
     done = out / "result.json"

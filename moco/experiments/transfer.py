@@ -116,7 +116,7 @@ def _once(name: str, out: Path, run: Any) -> dict[str, Any] | None:
 def _finetune(name: str, out: Path, data: Path, budget: TransferBudget, time_s: float, extra: list[str],
               progress: bool, **kw: Any) -> dict[str, Any] | None:
     """A fine-tuning run, skipped when finished; None when it was interrupted."""
-    from moco.transfer.finetune import finetune
+    from moco.tasks.finetune import finetune
 
     length = {"time_budget": time_s} if time_s else {"epochs": budget.finetune_epochs}
     return _once(name, out, lambda resume: finetune(  # resumed, the checkpoint supplies its init and labels
@@ -126,7 +126,7 @@ def _finetune(name: str, out: Path, data: Path, budget: TransferBudget, time_s: 
 def _detect(name: str, out: Path, pasted: Path, budget: TransferBudget, extra: list[str], progress: bool,
             **kw: Any) -> dict[str, Any] | None:
     """A detection run on the pasted set, skipped when finished; None when it was interrupted."""
-    from moco.transfer.detect import detect
+    from moco.tasks.detect import detect
 
     length = {"time_budget": budget.detect_s} if budget.detect_s else {"epochs": budget.detect_epochs}
     files = {"train_ann": pasted / "train.json", "train_images": pasted / "train", "val_ann": pasted / "val.json",

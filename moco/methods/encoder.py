@@ -54,21 +54,29 @@ HEADS: dict[str, Callable[[Config, int], nn.Module]] = {
 """``model.head`` -> a function (config, backbone feature dim) -> projection head."""
 
 
-def build_encoder(cfg: Config, backbone: nn.Module | None = None) -> nn.Module:
-    """The backbone with the projection head ``model.head`` names as ``fc``.
+def build_network(cfg: Config, head: Callable[[int], nn.Module], backbone: nn.Module | None = None,
+                  out_dim: int | None = None) -> nn.Module:
+    """The backbone ``cfg.model`` describes (or ``backbone``) with ``head(its feature width)`` as ``fc``: the one
+    network builder of pretraining (a projection head) and transfer (a classifier).
 
-    Without ``backbone``: the one ``cfg.model`` describes (our ResNets and ViTs carry ``fc`` themselves;
-    ``torchvision:NAME`` and ``timm:NAME`` are wrapped in an :class:`Encoder`). A given ``backbone`` (any
-    module mapping images to features or feature maps) is wrapped in an :class:`Encoder`; its feature
-    width comes from one dry forward pass at ``data.image_size``, and its BatchNorm2d layers become
-    ``model.bn_splits`` SplitBatchNorm groups.
+    Our ResNets and ViTs carry ``fc`` themselves; a ResNet is built with an ``fc`` of ``out_dim`` outputs
+    (default ``model.dim``) that ``head`` then replaces, so that the random draws of its layers stay those of
+    earlier versions. ``torchvision:NAME``, ``timm:NAME`` and a given ``backbone`` (any module mapping images to
+    features or feature maps) are wrapped in an :class:`Encoder`, their feature width found by one dry forward
+    pass at ``data.image_size``, their BatchNorm2d layers made ``model.bn_splits`` SplitBatchNorm groups.
     """
     if backbone is None and not is_named(cfg.model.arch):
-        enc = build_backbone(cfg)
-        enc.fc = HEADS[cfg.model.head](cfg, feature_dim(enc))
-        return enc
+        net = build_backbone(cfg, out_dim)
+        net.fc = head(feature_dim(net))
+        return net
     if backbone is None:
         backbone = build_backbone(cfg)
     else:
         split_batchnorm(backbone, cfg.model.bn_splits)
-    return Encoder(backbone, HEADS[cfg.model.head](cfg, infer_feature_dim(backbone, cfg.data.image_size)))
+    return Encoder(backbone, head(infer_feature_dim(backbone, cfg.data.image_size)))
+
+
+def build_encoder(cfg: Config, backbone: nn.Module | None = None) -> nn.Module:
+    """The backbone (``backbone``, or the one ``cfg.model`` describes) with the projection head ``model.head``
+    names as ``fc`` (:func:`build_network`)."""
+    return build_network(cfg, lambda in_dim: HEADS[cfg.model.head](cfg, in_dim), backbone)

@@ -185,3 +185,46 @@ class PlanLog:
             return False
         self.shown_total, self.shown_epoch = total, epoch
         return True
+
+
+@dataclass
+class TimeBudget:
+    """A budgeted run's clock and what it must keep for the end: the final end of epoch (``end_seconds``, as
+    the last one took without its evaluation) and the final evaluation, timed twice by :meth:`time_eval` (the
+    larger timing counts, or the latest when the monitor's cost follows the model)."""
+
+    clock: BudgetClock
+    evaluate_seconds: Callable[[], float] | None  # times the final evaluation (rank 0's monitor), None without one
+    cost_follows_model: bool = False
+    plan_log: PlanLog = field(default_factory=PlanLog)
+    end_seconds: float = 1.0
+    eval_timings: list[float] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, budget_s: float, spent_s: float, started: float, evaluate_seconds: Callable[[], float] | None,
+             cost_follows_model: bool = False) -> TimeBudget:
+        """A budget of ``budget_s`` seconds, ``spent_s`` of them used by earlier sessions, counted from
+        ``started``; its clock keeps :meth:`final_cost` in reserve."""
+        budget = cls(BudgetClock(budget_s, spent_s, lambda: 0.0, started=started), evaluate_seconds,
+                     cost_follows_model)
+        budget.clock.reserve = budget.final_cost
+        return budget
+
+    def final_cost(self) -> float:
+        """Seconds the run needs after its last step: the end of an epoch, the final evaluation with a tenth more
+        for the machine's drift, and a small margin."""
+        timings = self.eval_timings[-1:] if self.cost_follows_model else self.eval_timings
+        return self.end_seconds + 1.1 * max(timings, default=0.0) + 0.25
+
+    def time_eval(self) -> None:
+        """Time the final evaluation at the first step (the warm-up), and again when the last fifth of the budget
+        is left, in time to act on a machine that slowed down (ending late is worse than a few steps fewer). The
+        seconds spent timing are left out of the clock's speed window."""
+        if self.evaluate_seconds is None or len(self.eval_timings) == 2:
+            return
+        clock = self.clock
+        if self.eval_timings and clock.time_left() >= max(3 * self.final_cost(), 0.2 * clock.budget_s):
+            return
+        t0 = time.perf_counter()
+        self.eval_timings.append(self.evaluate_seconds())
+        clock.leave_out(time.perf_counter() - t0)

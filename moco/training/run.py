@@ -1,7 +1,8 @@
-"""Setting a run up, once: the run folder, the data and its batch source, the model, and resume.
+"""What every run sets up once, whatever its task: the run folder, the checkpoint to resume, and the
+:class:`Run` (what stays fixed while training) whose :class:`TrainState` (what training changes) is restored
+from it.
 
-``set_up`` returns a :class:`Run` (what stays fixed while training) and a :class:`TrainState` (what
-training changes), already restored from a checkpoint when resuming.
+A task module builds its data, model and monitor between :func:`open_run` and :func:`start_state`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,17 +21,13 @@ import torch
 from moco.config import dump_yaml, from_dict
 from moco.core.checkpoint_files import atomic_save
 from moco.core.distributed import DistInfo, any_rank, barrier, check_same_config, concat_all_gather
-from moco.core.errors import CheckpointError, ConfigError, DataError
+from moco.core.errors import CheckpointError, ConfigError
 from moco.core.precision import memory_format, pick_device, resolve_precision
-from moco.data.cache import decode_images
-from moco.data.folder import find_split, scan_images
-from moco.data.pipelines import BatchSource, decode_side, open_source
-from moco.data.shards import decode_data, decode_shards, is_shard_spec, shard_split, shards_root
-from moco.data.stream import ShardSource
-from moco.methods import build_moco
-from moco.optim import build_optimizer
+from moco.data.pipelines import BatchSource
+from moco.optim import OPTIMIZERS, trainable_parameters
+from moco.schedules import base_lr
 from moco.schema import Config
-from moco.training.budget import BudgetClock, PlanLog
+from moco.training.budget import TimeBudget
 from moco.training.checkpoint import (
     TrainState,
     check_compatible,
@@ -39,11 +37,10 @@ from moco.training.checkpoint import (
     require_moco_checkpoint,
 )
 from moco.training.logging import MetricsLogger
-from moco.training.tasks import TASKS, KnnMonitor, Monitor, Task
+from moco.training.task import Monitor, Task
 
 log = logging.getLogger("moco")
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "curves.png")
-KNN_MEMORY_MAX = 200_000  # the most training samples from shards the kNN monitor decodes as its memory
 
 
 @dataclass
@@ -87,18 +84,14 @@ class Run:
     source: BatchSource
     monitor: Monitor | None  # the end-of-epoch evaluation (rank 0): kNN when pretraining, test top-1 when fine-tuning
     progress: bool
+    task: Task
     max_steps: int | None = None
-    task: Task = TASKS["pretrain"]
     passes: int = 1  # passes over the data per epoch (fine-tuning on few labels makes an epoch of several)
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # what else a checkpoint records (fine-tuning:
     # the classes, the labels used, the initialisation)
     stop: StopFlag = field(default_factory=StopFlag)
     metrics: MetricsLogger | None = None  # rank 0, while training
-    clock: BudgetClock | None = None  # with optim.time_budget (not when replaying a plan): measures, re-plans
-    plan_log: PlanLog = field(default_factory=PlanLog)  # which re-plans the terminal shows
-    end_seconds: float = 1.0  # the last end of epoch's duration without its evaluation (a budget keeps it for the end)
-    eval_timings: list[float] = field(default_factory=list)  # a budget's estimates of the final evaluation: in
-    # the warm-up and again near the end, when the machine may have slowed down; the larger counts
+    budget: TimeBudget | None = None  # with optim.time_budget (not when replaying a plan): measures, re-plans
 
     @property
     def main(self) -> bool:
@@ -158,8 +151,8 @@ class Run:
     def save(self, state: TrainState, end_of_epoch: bool) -> None:
         """``checkpoint_last.pt`` (rank 0), and after every ``train.checkpoint_every`` epochs and the last one
         a kept ``checkpoint_{epoch:04d}.pt``."""
-        if self.clock is not None:
-            state.budget_spent = self.clock.spent
+        if self.budget is not None:
+            state.budget_spent = self.budget.clock.spent
         stream = self.stream_record()  # every rank takes part: the positions are gathered
         if self.main:
             ckpt = state.to_checkpoint(self.cfg, self.n_images, self.dinfo.world_size,
@@ -193,57 +186,21 @@ def prepare_out(out: Path, resume: str | None, overwrite: bool) -> Path | None:
     return None
 
 
-def build_training(
-    cfg: Config, device: torch.device, n_images: int = 0, backbone: torch.nn.Module | None = None,
+def training_parts(
+    cfg: Config, model: torch.nn.Module, device: torch.device,
+    params: Callable[[torch.nn.Module], Any] = trainable_parameters,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
-    """The model on ``device`` (channels_last if configured), its optimiser and the fp16 grad scaler.
-    ``n_images`` sizes the memory bank, when ``method.dictionary`` is one; ``backbone`` replaces the one
-    ``cfg.model`` describes."""
-    model = build_moco(cfg, n_images, backbone).to(device, memory_format=memory_format(cfg.train.channels_last))
-    optimizer = build_optimizer(cfg, model)
-    if cfg.train.compile:  # each part in place: parameter names (checkpoints, exports) stay the same
-        for part in model.children():
-            part.compile()
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
-    return model, optimizer, scaler
+    """``model`` on ``device`` (channels_last if configured), the optimiser ``optim.optimizer`` names over
+    ``params(model)`` (parameters, or groups with an ``lr_scale``) at the base lr, and the fp16 grad scaler."""
+    model = model.to(device, memory_format=memory_format(cfg.train.channels_last))
+    optimizer = OPTIMIZERS[cfg.optim.optimizer](params(model), base_lr(cfg), cfg.optim)
+    return model, optimizer, torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
 
 
-def knn_monitor(
-    cfg: Config, source: BatchSource, knn_train: str | Path | None, knn_test: str | Path | None,
-    test_dir: Path | list[str] | None, progress: bool, device: torch.device,
-) -> KnnMonitor | None:
-    """The kNN monitor on its (memory, test) sets, or None when no labelled test data is available. The sets
-    may be folders or WebDataset shards; a streamed training set is the memory only when its shards were
-    counted and hold at most ``KNN_MEMORY_MAX`` samples (else give ``knn_train``)."""
-    test = knn_test or test_dir
-    if test is None:
-        if knn_train:
-            raise ConfigError("--knn-train needs --knn-test too")
-        return None
-    d = cfg.data
-    side = decode_side(d)
-    if knn_train:
-        memory = decode_data(knn_train, side, d.cache_dir or None, d.workers, d.strict, progress)
-    elif source.decoded is not None:
-        memory = source.decoded
-    elif isinstance(source, ShardSource):
-        n = source.total_samples
-        if n is None or n > KNN_MEMORY_MAX:
-            log.warning("kNN monitor off: the training shards hold %s samples, more than the %d the monitor "
-                        "decodes as its memory; give --knn-train and --knn-test (labelled, small)",
-                        "an unknown number of" if n is None else n, KNN_MEMORY_MAX)
-            return None
-        memory = decode_shards(source.shards, side, d.cache_dir or None, d.workers, d.strict, progress)
-    else:
-        memory = decode_images(source.images, side, d.cache_dir or None, d.workers, d.strict, progress)
-    if memory.images.labels is None:
-        log.warning("kNN monitor off: %s has no class sub-folders (labels)", memory.images.root)
-        return None
-    test_set = decode_data(test, side, d.cache_dir or None, d.workers, d.strict, progress)
-    if test_set.images.classes != memory.images.classes:
-        log.warning("kNN monitor off: %s and %s have different class folders", memory.images.root, test)
-        return None
-    return KnnMonitor(memory, test_set, cfg, device)
+def augmentation_generator(cfg: Config) -> torch.Generator:
+    """The generator of a run's random draws on the host (augmentation, shuffle BN, flips): seeded from
+    ``train.seed``, the same on every rank, saved in checkpoints."""
+    return torch.Generator().manual_seed(cfg.train.seed + 1)
 
 
 def open_run(
@@ -314,35 +271,3 @@ def start_state(run: Run, parts: tuple[torch.nn.Module, torch.optim.Optimizer, t
     if run.main:
         (run.out / "config.yaml").write_text(dump_yaml(run.cfg))
     return state
-
-
-def set_up(
-    cfg: Config, data: str | Path, out: Path, dinfo: DistInfo, dist_device: torch.device | None, *,
-    resume: str | None = None, overwrite: bool = False, knn_train: str | Path | None = None,
-    knn_test: str | Path | None = None, knn: bool = True, progress: bool = True, max_steps: int | None = None,
-    backbone: torch.nn.Module | None = None,
-) -> tuple[Run, TrainState]:
-    """Check the folder and the checkpoint, open the data (a folder, or WebDataset shards streamed), build the
-    model and restore the state."""
-    cfg, device, ckpt, ckpt_path = open_run(cfg, out, dinfo, dist_device, TASKS["pretrain"], resume, overwrite)
-    main = dinfo.is_main
-    gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation and shuffle-BN draws, same on all ranks
-    b = cfg.optim.batch_size
-    source: BatchSource
-    if is_shard_spec(data):
-        if cfg.method.dictionary == "memory_bank":
-            raise ConfigError("method.dictionary=memory_bank keeps a feature per image by index; a stream of "
-                              "shards has no indices: use the moco or end_to_end dictionary")
-        shards, test_dir = shard_split(data)
-        source = ShardSource(shards, cfg.data, b, gen, device, dinfo, progress)
-        train_dir = shards_root(shards)
-    else:
-        train_dir, test_dir = find_split(Path(data))
-        images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed, cfg.data.strict, warn=main)
-        source = open_source(images, cfg.data, b, gen, device, dinfo, progress)
-        if len(source.images) // b == 0:
-            raise DataError(f"{train_dir} has {len(source.images)} usable image(s), fewer than one batch of {b}; "
-                            "lower --batch-size")
-    monitor = knn_monitor(cfg, source, knn_train, knn_test, test_dir, progress, device) if knn and main else None
-    run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, max_steps)
-    return run, start_state(run, build_training(cfg, device, run.n_images, backbone), gen, ckpt, ckpt_path)

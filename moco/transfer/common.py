@@ -1,6 +1,5 @@
 """What ``moco finetune`` and ``moco detect`` share: the run's config from the pretrained network and a
-recipe, the checkpoint a resume continues, training to the end on the pretraining machinery, and the record
-of the run that results.json carries."""
+recipe (or from the checkpoint a resume continues), and the record of the run that results.json carries."""
 
 from __future__ import annotations
 
@@ -8,18 +7,20 @@ import copy
 import json
 import logging
 import platform
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from moco.config import Config, merge_dict, resolve
+from moco.config import Config, from_dict, merge_dict, resolve
 from moco.core.checkpoint_files import FORMAT, load_checkpoint, load_newest_intact
 from moco.core.errors import CheckpointError, ConfigError
+from moco.export.backbone import load_backbone_and_config
+from moco.models.generic import custom_name
 from moco.training.checkpoint import TrainState
-from moco.training.pretrain import set_up_budget, train
 from moco.training.run import Run
+from moco.transfer.init import parse_init
 
 log = logging.getLogger("moco")
 RESULTS = "results.json"
@@ -75,17 +76,29 @@ def previous_checkpoint(out: Path, resume: str | None, task: str) -> dict[str, A
     return ck
 
 
-def train_to_end(run: Run, state: TrainState, started: float, log_start: Callable[[], None]) -> bool:
-    """Set the time budget up (counted from ``started``), then train to the end unless the run is finished
-    (``log_start`` announces it on rank 0). Returns whether it stopped before the end."""
-    set_up_budget(run, state, None, started)
-    if not run.finished(state):
-        if run.main:
-            log_start()
-        train(run, state)
-    elif run.main:
-        log.info("run already finished (epoch %d, step %d)", state.epoch, state.step)
-    return not run.finished(state)
+def job_config(
+    task: str, recipe: dict[str, dict[str, Any]], out: Path, resume: str | None, init: str | None,
+    checkpoint: str | Path | None, backbone: nn.Module | None, flags: dict[str, Any],
+    overrides: list[str] | None, config_file: str | None, new_flags: dict[str, Any] | None = None,
+) -> tuple[Config, str, str, dict[str, Any] | None]:
+    """(the config, the init's kind, its checkpoint, the checkpoint resumed or None) of a ``task`` run: a resumed
+    run's own settings with what the call changes on top; else the pretrained network's settings (random init
+    without a checkpoint: pretraining's default network) under ``recipe``, then the call's config file,
+    ``flags`` and ``new_flags`` (a new run's only) and ``--set`` ``overrides``."""
+    prev = previous_checkpoint(out, resume, task)
+    if prev is not None:
+        cfg = resolve(None, config_file, flags, overrides, base=from_dict(prev["config"]))
+        return cfg, cfg.finetune.init, cfg.finetune.checkpoint, prev
+    kind, ckpt = parse_init(init, checkpoint)
+    if ckpt:  # the architecture and image settings come with the checkpoint (a copy: random init keeps its own)
+        _, source = load_backbone_and_config(ckpt, copy.deepcopy(backbone))
+    else:  # random init from nothing: the network pretraining's default trains, unless --set says otherwise
+        source = resolve("cifar10-cpu")
+    if backbone is not None:
+        source.model.arch = custom_name(backbone)
+    what = {"finetune": "the fine-tuning recipe", "detect": "the detection recipe"}.get(task, f"the {task} recipe")
+    cfg = transfer_config(source, kind, ckpt, recipe, what, {**flags, **(new_flags or {})}, overrides, config_file)
+    return cfg, kind, ckpt, None
 
 
 def run_record(run: Run, state: TrainState) -> dict[str, Any]:

@@ -1,10 +1,9 @@
 """The detector that ``moco detect`` trains: torchvision's Faster R-CNN (Mask R-CNN when the data has masks)
 with a feature pyramid over a pretrained ResNet's stages.
 
-:class:`Detector` keeps the training loop's contract (``model(images, targets, generator=, index=) ->
-(loss, per-RoI hits)``, the backbone network as ``encoder_q``), so checkpoints, resume, the time budget and
-``moco export`` treat it like the other methods. ``encoder_q`` and the pyramid's trunk share their modules:
-the backbone is trained in place, and a checkpoint's ``encoder_q.*`` is the fine-tuned backbone.
+:class:`Detector` keeps the backbone network as ``encoder_q`` (:class:`~moco.transfer.classifier.Transfer`),
+sharing its modules with the pyramid's trunk: the backbone is trained in place, and a checkpoint's
+``encoder_q.*`` is the fine-tuned backbone for ``moco export``.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from moco.methods.classifier import Transfer, lr_groups
 from moco.schema import DetectConfig
+from moco.transfer.classifier import Transfer, lr_groups
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -93,17 +92,15 @@ def _hits_of_roi_heads(heads: nn.Module) -> None:
 
 class Detector(Transfer):
     """A torchvision detector whose backbone body is ``encoder_q``'s modules, the backbone's BatchNorm trained
-    or frozen (Detectron2's FrozenBN; :class:`~moco.methods.classifier.Transfer`)."""
+    or frozen (Detectron2's FrozenBN; :class:`~moco.transfer.classifier.Transfer`)."""
 
     def __init__(self, network: nn.Module, detector: FasterRCNN, bn: str = "train") -> None:
         super().__init__(network, bn)
         self.detector = detector
         _hits_of_roi_heads(detector.roi_heads)
 
-    def forward(
-        self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
-        generator: torch.Generator | None = None, index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(the sum of the detector's losses in fp32, which sampled RoIs the box classifier got right)."""
         losses = self.detector(images, targets)
         loss = sum(v.float() for v in losses.values())

@@ -1,11 +1,10 @@
 """The supervised objective that fine-tuning trains: a network whose ``fc`` is a new linear classifier,
-under cross-entropy.
+under cross-entropy; and what every transfer model shares (:class:`Transfer`).
 
-It keeps the contrastive methods' contract (``model(a, b, generator=, index=) -> (loss, logits)``, the trained
-network as ``encoder_q``), so the training loop, checkpoints and exports treat it like a dictionary: ``a``
-is a batch of augmented images and ``b`` their labels. ``encoder_q`` is one of our ResNets or ViTs, or an
-:class:`~moco.models.generic.Encoder`, with ``fc`` mapping the pooled features to the classes; a checkpoint's
-``encoder_q.*`` minus ``fc`` is the backbone, as for a pretraining checkpoint.
+A transfer model keeps the trained network as ``encoder_q``, as the contrastive methods do, so that a
+checkpoint's ``encoder_q.*`` minus ``fc`` is the backbone for ``moco export`` and the evaluations alike.
+``encoder_q`` is one of our ResNets or ViTs, or an :class:`~moco.models.generic.Encoder`, with ``fc`` mapping
+the pooled features to the classes.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ def freeze_batchnorm(module: nn.Module) -> None:
 class Transfer(nn.Module):
     """What the transfer objectives share: the pretrained network as ``encoder_q``, its BatchNorm trained
     (``bn="train"``: batch statistics, affine parameters learnt) or frozen (``"frozen"``: the statistics and
-    affine parameters kept as they were, also in train mode), and no key encoder."""
+    affine parameters kept as they were, also in train mode)."""
 
     def __init__(self, network: nn.Module, bn: str = "train") -> None:
         super().__init__()
@@ -44,9 +43,6 @@ class Transfer(nn.Module):
             freeze_batchnorm(self.encoder_q)
         return self
 
-    def set_momentum(self, m: float) -> None:
-        """No key encoder: the contract's momentum is ignored."""
-
 
 class Classifier(Transfer):
     """``encoder_q`` (a network with ``forward_features`` and a linear ``fc`` to the classes) trained with
@@ -58,11 +54,8 @@ class Classifier(Transfer):
         super().__init__(network, bn)
         self.label_smoothing = label_smoothing
 
-    def forward(
-        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
-        index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cross-entropy in fp32, the logits) of a batch; ``generator`` and ``index`` are the contract's, unused."""
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy in fp32, the logits) of a batch of images and their labels."""
         logits = self.encoder_q(images)
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing), logits
 

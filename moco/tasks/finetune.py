@@ -1,12 +1,12 @@
-"""``moco finetune``: fine-tune a backbone, with a new linear classifier, on a labelled ImageFolder, through
-the same machinery as pretraining (run folder, checkpoints and exact resume, time budget, cached batches,
-metrics.jsonl and curves, progress bar).
+"""``moco finetune``: the fine-tuning task. A backbone, with a new linear classifier, on a labelled ImageFolder
+(or shards with labels), trained by :mod:`moco.training` (run folder, checkpoints and exact resume, time
+budget, cached batches, metrics.jsonl and curves, progress bar).
 
 The network is the checkpoint's backbone (``init="checkpoint"``: a MoCo checkpoint, the authors'
 ``.pth.tar`` or a torchvision state dict; ``"supervised"``: a network trained with labels, e.g. a
 fine-tuning run's checkpoint), or the same architecture from scratch (``"random"``), with ``fc`` a new linear
-classifier. :class:`~moco.methods.classifier.Classifier` trains it with cross-entropy; the run's task is
-``finetune``, its monitor the test set's top-1. ``RUN/results.json`` holds the outcome, ``RUN/labels.txt``
+classifier. :class:`~moco.transfer.classifier.Classifier` trains it with cross-entropy; the run's monitor is
+the test set's top-1. ``RUN/results.json`` holds the outcome, ``RUN/labels.txt``
 the images learnt from and ``RUN/classifier.pt`` the classifier; ``moco export`` turns the checkpoint's
 network into a torchvision state dict.
 
@@ -18,46 +18,33 @@ because MoCo's feature statistics differ from those the network will see on the 
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from moco.config import Config, from_dict, resolve
-from moco.core.checkpoint_files import load_state_strict
-from moco.core.distributed import DistInfo, check_global_batch, cleanup, init_distributed
+from moco.config import Config
+from moco.core.distributed import DistInfo
 from moco.core.errors import ConfigError, DataError
 from moco.core.precision import memory_format
-from moco.core.run_lock import lock_run_folder
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.folder import ImageList, check_data_root, find_split, scan_images
 from moco.data.pipelines import LabelledSource, decode_side
 from moco.data.shards import check_shards, decode_shards, is_shard_spec, list_shards, shard_split
-from moco.export.backbone import load_backbone_and_config
-from moco.methods.classifier import Classifier
-from moco.models import build_resnet, is_named
-from moco.models.generic import Encoder, custom_name, infer_feature_dim, named_backbone
-from moco.models.vit import VITS, build_vit
-from moco.optim import OPTIMIZERS
-from moco.schedules import base_lr
+from moco.evaluation.knn import extract_feature_sets, time_per_image
 from moco.schema import DataConfig
 from moco.training.checkpoint import TrainState
-from moco.training.pretrain import run_length
-from moco.training.run import Run, open_run, start_state
-from moco.training.tasks import TASKS, TestMonitor
-from moco.transfer.common import (
-    length_flags,
-    previous_checkpoint,
-    run_record,
-    train_to_end,
-    transfer_config,
-    write_results,
-)
+from moco.training.harness import run_job, run_length
+from moco.training.run import Run, augmentation_generator, open_run, start_state, training_parts
+from moco.training.task import Stats, Task
+from moco.transfer.classifier import Classifier, hits
+from moco.transfer.common import job_config, length_flags, run_record, transfer_config, write_results
+from moco.transfer.init import init_network
 from moco.transfer.labels import balanced_subset, describe_labels, passes_per_epoch, read_labels, write_labels
 
 log = logging.getLogger("moco")
@@ -94,60 +81,11 @@ class FinetuneResult:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def parse_init(init: str | None, checkpoint: str | Path | None) -> tuple[str, str]:
-    """(kind, the checkpoint to load or '') from ``--init`` and ``--checkpoint``: ``checkpoint`` (the default
-    given a checkpoint), ``random`` (the default without one) or ``supervised:CKPT``."""
-    ck = str(checkpoint or "")
-    if init is None:
-        return ("checkpoint", ck) if ck else ("random", "")
-    kind, _, path = init.partition(":")
-    if kind == "supervised":
-        if not path and not ck:
-            raise ConfigError("--init supervised:CKPT names the supervised network's checkpoint")
-        return "supervised", path or ck
-    if path or kind not in ("checkpoint", "random"):
-        raise ConfigError(f"--init takes checkpoint, random or supervised:CKPT, got {init!r}")
-    if kind == "checkpoint" and not ck:
-        raise ConfigError("--init checkpoint needs --checkpoint (or use --init random)")
-    return kind, ck
-
-
 def finetune_config(source: Config, kind: str, ckpt: str, flags: dict[str, Any] | None = None,
                     overrides: list[str] | None = None, config_file: str | None = None) -> Config:
     """The run's config: the network's own model and data settings (plain BatchNorm), :data:`RECIPE` over
     them, then a config file, flags and ``--set`` overrides."""
     return transfer_config(source, kind, ckpt, RECIPE, "the fine-tuning recipe", flags, overrides, config_file)
-
-
-def build_network(cfg: Config, num_classes: int, backbone: nn.Module | None = None) -> nn.Module:
-    """The network ``cfg.model`` describes (or ``backbone``), randomly initialised, with ``fc`` a new linear
-    classifier to ``num_classes`` (weights N(0, 0.01), bias 0, as the authors' linear classifier)."""
-    m = cfg.model
-    if backbone is not None or is_named(m.arch):
-        try:
-            bb = backbone if backbone is not None else named_backbone(m.arch)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        net: nn.Module = Encoder(bb, nn.Linear(infer_feature_dim(bb, cfg.data.image_size), num_classes))
-    elif m.arch in VITS:
-        net = build_vit(m.arch, cfg.data.image_size, m.patch_size, m.stop_grad_conv1)
-        net.fc = nn.Linear(net.hidden_dim, num_classes)
-    else:
-        net = build_resnet(m.arch, m.width, m.cifar_stem, num_classes=num_classes)
-    net.fc.weight.data.normal_(mean=0.0, std=0.01)
-    net.fc.bias.data.zero_()
-    return net
-
-
-def load_backbone_into(net: nn.Module, source: nn.Module, path: str) -> None:
-    """Copy the backbone ``source`` (as :func:`load_backbone_and_config` returns it, ``fc`` = Identity) into
-    ``net``, all but its classifier, strictly."""
-    fc = net.fc
-    net.fc = nn.Identity()
-    try:
-        load_state_strict(net, source.state_dict(), path, "backbone")
-    finally:
-        net.fc = fc
 
 
 Data = Path | list[str]
@@ -235,23 +173,13 @@ def resolve_job(
 ) -> Job:
     """The job a :func:`finetune` call describes; a resumed run's own settings, data and labels come from its
     checkpoint, with what the call changes on top."""
-    prev = previous_checkpoint(out, resume, "finetune")
+    cfg, kind, ckpt, prev = job_config(
+        "finetune", RECIPE, out, resume, init, checkpoint, backbone, flags, overrides, config_file,
+        {"finetune.labels": labels, "finetune.labels_file": str(labels_file) if labels_file else None})
     if prev is not None:
-        cfg = resolve(None, config_file, flags, overrides, base=from_dict(prev["config"]))
-        kind, ckpt = cfg.finetune.init, cfg.finetune.checkpoint
         train_dir = train_dir or prev["data"]["train"]
         test_dir = test_dir or prev["data"].get("test")
         labels_file = out / "labels.txt"
-    else:
-        kind, ckpt = parse_init(init, checkpoint)
-        if ckpt:  # the architecture and image settings come with the checkpoint (a copy: random init keeps its own)
-            _, source = load_backbone_and_config(ckpt, copy.deepcopy(backbone))
-        else:  # random init from nothing: the network pretraining's default trains, unless --set says otherwise
-            source = resolve("cifar10-cpu")
-        if backbone is not None:
-            source.model.arch = custom_name(backbone)
-        flags = {**flags, "finetune.labels": labels, "finetune.labels_file": str(labels_file) if labels_file else None}
-        cfg = finetune_config(source, kind, ckpt, flags, overrides, config_file)
     if data is None and train_dir is None:
         raise ConfigError("fine-tuning needs --data (a folder with train/ and test/, or shards) or --train and --test")
     found = None
@@ -288,30 +216,81 @@ def _labelled_data(job: Job, cfg: Config, out: Path, main: bool, resumed: bool, 
                                                                                                     full)}
 
 
+def classifier_step(model: nn.Module, batch: tuple, generator: torch.Generator,
+                    fmt: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, Stats]:
+    """A classifier's step on a batch of (images, labels, indices): cross-entropy, and the training accuracy."""
+    images, labels, _ = batch
+    loss, logits = model(images.contiguous(memory_format=fmt), labels)
+    return loss, {"train_acc1": hits(logits.detach(), labels).float().mean() * 100}
+
+
+def finetune_task(cfg: Config) -> Task:
+    """The fine-tuning task as the trainer runs it."""
+    return Task("finetune", partial(classifier_step, fmt=memory_format(cfg.train.channels_last)),
+                {"train_acc1": "train acc"},
+                lambda c: f"learning rate too high (optim.lr={c.optim.lr}, the backbone's x "
+                          f"{c.finetune.backbone_lr}) or low precision (train.precision={c.train.precision})")
+
+
+@dataclass
+class TestMonitor:
+    """Fine-tuning's end-of-epoch evaluation: the classifier's top-1 and top-5 on ``test`` (centre crops, eval
+    mode), whose labels are ``labels`` (indices of the training classes). Top-5 is left out with 5 classes or
+    fewer, where it is always 100%."""
+
+    test: DecodedImages
+    labels: torch.Tensor
+    num_classes: int
+    cfg: Config
+    device: torch.device
+
+    def logits(self, model: nn.Module, data: DecodedImages | None = None) -> torch.Tensor:
+        c = self.cfg
+        out = extract_feature_sets(model.encoder_q, data or self.test, c.data.image_size, self.device, ("head",),
+                                   c.train.precision, channels_last=c.train.channels_last, normalize=False,
+                                   norm=c.data.normalize)["head"]
+        model.train(model.training)  # the network's own modes again (frozen BatchNorm stays frozen)
+        return out
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        top = self.logits(model).topk(min(5, self.num_classes), dim=1).indices
+        right = top == self.labels.view(-1, 1)
+        rec: dict[str, Any] = {"test_top1": 100.0 * right[:, 0].float().mean().item()}
+        if self.num_classes > 5:
+            rec["test_top5"] = 100.0 * right.any(1).float().mean().item()
+        return rec
+
+    def describe(self, rec: dict[str, Any]) -> str:
+        top5 = f", top-5 {rec['test_top5']:.2f}%" if "test_top5" in rec else ""
+        return f"  test top-1 {rec['test_top1']:.2f}%{top5}"
+
+    def estimate_seconds(self, model: nn.Module) -> float:
+        return time_per_image(lambda s: self.logits(model, s), self.test) * len(self.test.array) * 1.05 + 0.1
+
+
 def set_up_finetune(
     job: Job, out: Path, dinfo: DistInfo, dist_device: torch.device | None, resume: str | None, overwrite: bool,
     progress: bool, max_steps: int | None, backbone: nn.Module | None,
 ) -> tuple[Run, TrainState]:
     """The fine-tuning run and its state: folder and resume (``open_run``), labelled data, the network and its
     init, the classifier's optimiser with the backbone's lr share, then ``start_state``."""
-    cfg, device, ck, ck_path = open_run(job.cfg, out, dinfo, dist_device, TASKS["finetune"], resume, overwrite)
+    task = finetune_task(job.cfg)
+    cfg, device, ck, ck_path = open_run(job.cfg, out, dinfo, dist_device, task, resume, overwrite)
     full, decoded, monitor, label_info = _labelled_data(job, cfg, out, dinfo.is_main, ck is not None, device,
                                                          progress)
-    network = _network(cfg, job.kind, job.ckpt, len(full.classes or []), backbone)
+    network = init_network(cfg, job.kind, job.ckpt, len(full.classes or []), backbone)
     if dinfo.enabled and device.type == "cuda" and cfg.finetune.bn == "train":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)  # the authors' SyncBN, across processes
-    model = Classifier(network, cfg.finetune.bn, cfg.finetune.label_smoothing)
-    model = model.to(device, memory_format=memory_format(cfg.train.channels_last))
-    optimizer = OPTIMIZERS[cfg.optim.optimizer](model.param_groups(cfg.finetune.backbone_lr), base_lr(cfg), cfg.optim)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
-    gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # augmentation draws, the same on every rank
+    parts = training_parts(cfg, Classifier(network, cfg.finetune.bn, cfg.finetune.label_smoothing), device,
+                           lambda m: m.param_groups(cfg.finetune.backbone_lr))
+    gen = augmentation_generator(cfg)
     b = cfg.optim.batch_size
     extra = {"classes": full.classes, "labels": label_info, "init": job.kind, "source": job.ckpt,
              "data": {"train": data_record(job.train), "test": data_record(job.test)}}
     run = Run(cfg, out, decoded.images.root, dinfo, device, LabelledSource(decoded, cfg.data, b, gen, device, dinfo),
-              monitor, progress, max_steps, task=TASKS["finetune"],
+              monitor, progress, task, max_steps,
               passes=passes_per_epoch(len(decoded.images), b, cfg.finetune.min_epoch_steps), checkpoint_extra=extra)
-    return run, start_state(run, (model, optimizer, scaler), gen, ck, ck_path)
+    return run, start_state(run, parts, gen, ck, ck_path)
 
 
 def finetune(
@@ -350,17 +329,13 @@ def finetune(
     """
     t_start = time.perf_counter()
     out = Path(out)
-    flags = length_flags(flags, epochs, time_budget)
-    job = resolve_job(checkpoint, data, out, labels, init, train_dir, test_dir, labels_file, flags, overrides,
-                      config_file, resume, backbone)
-    check_global_batch(job.cfg.optim.batch_size)
-    dinfo, dist_device = init_distributed(job.cfg.train.device)
-    lock = None
-    try:
-        lock = lock_run_folder(out) if dinfo.is_main else None
-        run, state = set_up_finetune(job, out, dinfo, dist_device, resume, overwrite, progress, max_steps, backbone)
-        stopped = train_to_end(run, state, t_start if started is None else started,
-                               lambda: _log_start(run, state, job))
+    job = resolve_job(checkpoint, data, out, labels, init, train_dir, test_dir, labels_file,
+                      length_flags(flags, epochs, time_budget), overrides, config_file, resume, backbone)
+
+    def set_up(dinfo: DistInfo, dist_device: torch.device | None) -> tuple[Run, TrainState]:
+        return set_up_finetune(job, out, dinfo, dist_device, resume, overwrite, progress, max_steps, backbone)
+
+    def finish(run: Run, state: TrainState, stopped: bool) -> FinetuneResult:
         last = state.last
         result = FinetuneResult(out, last.get("test_top1"), last.get("test_top5"), run.checkpoint_extra["labels"],
                                 job.kind, job.ckpt, state.epoch, state.step, time.perf_counter() - t_start, stopped,
@@ -368,10 +343,9 @@ def finetune(
         if run.main and not stopped:
             _write_outputs(run, state, result)
         return result
-    finally:
-        if lock is not None:
-            lock.release()
-        cleanup()
+
+    return run_job(job.cfg, out, set_up, t_start if started is None else started,
+                   lambda run, state: _log_start(run, state, job), finish)
 
 
 def _log_start(run: Run, state: TrainState, job: Job) -> None:
@@ -382,16 +356,6 @@ def _log_start(run: Run, state: TrainState, job: Job) -> None:
              lab["images"], len(run.checkpoint_extra["classes"] or []), run.train_dir, spec, cfg.data.image_size,
              run_length(run, state), f" ({run.passes} passes an epoch)" if run.passes > 1 else "",
              cfg.finetune.backbone_lr, cfg.finetune.bn, cfg.train.precision, run.device)
-
-
-def _network(cfg: Config, kind: str, ckpt: str, num_classes: int, backbone: nn.Module | None) -> nn.Module:
-    """The network to fine-tune: built from ``cfg`` (the random init's weights drawn from ``train.seed``), then,
-    unless ``kind`` is random, the checkpoint's backbone loaded into it."""
-    net = build_network(cfg, num_classes, backbone)
-    if kind != "random":
-        source, _ = load_backbone_and_config(ckpt, copy.deepcopy(backbone))
-        load_backbone_into(net, source, ckpt)
-    return net
 
 
 def _write_outputs(run: Run, state: TrainState, result: FinetuneResult) -> None:

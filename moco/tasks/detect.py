@@ -1,10 +1,10 @@
-"""``moco detect``: fine-tune a backbone as the body of torchvision's Faster R-CNN (Mask R-CNN when the
-annotations carry segmentations) on COCO-format data, and score it with COCO AP (pycocotools), through the
-same machinery as pretraining and fine-tuning (run folder, checkpoints and exact resume, time budget,
-metrics.jsonl and curves, progress bar, torchrun).
+"""``moco detect``: the detection task. A backbone as the body of torchvision's Faster R-CNN (Mask R-CNN when
+the annotations carry segmentations) on COCO-format data, scored with COCO AP (pycocotools), trained by
+:mod:`moco.training` (run folder, checkpoints and exact resume, time budget, metrics.jsonl and curves,
+progress bar, torchrun).
 
 The initialisation is ``moco finetune``'s: the checkpoint's backbone, a supervised network's, or the same
-network from scratch. The detector (:mod:`moco.methods.detector`) puts a feature pyramid on the ResNet's
+network from scratch. The detector (:mod:`moco.transfer.detector`) puts a feature pyramid on the ResNet's
 stages. By default BatchNorm is trained, with batch statistics (SyncBN across GPUs under torchrun), as the
 authors' Detectron2 configs do (``NORM: SyncBN``, ``FREEZE_AT: 0``): MoCo's feature statistics differ from
 those of the detection data, and a frozen BN would keep the pretext's. ``--set finetune.bn=frozen`` freezes it.
@@ -15,7 +15,6 @@ The recipe (:data:`RECIPE`, every value overridable with ``--set``) is measured 
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -26,32 +25,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from moco.config import Config, from_dict, resolve
-from moco.core.distributed import DistInfo, check_global_batch, cleanup, init_distributed
+from moco.config import Config
+from moco.core.distributed import DistInfo
 from moco.core.errors import ConfigError, DataError
-from moco.core.precision import memory_format
-from moco.core.run_lock import lock_run_folder
+from moco.core.precision import autocast
 from moco.data.augment import NORMALIZATIONS
-from moco.data.coco import CocoSet, DetectionSource, read_coco
-from moco.export.backbone import load_backbone_and_config
-from moco.methods.detector import build_detector
-from moco.models.generic import custom_name
+from moco.data.coco import CocoSet, DetectionSource, eval_batches, read_coco
+from moco.evaluation.coco_ap import coco_ap, detections_to_coco
 from moco.models.vit import VITS
-from moco.optim import OPTIMIZERS
-from moco.schedules import base_lr
 from moco.training.checkpoint import TrainState
-from moco.training.pretrain import run_length
-from moco.training.run import Run, open_run, start_state
-from moco.training.tasks import TASKS, DetectionMonitor
-from moco.transfer.common import (
-    length_flags,
-    previous_checkpoint,
-    run_record,
-    train_to_end,
-    transfer_config,
-    write_results,
-)
-from moco.transfer.finetune import build_network, load_backbone_into, parse_init
+from moco.training.harness import run_job, run_length
+from moco.training.run import Run, augmentation_generator, open_run, start_state, training_parts
+from moco.training.task import Stats, Task
+from moco.transfer.common import job_config, length_flags, run_record, transfer_config, write_results
+from moco.transfer.detector import build_detector
+from moco.transfer.init import init_network
 
 log = logging.getLogger("moco")
 
@@ -125,22 +113,12 @@ def resolve_job(
     backbone: nn.Module | None, warn: bool,
 ) -> DetectJob:
     """The job a :func:`detect` call describes; a resumed run's settings and data come from its checkpoint."""
-    prev = previous_checkpoint(out, resume, "detect")
+    cfg, kind, ckpt, prev = job_config("detect", RECIPE, out, resume, init, checkpoint, backbone, flags, overrides,
+                                       config_file)
     if prev is not None:
-        cfg = resolve(None, config_file, flags, overrides, base=from_dict(prev["config"]))
-        kind, ckpt = cfg.finetune.init, cfg.finetune.checkpoint
         files = prev["data"]
         train_ann, train_images = train_ann or files["train_ann"], train_images or files["train_images"]
         val_ann, val_images = val_ann or files.get("val_ann"), val_images or files.get("val_images")
-    else:
-        kind, ckpt = parse_init(init, checkpoint)
-        if ckpt:
-            _, source = load_backbone_and_config(ckpt, copy.deepcopy(backbone))
-        else:
-            source = resolve("cifar10-cpu")
-        if backbone is not None:
-            source.model.arch = custom_name(backbone)
-        cfg = detect_config(source, kind, ckpt, flags, overrides, config_file)
     if cfg.model.arch in VITS:
         raise ConfigError(f"moco detect builds its feature pyramid on ResNet stages; {cfg.model.arch} is a ViT "
                           "(use a ResNet checkpoint: our resnet*, torchvision:resnet*, or the authors' R50)")
@@ -172,15 +150,91 @@ def _val_set(job: DetectJob, strict: bool) -> CocoSet | None:
     return val
 
 
-def _network(cfg: Config, kind: str, ckpt: str, backbone: nn.Module | None) -> nn.Module:
-    """The backbone network (``fc`` = Identity): built from ``cfg`` (random init from ``train.seed``), then,
-    unless ``kind`` is random, the checkpoint's backbone loaded into it."""
-    net = build_network(cfg, 1, backbone)
-    if kind != "random":
-        source, _ = load_backbone_and_config(ckpt, copy.deepcopy(backbone))
-        load_backbone_into(net, source, ckpt)
-    net.fc = nn.Identity()
-    return net
+def detection_network(cfg: Config, kind: str, ckpt: str, backbone: nn.Module | None) -> nn.Module:
+    """The network whose stages the detector's pyramid is built on: :func:`~moco.transfer.init.init_network`'s,
+    without a classifier (``fc`` = Identity)."""
+    network = init_network(cfg, kind, ckpt, 1, backbone)
+    network.fc = nn.Identity()
+    return network
+
+
+def detection_step(model: nn.Module, batch: tuple, generator: torch.Generator) -> tuple[torch.Tensor, Stats]:
+    """A detector's step on a batch of (images, targets, indices): the sum of its losses, and how many of the
+    RoIs it sampled the box classifier got right."""
+    images, targets, _ = batch
+    loss, right = model(images, targets)
+    return loss, {"box_acc1": right.float().mean() * 100}
+
+
+DETECT = Task("detect", detection_step, {"box_acc1": "box acc"},
+              lambda c: f"learning rate too high (optim.lr={c.optim.lr}, the backbone's x {c.finetune.backbone_lr}), "
+                        f"no warm-up (optim.warmup_epochs={c.optim.warmup_epochs}) or low precision "
+                        f"(train.precision={c.train.precision})", unused_parameters=True)
+"""The detection task as the trainer runs it: a step's images keep their own sizes (no memory format)."""
+
+
+@dataclass
+class DetectionMonitor:
+    """Detection's end-of-epoch evaluation: COCO AP of the detector's boxes (and masks, when it predicts them)
+    on ``val``, by pycocotools, in batches of ``batch_size`` images; the detector's class i is
+    ``category_ids[i - 1]``."""
+
+    val: CocoSet
+    category_ids: list[int]
+    batch_size: int
+    cfg: Config
+    device: torch.device
+    masks: bool = False
+    cost_follows_model: bool = True  # an untrained detector boxes more, and is slower to score, than a trained one
+
+    def detections(self, model: nn.Module, limit: int | None = None,
+                   marks: list[float] | None = None) -> list[dict[str, Any]]:
+        """The COCO result entries of the first ``limit`` (default all) validation images; ``marks`` gets the
+        clock after each batch."""
+        ids, cats = self.val.ids, self.category_ids
+        res: list[dict[str, Any]] = []
+        seen = 0
+        for images, idx in eval_batches(self.val, self.batch_size, self.cfg.data.workers, self.device):
+            with autocast(self.device, self.cfg.train.precision):
+                outs = model.detect(images)
+            res += detections_to_coco(outs, [ids[k] for k in idx], cats)
+            seen += len(idx)
+            if marks is not None:
+                marks.append(time.perf_counter())
+            if limit is not None and seen >= limit:
+                break
+        return res
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        found = self.detections(model)
+        rec: dict[str, Any] = coco_ap(self.val.gt, found, "bbox")
+        if self.masks:
+            rec.update({f"mask_{k}": v for k, v in coco_ap(self.val.gt, found, "segm").items()})
+        rec["detections"] = len(found)
+        return rec
+
+    def describe(self, rec: dict[str, Any]) -> str:
+        mask = f", mask AP {rec['mask_AP']:.2f}" if rec.get("mask_AP") is not None else ""
+        return f"  box AP {rec['AP']:.2f}, AP50 {rec['AP50']:.2f}{mask}"
+
+    def estimate_seconds(self, model: nn.Module) -> float:
+        """A full evaluation's seconds, from one pass over three batches: the loader's start and the first batch
+        as they took, the rest at the pace of the later batches (the start, forking workers, would count once
+        per batch if timed per image), and pycocotools' time, which grows with the detections."""
+        n, b = len(self.val.ids), self.batch_size
+        marks = [time.perf_counter()]
+        found = self.detections(model, min(n, 3 * b), marks)
+        if len(marks) < 3:  # a set of one batch: the timing is the whole evaluation
+            return (marks[-1] - marks[0]) * 1.1 + 1.0
+        pace = (marks[-1] - marks[1]) / (len(marks) - 2)  # seconds per batch after the first
+        batches = -(-n // b)
+        boxes = len(found) * n / min(n, 3 * b)
+        return marks[1] - marks[0] + pace * (batches - 1) * 1.1 + 1.5 + COCOEVAL_S_PER_BOX * boxes
+
+
+COCOEVAL_S_PER_BOX = 1.5e-5
+"""pycocotools' seconds per detection to score, measured on 400 pasted canvases: 1.75 s for 7,857 boxes, 2.1 s
+for 40,000 (a fixed part of 1.5 s, counted apart)."""
 
 
 def set_up_detect(
@@ -189,7 +243,7 @@ def set_up_detect(
 ) -> tuple[Run, TrainState]:
     """The detection run and its state: folder and resume (``open_run``), the detector on the initialised
     backbone, its optimiser with the backbone's lr share, the batches and the COCO AP monitor."""
-    cfg, device, ck, ck_path = open_run(job.cfg, out, dinfo, dist_device, TASKS["detect"], resume, overwrite)
+    cfg, device, ck, ck_path = open_run(job.cfg, out, dinfo, dist_device, DETECT, resume, overwrite)
     train = job.train
     val = _val_set(job, cfg.data.strict) if dinfo.is_main else None
     b = cfg.optim.batch_size
@@ -198,7 +252,7 @@ def set_up_detect(
                         "lower --batch-size")
     d = cfg.detect
     masks = d.masks == "auto" and train.segmentations is not None
-    network = _network(cfg, job.kind, job.ckpt, backbone)
+    network = detection_network(cfg, job.kind, job.ckpt, backbone)
     if dinfo.enabled and device.type == "cuda" and cfg.finetune.bn == "train":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)  # the authors' SyncBN, across processes
     mean, std = NORMALIZATIONS[cfg.data.normalize]
@@ -207,10 +261,8 @@ def set_up_detect(
                                cfg.finetune.bn)
     except ValueError as e:
         raise ConfigError(f"moco detect: {e}") from None
-    model = model.to(device, memory_format=memory_format(cfg.train.channels_last))
-    optimizer = OPTIMIZERS[cfg.optim.optimizer](model.param_groups(cfg.finetune.backbone_lr), base_lr(cfg), cfg.optim)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
-    gen = torch.Generator().manual_seed(cfg.train.seed + 1)  # flips, the same on every rank
+    parts = training_parts(cfg, model, device, lambda m: m.param_groups(cfg.finetune.backbone_lr))
+    gen = augmentation_generator(cfg)  # flips, the same on every rank
     source = DetectionSource(train, masks, d.flip, cfg.data.workers, b, gen, device, dinfo, cfg.data.strict)
     cat_ids = [c["id"] for c in train.categories]
     monitor = DetectionMonitor(val, cat_ids, max(1, b // dinfo.world_size), cfg, device, masks) if val else None
@@ -218,9 +270,9 @@ def set_up_detect(
              "data": {"train_ann": str(train.ann_file.resolve()), "train_images": str(train.images.root.resolve()),
                       "val_ann": str(job.val_ann.resolve()) if job.val_ann else None,
                       "val_images": str(job.val_images.resolve()) if job.val_images else None}}
-    run = Run(cfg, out, train.images.root, dinfo, device, source, monitor, progress, max_steps, task=TASKS["detect"],
+    run = Run(cfg, out, train.images.root, dinfo, device, source, monitor, progress, DETECT, max_steps,
               checkpoint_extra=extra)
-    return run, start_state(run, (model, optimizer, scaler), gen, ck, ck_path)
+    return run, start_state(run, parts, gen, ck, ck_path)
 
 
 def detect(
@@ -256,30 +308,24 @@ def detect(
     """
     t_start = time.perf_counter()
     out = Path(out)
-    flags = length_flags(flags, epochs, time_budget)
-    dinfo, dist_device = None, None
-    lock = None
-    try:
-        job = resolve_job(checkpoint, train_ann, train_images, val_ann, val_images, out, init, flags, overrides,
-                          config_file, resume, backbone, warn=int(os.environ.get("RANK", "0")) == 0)
-        check_global_batch(job.cfg.optim.batch_size)
-        dinfo, dist_device = init_distributed(job.cfg.train.device)
-        lock = lock_run_folder(out) if dinfo.is_main else None
-        run, state = set_up_detect(job, out, dinfo, dist_device, resume, overwrite, progress and dinfo.is_main,
-                                   max_steps, backbone)
-        stopped = train_to_end(run, state, t_start if started is None else started,
-                               lambda: _log_start(run, state, job))
+    job = resolve_job(checkpoint, train_ann, train_images, val_ann, val_images, out, init,
+                      length_flags(flags, epochs, time_budget), overrides, config_file, resume, backbone,
+                      warn=int(os.environ.get("RANK", "0")) == 0)
+
+    def set_up(dinfo: DistInfo, dist_device: torch.device | None) -> tuple[Run, TrainState]:
+        return set_up_detect(job, out, dinfo, dist_device, resume, overwrite, progress and dinfo.is_main, max_steps,
+                             backbone)
+
+    def finish(run: Run, state: TrainState, stopped: bool) -> DetectResult:
         last = state.last
         result = DetectResult(out, last.get("AP"), last.get("AP50"), last.get("AP75"), job.kind, job.ckpt,
                               state.epoch, state.step, time.perf_counter() - t_start, stopped, last)
         if run.main and not stopped:
             _write_results(run, state, result)
         return result
-    finally:
-        if lock is not None:
-            lock.release()
-        if dinfo is not None:
-            cleanup()
+
+    return run_job(job.cfg, out, set_up, t_start if started is None else started,
+                   lambda run, state: _log_start(run, state, job), finish)
 
 
 def _log_start(run: Run, state: TrainState, job: DetectJob) -> None:

@@ -1,0 +1,266 @@
+"""``pretrain``: the contrastive task. MoCo (or another dictionary) on unlabelled images, the kNN monitor on
+labelled ones, trained by :mod:`moco.training`.
+
+``pretrain(cfg, data, out)`` trains on an image folder or WebDataset shards and writes the run directory
+(config.yaml, metrics.jsonl, tb/, checkpoints, curves.png). Stopping is safe at any time: SIGINT/SIGTERM
+finish the current step and write ``checkpoint_last.pt``; ``resume="auto"`` continues bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from moco.config import validate
+from moco.core.distributed import DistInfo
+from moco.core.errors import ConfigError, DataError
+from moco.core.precision import memory_format
+from moco.data.cache import decode_images
+from moco.data.folder import ImageList, check_data_root, find_split, scan_images
+from moco.data.pipelines import BatchSource, decode_side, open_source
+from moco.data.shards import check_shards, decode_data, decode_shards, is_shard_spec, shard_split, shards_root
+from moco.data.stream import ShardSource
+from moco.evaluation.knn import KnnMonitor
+from moco.methods import build_moco, describe
+from moco.models.generic import custom_name
+from moco.schedules import momentum_at
+from moco.schema import Config
+from moco.training.checkpoint import TrainState
+from moco.training.harness import run_job, run_length
+from moco.training.run import Run, augmentation_generator, open_run, start_state, training_parts
+from moco.training.task import Stats, Task
+
+log = logging.getLogger("moco")
+KNN_MEMORY_MAX = 200_000  # the most training samples from shards the kNN monitor decodes as its memory
+
+
+def contrastive_step(model: nn.Module, batch: tuple, generator: torch.Generator,
+                     fmt: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, Stats]:
+    """A contrastive method's step on a batch of (two views, the images' indices): the loss, and how often the
+    positive key (logit 0) scored highest."""
+    im_q, im_k, index = batch
+    loss, logits = model(im_q.contiguous(memory_format=fmt), im_k.contiguous(memory_format=fmt), generator=generator,
+                         index=index)
+    return loss, {"pretext_acc1": (logits.detach().argmax(1) == 0).float().mean() * 100}
+
+
+def set_momentum(model: nn.Module, cfg: Config, t: float) -> None:
+    """The key encoder's scheduled momentum at schedule epoch ``t`` (dictionaries without one ignore it)."""
+    model.set_momentum(momentum_at(cfg, t))
+
+
+def pretrain_task(cfg: Config) -> Task:
+    """The contrastive task as the trainer runs it."""
+    return Task("pretrain", partial(contrastive_step, fmt=memory_format(cfg.train.channels_last)),
+                {"pretext_acc1": "pretext acc"},
+                lambda c: f"learning rate too high (optim.lr={c.optim.lr}), temperature too low "
+                          f"(method.T={c.method.T}) or low precision (train.precision={c.train.precision})",
+                before_step=set_momentum)
+
+
+@dataclass
+class RunResult:
+    """How a call to :func:`pretrain` ended."""
+
+    out: Path
+    epoch: int  # completed epochs
+    step: int  # global steps
+    stopped: bool  # ended by a signal or ``max_steps`` before ``optim.epochs``
+    metrics: dict[str, Any]  # the last completed epoch's record ({} if none)
+
+    def summary(self) -> dict[str, Any]:
+        """The run folder, counters and last epoch's metrics, rounded, as the CLI prints them."""
+        rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in self.metrics.items() if k != "type"}
+        return {"out": str(self.out), "epoch": self.epoch, "step": self.step, **rounded}
+
+def build_training(
+    cfg: Config, device: torch.device, n_images: int = 0, backbone: nn.Module | None = None,
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
+    """The contrastive method on ``device`` (channels_last if configured), its optimiser and the fp16 grad
+    scaler. ``n_images`` sizes the memory bank, when ``method.dictionary`` is one; ``backbone`` replaces the one
+    ``cfg.model`` describes."""
+    model, optimizer, scaler = training_parts(cfg, build_moco(cfg, n_images, backbone), device)
+    if cfg.train.compile:  # each part in place: parameter names (checkpoints, exports) stay the same
+        for part in model.children():
+            part.compile()
+    return model, optimizer, scaler
+
+
+def knn_monitor(
+    cfg: Config, source: BatchSource, knn_train: str | Path | None, knn_test: str | Path | None,
+    test_dir: Path | list[str] | None, progress: bool, device: torch.device,
+) -> KnnMonitor | None:
+    """The kNN monitor on its (memory, test) sets, or None when no labelled test data is available. The sets
+    may be folders or WebDataset shards; a streamed training set is the memory only when its shards were
+    counted and hold at most ``KNN_MEMORY_MAX`` samples (else give ``knn_train``)."""
+    test = knn_test or test_dir
+    if test is None:
+        if knn_train:
+            raise ConfigError("--knn-train needs --knn-test too")
+        return None
+    d = cfg.data
+    side = decode_side(d)
+    if knn_train:
+        memory = decode_data(knn_train, side, d.cache_dir or None, d.workers, d.strict, progress)
+    elif source.decoded is not None:
+        memory = source.decoded
+    elif isinstance(source, ShardSource):
+        n = source.total_samples
+        if n is None or n > KNN_MEMORY_MAX:
+            log.warning("kNN monitor off: the training shards hold %s samples, more than the %d the monitor "
+                        "decodes as its memory; give --knn-train and --knn-test (labelled, small)",
+                        "an unknown number of" if n is None else n, KNN_MEMORY_MAX)
+            return None
+        memory = decode_shards(source.shards, side, d.cache_dir or None, d.workers, d.strict, progress)
+    else:
+        memory = decode_images(source.images, side, d.cache_dir or None, d.workers, d.strict, progress)
+    if memory.images.labels is None:
+        log.warning("kNN monitor off: %s has no class sub-folders (labels)", memory.images.root)
+        return None
+    test_set = decode_data(test, side, d.cache_dir or None, d.workers, d.strict, progress)
+    if test_set.images.classes != memory.images.classes:
+        log.warning("kNN monitor off: %s and %s have different class folders", memory.images.root, test)
+        return None
+    return KnnMonitor(memory, test_set, cfg, device)
+
+
+def pretrain(
+    cfg: Config,
+    data: str | Path,
+    out: str | Path,
+    resume: str | None = None,
+    overwrite: bool = False,
+    knn_train: str | Path | None = None,
+    knn_test: str | Path | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+    knn: bool = True,
+    backbone: torch.nn.Module | None = None,
+    replay_plan: str | Path | None = None,
+    started: float | None = None,
+    size_hint: bool = False,
+) -> RunResult:
+    """Pretrain MoCo on the images under ``data``, writing the run to ``out``.
+
+    Under ``torchrun`` every process runs this function: each takes its slice of every global batch
+    (``optim.batch_size`` is the global batch), shuffle BN and the queue span all processes, and
+    rank 0 alone writes files and runs the kNN monitor. ``knn=False`` turns the monitor off.
+    ``max_steps`` stops after that many global steps (with a checkpoint), as an interruption would.
+    ``backbone`` (any module mapping images to features or feature maps) is trained instead of the one
+    ``cfg.model`` describes; the run records it as ``model.arch = custom:MODULE.CLASS``.
+
+    ``optim.time_budget`` (seconds) trains for that long instead of ``optim.epochs`` epochs, start-up and the
+    final checkpoint and kNN included (:mod:`moco.training.budget`). ``replay_plan`` (a budgeted run's folder
+    or checkpoint) follows that run's recorded plan without the clock: the same run, bit for bit. The budget
+    counts from ``started`` (a :func:`time.perf_counter` time; default: the call), so a command can count
+    its own start-up as well. ``size_hint`` (the CLI, when no preset or image size was chosen) says in one line
+    when the images are much larger than the training views, and what to change.
+    """
+    started = time.perf_counter() if started is None else started
+    out = Path(out)
+    if backbone is not None:
+        cfg = copy.deepcopy(cfg)
+        cfg.model.arch = custom_name(backbone)
+    validate(cfg)
+    if is_shard_spec(data):  # before any work: a bad --data or --out is one line; a URL stays a string
+        check_shards(data)
+    else:
+        data = Path(data)
+        check_data_root(data.expanduser())
+
+    def set_up_run(dinfo: DistInfo, dist_device: torch.device | None) -> tuple[Run, TrainState]:
+        return set_up(cfg, data, out, dinfo, dist_device, resume=resume, overwrite=overwrite, knn_train=knn_train,
+                      knn_test=knn_test, knn=knn, progress=progress and dinfo.is_main, max_steps=max_steps,
+                      backbone=backbone)
+
+    def announce(run: Run, state: TrainState) -> None:
+        _log_start(run, state)
+        if size_hint and not getattr(run.source, "streams", False):  # a stream is not read ahead for it
+            _hint_larger_images(run)
+
+    def finish(run: Run, state: TrainState, stopped: bool) -> RunResult:
+        return RunResult(run.out, state.epoch, state.step, stopped, state.last)
+
+    return run_job(cfg, out, set_up_run, started, announce, finish, replay_plan)
+
+
+def _log_start(run: Run, state: TrainState) -> None:
+    cfg, d = run.cfg, run.cfg.data
+    log.info("pretraining %s (width %d) on %d images from %s: %s, %s, T=%s, %s on %s; training views %d px "
+             "(%s augmentation), evaluation %d px", cfg.model.arch, cfg.model.width, run.n_images, run.train_dir,
+             run_length(run, state), describe(cfg, run.n_images), cfg.method.T, cfg.train.precision, run.device,
+             d.view_size, d.augmentation, d.image_size)
+
+
+LARGER = 4  # images this many times the training side (median) get the size hint
+
+
+def median_side(images: ImageList, sample: int = 64) -> int:
+    """The median shorter side of up to ``sample`` images spread over the list (read from their headers)."""
+    from PIL import Image
+
+    step = max(1, len(images) // sample)
+    sides = []
+    for p in images.paths[::step][:sample]:
+        try:
+            with Image.open(images.root / p) as im:
+                sides.append(min(im.size))
+        except Exception:  # noqa: BLE001 - an unreadable file says nothing about the others' size
+            continue
+    return int(statistics.median(sides)) if sides else 0
+
+
+def _hint_larger_images(run: Run) -> None:
+    """One line when the images are far larger than the training views: what the model misses, the preset or
+    setting to change, and what it costs per image."""
+    side, view = median_side(run.source.images), run.cfg.data.view_size
+    if side < LARGER * view:
+        return
+    log.warning("your images are about %d px a side (median), %d times the %d-px training views: the model does "
+                "not see their detail. For photos use --preset imagenet-v2 (224-px views) or --set "
+                "data.image_size=N; 224 px costs about %d times the compute per image of %d px", side, side // view,
+                view, round((224 / view) ** 2), view)
+
+
+
+
+def set_up(
+    cfg: Config, data: str | Path, out: Path, dinfo: DistInfo, dist_device: torch.device | None, *,
+    resume: str | None = None, overwrite: bool = False, knn_train: str | Path | None = None,
+    knn_test: str | Path | None = None, knn: bool = True, progress: bool = True, max_steps: int | None = None,
+    backbone: nn.Module | None = None,
+) -> tuple[Run, TrainState]:
+    """Check the folder and the checkpoint, open the data (a folder, or WebDataset shards streamed), build the
+    model and restore the state."""
+    task = pretrain_task(cfg)
+    cfg, device, ckpt, ckpt_path = open_run(cfg, out, dinfo, dist_device, task, resume, overwrite)
+    gen = augmentation_generator(cfg)
+    b = cfg.optim.batch_size
+    source: BatchSource
+    if is_shard_spec(data):
+        if cfg.method.dictionary == "memory_bank":
+            raise ConfigError("method.dictionary=memory_bank keeps a feature per image by index; a stream of "
+                              "shards has no indices: use the moco or end_to_end dictionary")
+        shards, test_dir = shard_split(data)
+        source = ShardSource(shards, cfg.data, b, gen, device, dinfo, progress)
+        train_dir = shards_root(shards)
+    else:
+        train_dir, test_dir = find_split(Path(data))
+        images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed, cfg.data.strict, warn=dinfo.is_main)
+        source = open_source(images, cfg.data, b, gen, device, dinfo, progress)
+        if len(source.images) // b == 0:
+            raise DataError(f"{train_dir} has {len(source.images)} usable image(s), fewer than one batch of {b}; "
+                            "lower --batch-size")
+    main = dinfo.is_main
+    monitor = knn_monitor(cfg, source, knn_train, knn_test, test_dir, progress, device) if knn and main else None
+    run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, task, max_steps)
+    return run, start_state(run, build_training(cfg, device, run.n_images, backbone), gen, ckpt, ckpt_path)
