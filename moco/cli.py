@@ -348,10 +348,18 @@ def _launch(nproc: int, argv: list[str]) -> int:
     return launch(nproc, argv, {JOB_START_ENV: os.environ.get(JOB_START_ENV, f"{started:.3f}")})
 
 
+def _result(res: Any) -> int:
+    """A training command's ending: 130 when it stopped before the end (resume it), else its summary (rank 0)."""
+    if res.stopped:
+        return 130
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(res.summary()))
+    return 0
+
+
 def _pretrain(a: argparse.Namespace) -> int:
-    from moco.config import dump_yaml, from_dict, resolve
-    from moco.core.checkpoint_files import load_checkpoint, load_newest_intact, require_moco_checkpoint
-    from moco.tasks.pretrain import pretrain
+    from moco.config import dump_yaml
+    from moco.tasks.pretrain import pretrain, pretrain_config
     from moco.training.budget import parse_duration, process_start
 
     if a.time_budget and a.epochs:
@@ -366,34 +374,18 @@ def _pretrain(a: argparse.Namespace) -> int:
     }
     preset = a.preset or ("cifar10-cpu" if not a.config else None)
     out = Path(a.out) if a.out else Path("runs") / (preset or "run")
-    previous = None
-    if a.resume == "auto":
-        found = load_newest_intact(out, warn=False)  # the run warns when it falls back to an older one
-        previous = found[0] if found else None
-    elif a.resume and Path(a.resume).is_file():
-        previous = require_moco_checkpoint(load_checkpoint(a.resume), a.resume)
-    if previous is not None:
-        # Resuming: the checkpoint's config is the base; explicit flags and --set still apply.
-        base = from_dict(previous["config"])
-        cfg = resolve(None, a.config, flags, a.set, base=base)
-    else:
-        cfg = resolve(preset, a.config, flags, a.set)
+    cfg, resumed = pretrain_config(preset, a.config, flags, a.set, out, a.resume)
     if a.print_config:
         print(dump_yaml(cfg), end="")
         return 0
     data = a.data or default_data()  # a folder, or WebDataset shards (a pattern, a URL: kept as text)
     if data is None:
         raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 exists")
-    chose_size = a.preset or a.config or previous is not None or any(
+    chose_size = a.preset or a.config or resumed or any(
         s.split("=", 1)[0].strip() in ("data.image_size", "data.train_size") for s in a.set)
-    res = pretrain(cfg, data, out, resume=a.resume, overwrite=a.overwrite, knn_train=a.knn_train,
-                   knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn, replay_plan=a.replay_plan,
-                   started=process_start(), size_hint=not chose_size)
-    if res.stopped:
-        return 130
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(res.summary()))
-    return 0
+    return _result(pretrain(cfg, data, out, resume=a.resume, overwrite=a.overwrite, knn_train=a.knn_train,
+                            knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn,
+                            replay_plan=a.replay_plan, started=process_start(), size_hint=not chose_size))
 
 
 def _finetune(a: argparse.Namespace) -> int:
@@ -409,32 +401,22 @@ def _finetune(a: argparse.Namespace) -> int:
             raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 "
                               "exists")
         a.data = str(data)
-    res = finetune(a.checkpoint, a.data, Path(a.out or "runs/finetune"), a.labels, a.init, train_dir=a.train,
-                   test_dir=a.test, labels_file=a.labels_file, epochs=a.epochs,
-                   time_budget=parse_duration(a.time_budget) if a.time_budget else None, overrides=a.set,
-                   config_file=a.config, flags=flags, resume=a.resume, overwrite=a.overwrite,
-                   progress=not a.no_progress, started=process_start())
-    if res.stopped:
-        return 130
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(res.summary()))
-    return 0
+    return _result(finetune(a.checkpoint, a.data, Path(a.out or "runs/finetune"), a.labels, a.init,
+                            train_dir=a.train, test_dir=a.test, labels_file=a.labels_file, epochs=a.epochs,
+                            time_budget=parse_duration(a.time_budget) if a.time_budget else None,
+                            overrides=a.set, config_file=a.config, flags=flags, resume=a.resume,
+                            overwrite=a.overwrite, progress=not a.no_progress, started=process_start()))
 
 
 def _detect(a: argparse.Namespace) -> int:
     from moco.tasks.detect import detect
     from moco.training.budget import parse_duration, process_start
 
-    flags = _transfer_flags(a)
-    res = detect(a.checkpoint, a.train_ann, a.train_images, a.val_ann, a.val_images, Path(a.out or "runs/detect"),
-                 a.init, epochs=a.epochs, time_budget=parse_duration(a.time_budget) if a.time_budget else None,
-                 overrides=a.set, config_file=a.config, flags=flags, resume=a.resume, overwrite=a.overwrite,
-                 progress=not a.no_progress, started=process_start())
-    if res.stopped:
-        return 130
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(res.summary()))
-    return 0
+    return _result(detect(a.checkpoint, a.train_ann, a.train_images, a.val_ann, a.val_images,
+                          Path(a.out or "runs/detect"), a.init, epochs=a.epochs,
+                          time_budget=parse_duration(a.time_budget) if a.time_budget else None, overrides=a.set,
+                          config_file=a.config, flags=_transfer_flags(a), resume=a.resume, overwrite=a.overwrite,
+                          progress=not a.no_progress, started=process_start()))
 
 
 def _eval_setup(a: argparse.Namespace, head: bool = False):
@@ -443,7 +425,7 @@ def _eval_setup(a: argparse.Namespace, head: bool = False):
     import torch
 
     from moco.core.precision import pick_device
-    from moco.data.shards import decode_data
+    from moco.data import sets
     from moco.data.sides import cache_side
     from moco.export.backbone import load_backbone_and_config, load_encoder_and_config
 
@@ -454,7 +436,7 @@ def _eval_setup(a: argparse.Namespace, head: bool = False):
     side = cache_side(size)
 
     def decode(data: str):  # a folder or WebDataset shards
-        return decode_data(data, side, workers=a.workers, progress=not a.no_progress)
+        return sets.decode(data, side, workers=a.workers, progress=not a.no_progress)
 
     return model, size, device, cfg, decode
 
@@ -477,20 +459,12 @@ def _knn(a: argparse.Namespace) -> int:
 def _linear(a: argparse.Namespace) -> int:
     import torch
 
-    from moco.evaluation.linear import LINEAR_LR, LinearConfig, linear_eval
+    from moco.evaluation.linear import LinearConfig, linear_eval
 
-    lr = LINEAR_LR[a.feature_norm] if a.lr is None else a.lr
-    if a.epochs < 1 or lr <= 0 or a.batch_size < 1 or a.weight_decay < 0 or a.cached_views < 0:
-        raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0, --weight-decay >= 0 and "
-                          "--cached-views >= 0")
-    if a.cached_views and not a.augment:
-        raise ConfigError("--cached-views needs --augment (without it the center-crop features are cached)")
+    lc = LinearConfig.checked(a.epochs, a.lr, a.feature_norm, a.weight_decay, a.batch_size, a.schedule, a.augment,
+                              a.cached_views)
     backbone, size, device, cfg, decode = _eval_setup(a)
     train, test = decode(a.train), decode(a.test)
-    lc = LinearConfig(epochs=a.epochs, lr=lr, feature_norm=a.feature_norm, weight_decay=a.weight_decay,
-                      batch_size=a.batch_size, schedule=a.schedule,
-                      milestones=[round(a.epochs * 0.6), round(a.epochs * 0.8)], augment=a.augment,
-                      cached_views=a.cached_views)
     res, clf = linear_eval(backbone, train, test, size, device, lc, a.precision, progress=not a.no_progress,
                            norm=cfg.data.normalize)
     save = Path(a.save) if a.save else Path(a.checkpoint).with_name("linear_classifier.pt")
@@ -543,21 +517,11 @@ def _export(a: argparse.Namespace) -> int:
 
 
 def _shards(a: argparse.Namespace) -> int:
-    from moco.data.folder import check_data_root, scan_images
-    from moco.data.shards import parse_size, write_shards
+    from moco.data.shards import parse_size, write_folder
 
-    data, out = Path(a.data).expanduser(), Path(a.out).expanduser()
-    check_data_root(data)
-    size = parse_size(a.shard_size)
-    if a.max_count < 1:
-        raise ConfigError(f"--max-count must be >= 1, got {a.max_count}")
-    splits = [(n, data / n) for n in ("train", "test", "val") if (data / n).is_dir()] or [("shard", data)]
-    for prefix, folder in splits:
-        images = scan_images(folder, strict=a.strict_data)
-        if not len(images):
-            raise DataError(f"no images found in {folder}")
-        res = write_shards(images, out, size, prefix, a.max_count, strict=a.strict_data,
-                           progress=not a.no_progress)
+    written = write_folder(Path(a.data).expanduser(), Path(a.out).expanduser(), parse_size(a.shard_size),
+                           a.max_count, a.strict_data, not a.no_progress)
+    for prefix, res in written:
         print(f"{prefix if prefix != 'shard' else 'images'}: {res.samples} images in {res.shards} shard(s): "
               f"{res.pattern}")
     return 0

@@ -197,7 +197,7 @@ def test_a_file_that_changes_after_the_scan_is_skipped_for_the_rest_of_the_run(t
 
 def test_files_lost_during_training_are_counted_in_metrics(tmp_path, monkeypatch, caplog):
     make_image_folder(tmp_path / "data" / "train", per_class=12)
-    import moco.tasks.pretrain as run_module
+    import moco.data.sets as run_module
 
     real_scan = run_module.scan_images
 

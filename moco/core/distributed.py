@@ -79,6 +79,13 @@ def check_global_batch(batch_size: int) -> None:
                           f"processes ({world})")
 
 
+def rank_slice(batch_size: int, dinfo: DistInfo) -> slice:
+    """This process's part of a global batch of ``batch_size`` items: rank r of n takes the r-th of n equal
+    parts (the batch divides, :func:`check_global_batch`). Every pipeline slices its batches and draws so."""
+    b = batch_size // dinfo.world_size
+    return slice(dinfo.rank * b, (dinfo.rank + 1) * b)
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 

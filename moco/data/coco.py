@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from moco.core.distributed import SINGLE_PROCESS, DistInfo
+from moco.core.distributed import SINGLE_PROCESS, DistInfo, rank_slice
 from moco.core.errors import DataError
 from moco.data.folder import ImageList, first_readable, load_rgb
 from moco.data.pipelines import _slices, from_workers, note_lost
@@ -259,6 +259,7 @@ class DetectionSource:
     resizes, normalises and pads."""
 
     decoded = None  # no decoded cache: images keep their sizes
+    streams = False
 
     def __init__(self, data: CocoSet, masks: bool, flip: float, workers: int, batch_size: int,
                  gen: torch.Generator, device: torch.device, dinfo: DistInfo = SINGLE_PROCESS,
@@ -268,15 +269,22 @@ class DetectionSource:
         self.dataset = CocoImages(data, masks, strict)
         self.images, self.lost = data.images, self.dataset.lost
 
+    @property
+    def samples(self) -> int:
+        return len(self.images)
+
+    def steps_per_epoch(self, passes: int = 1) -> int:
+        return self.samples * passes // self.batch_size
+
     def epoch(self, perm: torch.Tensor, start: int, side: int, seed: int) -> Iterator[tuple[list, list, torch.Tensor]]:
         b, dinfo = self.batch_size, self.dinfo
-        lo, hi = dinfo.rank * (b // dinfo.world_size), (dinfo.rank + 1) * (b // dinfo.world_size)
+        part = rank_slice(b, dinfo)
         batches = [s.tolist() for s in _slices(perm, start, b, dinfo)]
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=_items,
             generator=torch.Generator().manual_seed(seed + 7919 * dinfo.rank), pin_memory=self.device.type == "cuda")
         for items in from_workers(loader):
-            flips = (torch.rand(b, generator=self.gen) < self.flip)[lo:hi]
+            flips = (torch.rand(b, generator=self.gen) < self.flip)[part]
             note_lost(self.lost, [f for it in items for f in it[3]], self.images)
             images, targets = [], []
             for (img, t, _, _), f in zip(items, flips.tolist()):

@@ -312,6 +312,20 @@ def first_readable(
     raise DataError(f"no readable image left in {images.root}")
 
 
+SPLITS = ("train", "test", "val")
+"""A labelled data set's splits by name: training on ``train``, held out in ``test`` or else ``val``."""
+
+
+def test_split(find: Callable[[str], T | None]) -> T | None:
+    """The held-out split: ``find(name)`` for ``test``, then ``val``; the first it finds, else None. Folders
+    (:func:`find_split`) and shards (``train-*.tar`` beside ``test-*.tar``) follow this one rule."""
+    for name in SPLITS[1:]:
+        found = find(name)
+        if found is not None:
+            return found
+    return None
+
+
 def find_split(data: Path) -> tuple[Path, Path | None]:
     """Given ``--data``, return (train folder, labelled test folder or None).
 
@@ -319,13 +333,12 @@ def find_split(data: Path) -> tuple[Path, Path | None]:
     ``val/``); a folder named ``train`` with a ``test``/``val`` sibling monitors with that.
     """
     data = Path(data).expanduser()
+
+    def sibling(parent: Path) -> Callable[[str], Path | None]:
+        return lambda name: parent / name if (parent / name).is_dir() else None
+
     if (data / "train").is_dir():
-        for name in ("test", "val"):
-            if (data / name).is_dir():
-                return data / "train", data / name
-        return data / "train", None
+        return data / "train", test_split(sibling(data))
     if data.name == "train":
-        for name in ("test", "val"):
-            if (data.parent / name).is_dir():
-                return data, data.parent / name
+        return data, test_split(sibling(data.parent))
     return data, None

@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 
 import torch
 
-from moco.core.distributed import SINGLE_PROCESS, DistInfo, barrier
+from moco.core.distributed import SINGLE_PROCESS, DistInfo, barrier, rank_slice
 from moco.core.errors import DataError, shown
 from moco.data.augment import (
     apply_params,
@@ -101,9 +101,8 @@ def note_lost(lost: dict[int, str], failed: list[tuple[int, str]], images: Image
 
 def _slices(perm: torch.Tensor, start: int, batch_size: int, dinfo: DistInfo) -> list[torch.Tensor]:
     """This process's slice of each global batch of the epoch order ``perm``, from step ``start``."""
-    b = batch_size // dinfo.world_size
-    lo = dinfo.rank * b
-    return [perm[i * batch_size + lo : i * batch_size + lo + b] for i in range(start, len(perm) // batch_size)]
+    part = rank_slice(batch_size, dinfo)
+    return [perm[i * batch_size : (i + 1) * batch_size][part] for i in range(start, len(perm) // batch_size)]
 
 
 def cached_batches(
@@ -118,13 +117,13 @@ def cached_batches(
     same stream everywhere), and each process applies its slice: so N processes see exactly the images
     and views that one process with the same global batch would.
     """
-    lo, hi = dinfo.rank * (batch_size // dinfo.world_size), (dinfo.rank + 1) * (batch_size // dinfo.world_size)
+    part = rank_slice(batch_size, dinfo)
     side = size or d.view_size
     kinds = view_recipes(d.augmentation)
     for idx in _slices(perm, start, batch_size, dinfo):
         x = data.batch(idx).to(device, non_blocking=True)
         h, w = x.shape[-2:]
-        views = [sample_params(batch_size, h, w, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
+        views = [sample_params(batch_size, h, w, k, d.crop_min_scale, gen)[part] for k in kinds]
         yield (apply_params(x, views[0], side, kinds[0], d.normalize),
                apply_params(x, views[1], side, kinds[1], d.normalize), idx)
 
@@ -168,22 +167,27 @@ def device_views(imgs: list[torch.Tensor], d: DataConfig, batch_size: int, gen: 
                  side: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two augmented views of side ``side`` of this process's decoded images (its slice of a global batch of
     ``batch_size``), made on their device; the draws are made for the whole global batch on every process."""
-    lo, hi = dinfo.rank * (batch_size // dinfo.world_size), (dinfo.rank + 1) * (batch_size // dinfo.world_size)
+    part = rank_slice(batch_size, dinfo)
     kinds = view_recipes(d.augmentation)
     heights, widths = torch.ones(batch_size), torch.ones(batch_size)
-    heights[lo:hi] = torch.tensor([float(im.shape[1]) for im in imgs])
-    widths[lo:hi] = torch.tensor([float(im.shape[2]) for im in imgs])
-    views = [sample_params(batch_size, heights, widths, k, d.crop_min_scale, gen)[lo:hi] for k in kinds]
+    heights[part] = torch.tensor([float(im.shape[1]) for im in imgs])
+    widths[part] = torch.tensor([float(im.shape[2]) for im in imgs])
+    views = [sample_params(batch_size, heights, widths, k, d.crop_min_scale, gen)[part] for k in kinds]
     q, k = (apply_params(imgs, v, side, kind, d.normalize) for v, kind in zip(views, kinds))
     return q, k
 
 
 class BatchSource(Protocol):
-    """What the training loop needs of a pipeline: the usable images and each epoch's batches."""
+    """What the trainer needs of a pipeline: how much an epoch holds, and each epoch's batches."""
 
-    images: ImageList  # the images training draws from (a cache drops unreadable files)
+    samples: int  # the samples an epoch draws from (a stream: those its steps train on)
+    streams: bool  # the source orders its samples itself (a stream): the trainer draws no permutation
     decoded: DecodedImages | None  # the decoded cache, when the pipeline keeps one (the kNN monitor reuses it)
-    lost: dict[int, str]  # files found unreadable while training (index -> why), skipped from then on
+    lost: dict  # files or samples found unreadable while training (-> why), skipped from then on
+
+    def steps_per_epoch(self, passes: int = 1) -> int:
+        """Global steps in an epoch of ``passes`` passes over the samples (whole batches)."""
+        ...
 
     def epoch(self, perm: torch.Tensor, start: int, side: int, seed: int) -> Iterator[Batch]:
         """The batches of one epoch in the order ``perm``, from step ``start``, with views of ``side`` px;
@@ -192,15 +196,24 @@ class BatchSource(Protocol):
 
 
 class _Source:
-    """Fields the three sources share: data settings, global batch, augmentation draws, device, process."""
+    """What the sources of a listed set share: its images, data settings, global batch, augmentation draws,
+    device, process; an epoch is a permutation of the images, ``passes`` times over."""
 
     decoded: DecodedImages | None = None
+    streams = False
 
     def __init__(self, images: ImageList, d: DataConfig, batch_size: int, gen: torch.Generator,
                  device: torch.device, dinfo: DistInfo, progress: bool) -> None:
         self.images, self.d, self.batch_size = images, d, batch_size
         self.gen, self.device, self.dinfo = gen, device, dinfo
         self.lost: dict[int, str] = {}  # the cache holds every image it kept: nothing is read after it
+
+    @property
+    def samples(self) -> int:
+        return len(self.images)
+
+    def steps_per_epoch(self, passes: int = 1) -> int:
+        return self.samples * passes // self.batch_size
 
 
 class CachedSource(_Source):
@@ -268,11 +281,11 @@ class LabelledSource(_Source):
     def epoch(self, perm: torch.Tensor, start: int, side: int, seed: int) -> Iterator[Batch]:
         assert self.decoded is not None
         b, dinfo = self.batch_size, self.dinfo
-        lo, hi = dinfo.rank * (b // dinfo.world_size), (dinfo.rank + 1) * (b // dinfo.world_size)
+        part = rank_slice(b, dinfo)
         for idx in _slices(perm, start, b, dinfo):
             x = self.decoded.batch(idx).to(self.device, non_blocking=True)
             boxes, flip, pad = crop_flip_params(b, x.shape[-2], x.shape[-1], side, self.gen)
-            yield (crop_flip(x, side, norm=self.d.normalize, params=(boxes[lo:hi], flip[lo:hi], pad)),
+            yield (crop_flip(x, side, norm=self.d.normalize, params=(boxes[part], flip[part], pad)),
                    self.labels[idx].to(self.device, non_blocking=True), idx)
 
 

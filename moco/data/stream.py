@@ -49,7 +49,7 @@ from moco.core.errors import DataError, shown
 from moco.data.augment import per_image_transform, view_recipes
 from moco.data.encoded import as_encoded, decode_on_device
 from moco.data.pipelines import device_views, from_workers
-from moco.data.shards import REMOTE, decode, image_field, read_samples, shard_counts, shards_root
+from moco.data.shards import decode, image_field, is_remote, read_samples, shard_counts, shards_root
 from moco.schema import DataConfig
 
 log = logging.getLogger("moco")
@@ -271,18 +271,6 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield plan.worker, passes, pos, last, self.collate(items) if items else None, failed
 
 
-class EpochLength:
-    """What the training loop counts of a stream: ``len()`` is the samples an epoch trains on (its steps times
-    the global batch), so that ``steps_per_epoch`` comes out as the stream's."""
-
-    def __init__(self, samples: int, root: Path) -> None:
-        self.samples, self.root = samples, root
-        self.labels = self.classes = None
-
-    def __len__(self) -> int:
-        return self.samples
-
-
 def _pairs(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items]), [it[2] for it in items]
 
@@ -318,7 +306,7 @@ class ShardSource:
         self.gen = gen
         self.workers = max(1, d.workers)  # workers=0 reads in this process: one reader
         world, per_rank = dinfo.world_size, batch_size // dinfo.world_size
-        remote = [s for s in shards if s.startswith(REMOTE)]
+        remote = [s for s in shards if is_remote(s)]
         if d.samples_per_epoch:
             self.counts, self.known = [1] * len(shards), False  # bundles of equal numbers of shards
         elif remote:
@@ -337,7 +325,8 @@ class ShardSource:
         if self.steps < 1:
             raise DataError(f"the shards hold {total} sample(s), fewer than one batch of {per_rank} in each of "
                             f"{world} process(es): lower --batch-size")
-        self.images = EpochLength(self.steps * batch_size, shards_root(shards))
+        self.samples = self.steps * batch_size  # what an epoch trains on
+        self.root = shards_root(shards)
         self.lost: dict[str, str] = {}  # (shard or shard:key) -> why, as reported by the workers
         self.trained = [(0, 0, 0)] * self.workers  # per worker: full chunks trained, pass, read position
         self.record: list[int] | None = None  # this process's worker positions from a checkpoint, for the resume
@@ -363,6 +352,10 @@ class ShardSource:
     def total_samples(self) -> int | None:
         """Samples in all the shards, when counted."""
         return sum(self.counts) if self.known else None
+
+    def steps_per_epoch(self, passes: int = 1) -> int:
+        """Global steps in an epoch (the lightest process's share, whole batches); ``passes`` repeats it."""
+        return self.steps * passes
 
     def position(self) -> list[int]:
         """Where this process's workers stand after the last batch given: (full chunks, pass, read position)

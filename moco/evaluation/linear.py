@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moco.core.errors import ConfigError
 from moco.core.precision import autocast
 from moco.data.augment import crop_flip
 from moco.data.cache import DecodedImages
@@ -51,6 +52,22 @@ class LinearConfig:
 
     def lr_at(self, epoch: int) -> float:
         return scheduled_lr(self.lr, epoch, self.epochs, self.schedule, self.milestones)
+
+    @classmethod
+    def checked(cls, epochs: int, lr: float | None, feature_norm: str, weight_decay: float, batch_size: int,
+                schedule: str, augment: bool, cached_views: int) -> LinearConfig:
+        """The protocol ``moco linear``'s options describe (``lr`` None: :data:`LINEAR_LR`'s for the feature
+        norm; the step schedule's milestones at 60% and 80% of the epochs), refused in one line when out of
+        range."""
+        lr = LINEAR_LR[feature_norm] if lr is None else lr
+        if epochs < 1 or lr <= 0 or batch_size < 1 or weight_decay < 0 or cached_views < 0:
+            raise ConfigError("--epochs and --batch-size must be >= 1, --lr > 0, --weight-decay >= 0 and "
+                              "--cached-views >= 0")
+        if cached_views and not augment:
+            raise ConfigError("--cached-views needs --augment (without it the center-crop features are cached)")
+        return cls(epochs=epochs, lr=lr, feature_norm=feature_norm, weight_decay=weight_decay,
+                   batch_size=batch_size, schedule=schedule, milestones=[round(epochs * 0.6), round(epochs * 0.8)],
+                   augment=augment, cached_views=cached_views)
 
 
 class LinearClassifier(nn.Sequential):

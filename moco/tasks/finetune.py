@@ -32,12 +32,11 @@ from moco.config import Config
 from moco.core.distributed import DistInfo
 from moco.core.errors import ConfigError, DataError
 from moco.core.precision import memory_format
-from moco.data.cache import DecodedImages, decode_images
-from moco.data.folder import ImageList, check_data_root, find_split, scan_images
+from moco.data import sets
+from moco.data.cache import DecodedImages
+from moco.data.folder import ImageList
 from moco.data.pipelines import LabelledSource, decode_side
-from moco.data.shards import check_shards, decode_shards, is_shard_spec, list_shards, shard_split
 from moco.evaluation.knn import extract_feature_sets, time_per_image
-from moco.schema import DataConfig
 from moco.training.checkpoint import TrainState
 from moco.training.harness import run_job, run_length
 from moco.training.run import Run, augmentation_generator, open_run, start_state, training_parts
@@ -88,55 +87,14 @@ def finetune_config(source: Config, kind: str, ckpt: str, flags: dict[str, Any] 
     return transfer_config(source, kind, ckpt, RECIPE, "the fine-tuning recipe", flags, overrides, config_file)
 
 
-Data = Path | list[str]
-"""A labelled set: an ImageFolder, or WebDataset shards with ``.cls`` (their resolved list)."""
-
-
-def resolve_data(spec: str | Path | list[str]) -> Data:
-    """An ImageFolder's path (checked: one line if missing or not a folder) or the shards a spec names."""
-    if isinstance(spec, list):
-        return spec
-    if is_shard_spec(spec):
-        return check_shards(spec)
-    path = Path(spec).expanduser()
-    check_data_root(path)
-    return path
-
-
-def split_data(data: str | Path) -> tuple[Data, Data | None]:
-    """``--data``'s training and test sets: a folder's train/ and test/ (``find_split``), or shards with
-    train-*.tar and test-*.tar (``shard_split``)."""
-    if is_shard_spec(data):
-        train, test = shard_split(data)
-        check_shards(train[0])
-        return train, test
-    check_data_root(Path(data).expanduser())
-    return find_split(Path(data).expanduser())
-
-
-def data_record(data: Data | None) -> str | list[str] | None:
-    """How a checkpoint records a labelled set, for a resumed run to find it again."""
-    return None if data is None else data if isinstance(data, list) else str(data.resolve())
-
-
-def _labelled(data: Data, what: str, strict: bool, warn: bool, progress: bool) -> ImageList:
-    """The labelled listing of ``data``: the folder's files, or the shards' keys and ``.cls`` (no image decoded)."""
-    if isinstance(data, list):
-        return list_shards(data, strict, progress)
-    images = scan_images(data, strict=strict, warn=warn)
+def _labelled(data: sets.Data, what: str, strict: bool, warn: bool, progress: bool) -> ImageList:
+    """The labelled listing of ``data`` (:func:`moco.data.sets.listing`); a folder without class sub-folders is
+    refused in one line."""
+    images = sets.listing(data, strict, warn, progress)
     if images.labels is None:
         raise DataError(f"{what} {data} has no class sub-folders: fine-tuning needs an ImageFolder "
                         "(one sub-folder per class)")
     return images
-
-
-def _decoded(data: Data, chosen: ImageList, d: DataConfig, progress: bool, whole: bool) -> DecodedImages:
-    """The ``chosen`` images of ``data`` decoded into the cache (shards: every sample is read, the chosen keys
-    decoded; ``whole``: all of them, the cache entry the kNN and linear evaluations use too)."""
-    if isinstance(data, list):
-        return decode_shards(data, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress,
-                             None if whole else chosen.paths)
-    return decode_images(chosen, decode_side(d), d.cache_dir or None, d.workers, d.strict, progress)
 
 
 def map_test_labels(train: ImageList, test: ImageList) -> torch.Tensor:
@@ -159,8 +117,8 @@ class Job:
     cfg: Config
     kind: str
     ckpt: str
-    train: Data
-    test: Data | None
+    train: sets.Data
+    test: sets.Data | None
     labels_file: Path | None
 
 
@@ -184,9 +142,9 @@ def resolve_job(
         raise ConfigError("fine-tuning needs --data (a folder with train/ and test/, or shards) or --train and --test")
     found = None
     if train_dir is None:
-        train_dir, found = split_data(data)
-    train = resolve_data(train_dir)
-    test = resolve_data(test_dir) if test_dir is not None else found
+        train_dir, found = sets.split(data)
+    train = sets.resolve(train_dir)
+    test = sets.resolve(test_dir) if test_dir is not None else found
     labels_file = labels_file or cfg.finetune.labels_file or None
     return Job(cfg, kind, ckpt, train, test, Path(labels_file) if labels_file else None)
 
@@ -202,12 +160,13 @@ def _labelled_data(job: Job, cfg: Config, out: Path, main: bool, resumed: bool, 
     if main and (not resumed or not (out / "labels.txt").is_file()):
         write_labels(chosen, out / "labels.txt", f"the images of {job.labels_file}" if spec is None else
                      f"{spec} of each class, seed {f.labels_seed}")
-    decoded = _decoded(job.train, chosen, d, progress, len(chosen) == len(full))
+    side, cache = decode_side(d), d.cache_dir or None
+    decoded = sets.decode(job.train, side, cache, d.workers, d.strict, progress, chosen, len(chosen) == len(full))
     monitor = None
     if job.test is not None and main:
         test = _labelled(job.test, "--test", d.strict, True, progress)
         map_test_labels(full, test)  # a class that training lacks: refused before decoding
-        test_set = _decoded(job.test, test, d, progress, True)
+        test_set = sets.decode(job.test, side, cache, d.workers, d.strict, progress, test)
         y_test = map_test_labels(full, test_set.images)  # of the test images that decoded
         monitor = TestMonitor(test_set, y_test, len(full.classes or []), cfg, device)
     elif main:
@@ -286,7 +245,7 @@ def set_up_finetune(
     gen = augmentation_generator(cfg)
     b = cfg.optim.batch_size
     extra = {"classes": full.classes, "labels": label_info, "init": job.kind, "source": job.ckpt,
-             "data": {"train": data_record(job.train), "test": data_record(job.test)}}
+             "data": {"train": sets.record(job.train), "test": sets.record(job.test)}}
     run = Run(cfg, out, decoded.images.root, dinfo, device, LabelledSource(decoded, cfg.data, b, gen, device, dinfo),
               monitor, progress, task, max_steps,
               passes=passes_per_epoch(len(decoded.images), b, cfg.finetune.min_epoch_steps), checkpoint_extra=extra)

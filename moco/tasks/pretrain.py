@@ -20,15 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from moco.config import validate
+from moco.config import from_dict, resolve, validate
+from moco.core.checkpoint_files import load_checkpoint, load_newest_intact, require_moco_checkpoint
 from moco.core.distributed import DistInfo
 from moco.core.errors import ConfigError, DataError
 from moco.core.precision import memory_format
-from moco.data.cache import decode_images
-from moco.data.folder import ImageList, check_data_root, find_split, scan_images
-from moco.data.pipelines import BatchSource, decode_side, open_source
-from moco.data.shards import check_shards, decode_data, decode_shards, is_shard_spec, shard_split, shards_root
-from moco.data.stream import ShardSource
+from moco.data import sets
+from moco.data.folder import ImageList
+from moco.data.pipelines import BatchSource, decode_side
 from moco.evaluation.knn import KnnMonitor
 from moco.methods import build_moco, describe
 from moco.models.generic import custom_name
@@ -108,29 +107,38 @@ def knn_monitor(
             raise ConfigError("--knn-train needs --knn-test too")
         return None
     d = cfg.data
-    side = decode_side(d)
+    side, cache = decode_side(d), d.cache_dir or None
     if knn_train:
-        memory = decode_data(knn_train, side, d.cache_dir or None, d.workers, d.strict, progress)
-    elif source.decoded is not None:
-        memory = source.decoded
-    elif isinstance(source, ShardSource):
-        n = source.total_samples
-        if n is None or n > KNN_MEMORY_MAX:
-            log.warning("kNN monitor off: the training shards hold %s samples, more than the %d the monitor "
-                        "decodes as its memory; give --knn-train and --knn-test (labelled, small)",
-                        "an unknown number of" if n is None else n, KNN_MEMORY_MAX)
-            return None
-        memory = decode_shards(source.shards, side, d.cache_dir or None, d.workers, d.strict, progress)
+        memory = sets.decode(knn_train, side, cache, d.workers, d.strict, progress)
     else:
-        memory = decode_images(source.images, side, d.cache_dir or None, d.workers, d.strict, progress)
+        try:
+            memory = sets.decode_source(source, side, cache, d.workers, d.strict, progress, KNN_MEMORY_MAX)
+        except DataError as e:
+            log.warning("kNN monitor off: %s; give --knn-train and --knn-test (labelled, small)", e)
+            return None
     if memory.images.labels is None:
         log.warning("kNN monitor off: %s has no class sub-folders (labels)", memory.images.root)
         return None
-    test_set = decode_data(test, side, d.cache_dir or None, d.workers, d.strict, progress)
+    test_set = sets.decode(test, side, cache, d.workers, d.strict, progress)
     if test_set.images.classes != memory.images.classes:
         log.warning("kNN monitor off: %s and %s have different class folders", memory.images.root, test)
         return None
     return KnnMonitor(memory, test_set, cfg, device)
+
+
+def pretrain_config(preset: str | None, config_file: str | None, flags: dict[str, Any],
+                    overrides: list[str] | None, out: Path, resume: str | None) -> tuple[Config, bool]:
+    """(the config a pretraining run trains with, whether it resumes one): a resumed run's own (its checkpoint's
+    config, with the config file, ``flags`` and ``--set`` ``overrides`` on top), else ``preset``'s with them."""
+    previous = None
+    if resume == "auto":
+        found = load_newest_intact(out, warn=False)  # the run warns when it falls back to an older one
+        previous = found[0] if found else None
+    elif resume and Path(resume).is_file():
+        previous = require_moco_checkpoint(load_checkpoint(resume), resume)
+    if previous is not None:
+        return resolve(None, config_file, flags, overrides, base=from_dict(previous["config"])), True
+    return resolve(preset, config_file, flags, overrides), False
 
 
 def pretrain(
@@ -171,20 +179,16 @@ def pretrain(
         cfg = copy.deepcopy(cfg)
         cfg.model.arch = custom_name(backbone)
     validate(cfg)
-    if is_shard_spec(data):  # before any work: a bad --data or --out is one line; a URL stays a string
-        check_shards(data)
-    else:
-        data = Path(data)
-        check_data_root(data.expanduser())
+    train, test = sets.split(data)  # before any work: a bad --data is one line
 
     def set_up_run(dinfo: DistInfo, dist_device: torch.device | None) -> tuple[Run, TrainState]:
-        return set_up(cfg, data, out, dinfo, dist_device, resume=resume, overwrite=overwrite, knn_train=knn_train,
-                      knn_test=knn_test, knn=knn, progress=progress and dinfo.is_main, max_steps=max_steps,
-                      backbone=backbone)
+        return set_up(cfg, (train, test), out, dinfo, dist_device, resume=resume, overwrite=overwrite,
+                      knn_train=knn_train, knn_test=knn_test, knn=knn, progress=progress and dinfo.is_main,
+                      max_steps=max_steps, backbone=backbone)
 
     def announce(run: Run, state: TrainState) -> None:
         _log_start(run, state)
-        if size_hint and not getattr(run.source, "streams", False):  # a stream is not read ahead for it
+        if size_hint and not run.source.streams:  # a stream is not read ahead for it
             _hint_larger_images(run)
 
     def finish(run: Run, state: TrainState, stopped: bool) -> RunResult:
@@ -234,33 +238,24 @@ def _hint_larger_images(run: Run) -> None:
 
 
 def set_up(
-    cfg: Config, data: str | Path, out: Path, dinfo: DistInfo, dist_device: torch.device | None, *,
-    resume: str | None = None, overwrite: bool = False, knn_train: str | Path | None = None,
-    knn_test: str | Path | None = None, knn: bool = True, progress: bool = True, max_steps: int | None = None,
-    backbone: nn.Module | None = None,
+    cfg: Config, data: tuple[sets.Data, sets.Data | None], out: Path, dinfo: DistInfo,
+    dist_device: torch.device | None, *, resume: str | None = None, overwrite: bool = False,
+    knn_train: str | Path | None = None, knn_test: str | Path | None = None, knn: bool = True,
+    progress: bool = True, max_steps: int | None = None, backbone: nn.Module | None = None,
 ) -> tuple[Run, TrainState]:
-    """Check the folder and the checkpoint, open the data (a folder, or WebDataset shards streamed), build the
-    model and restore the state."""
+    """Check the folder and the checkpoint, open the training set of ``data`` (training and test sets, as
+    :func:`moco.data.sets.split` finds them), build the model and restore the state."""
     task = pretrain_task(cfg)
     cfg, device, ckpt, ckpt_path = open_run(cfg, out, dinfo, dist_device, task, resume, overwrite)
     gen = augmentation_generator(cfg)
     b = cfg.optim.batch_size
-    source: BatchSource
-    if is_shard_spec(data):
-        if cfg.method.dictionary == "memory_bank":
-            raise ConfigError("method.dictionary=memory_bank keeps a feature per image by index; a stream of "
-                              "shards has no indices: use the moco or end_to_end dictionary")
-        shards, test_dir = shard_split(data)
-        source = ShardSource(shards, cfg.data, b, gen, device, dinfo, progress)
-        train_dir = shards_root(shards)
-    else:
-        train_dir, test_dir = find_split(Path(data))
-        images = scan_images(train_dir, cfg.data.max_images, cfg.train.seed, cfg.data.strict, warn=dinfo.is_main)
-        source = open_source(images, cfg.data, b, gen, device, dinfo, progress)
-        if len(source.images) // b == 0:
-            raise DataError(f"{train_dir} has {len(source.images)} usable image(s), fewer than one batch of {b}; "
-                            "lower --batch-size")
+    train, test = data
+    source = sets.training_source(train, cfg.data, b, gen, device, dinfo, progress, cfg.train.seed,
+                                  indexed=cfg.method.dictionary == "memory_bank")
+    if source.steps_per_epoch() == 0:
+        raise DataError(f"{sets.root(train)} has {source.samples} usable image(s), fewer than one batch of {b}; "
+                        "lower --batch-size")
     main = dinfo.is_main
-    monitor = knn_monitor(cfg, source, knn_train, knn_test, test_dir, progress, device) if knn and main else None
-    run = Run(cfg, out, train_dir, dinfo, device, source, monitor, progress, task, max_steps)
+    monitor = knn_monitor(cfg, source, knn_train, knn_test, test, progress, device) if knn and main else None
+    run = Run(cfg, out, sets.root(train), dinfo, device, source, monitor, progress, task, max_steps)
     return run, start_state(run, build_training(cfg, device, run.n_images, backbone), gen, ckpt, ckpt_path)

@@ -99,16 +99,17 @@ class Run:
 
     @property
     def n_images(self) -> int:
-        return len(self.source.images)
+        """The samples an epoch draws from (its source's)."""
+        return self.source.samples
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.n_images * self.passes // self.cfg.optim.batch_size
+        return self.source.steps_per_epoch(self.passes)
 
     def epoch_order(self, seed: int) -> torch.Tensor | None:
-        """The order of epoch ``seed``'s images: ``passes`` permutations of the data, one after the other (None
-        for a source that streams: it orders itself)."""
-        if getattr(self.source, "streams", False):
+        """The order of epoch ``seed``'s samples: ``passes`` permutations of them, one after the other (None for
+        a source that streams: it orders itself)."""
+        if self.source.streams:
             return None
         g = torch.Generator().manual_seed(seed)
         return torch.cat([torch.randperm(self.n_images, generator=g) for _ in range(self.passes)])
