@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from moco.schema import (
     TrainConfig,
 )
 
+log = logging.getLogger("moco")
 MIN_BUDGET_S = 10.0  # the shortest time budget accepted: below it not even one step and the final kNN fit
 
 __all__ = [
@@ -131,8 +134,19 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise ConfigError(f"config key {key!r} has unsupported type {typ_s}")
 
 
-def set_value(cfg: Config, key: str, value: Any) -> None:
-    """Set ``section.name`` on ``cfg`` with type checking."""
+ALIASES = {"train.knn_every": "train.eval_every"}
+"""Old names of keys -> their names now: configs in the wild (and checkpoints) keep working."""
+_warned: set[str] = set()
+
+
+def set_value(cfg: Config, key: str, value: Any, warn: bool = True) -> None:
+    """Set ``section.name`` on ``cfg`` with type checking; an old name (:data:`ALIASES`) sets the key it became,
+    with a warning (once) when ``warn``."""
+    if key in ALIASES:
+        if warn and key not in _warned:
+            _warned.add(key)
+            log.warning("config key %s is now %s; the old name still works", key, ALIASES[key])
+        key = ALIASES[key]
     if "." not in key:
         raise _unknown(key)
     section, name = key.split(".", 1)
@@ -144,8 +158,9 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
     setattr(getattr(cfg, section), name, _coerce(key, value, fields[name].type))
 
 
-def merge_dict(cfg: Config, d: dict[str, Any], source: str = "config") -> None:
-    """Apply a nested ``{section: {key: value}}`` mapping onto ``cfg``."""
+def merge_dict(cfg: Config, d: dict[str, Any], source: str = "config", warn: bool = True) -> None:
+    """Apply a nested ``{section: {key: value}}`` mapping onto ``cfg`` (``warn``: say so when it uses an old
+    key name)."""
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(d).__name__}")
     for section, values in d.items():
@@ -154,7 +169,7 @@ def merge_dict(cfg: Config, d: dict[str, Any], source: str = "config") -> None:
                 raise ConfigError(f"{source}: section {section!r} must be a mapping")
             raise _unknown(str(section))
         for name, value in values.items():
-            set_value(cfg, f"{section}.{name}", value)
+            set_value(cfg, f"{section}.{name}", value, warn)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -169,8 +184,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any]) -> Config:
+    """A config from its dict (a checkpoint's, a config.yaml's), old key names taken silently."""
     cfg = Config()
-    merge_dict(cfg, d)
+    merge_dict(cfg, d, warn=False)
     return cfg
 
 
@@ -180,8 +196,10 @@ def resolve(
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
     base: Config | None = None,
+    sections: tuple[str, ...] = (),
 ) -> Config:
-    """Build the run's config from preset, YAML file, flags and ``key=value`` overrides, then validate.
+    """Build the run's config from preset, YAML file, flags and ``key=value`` overrides, then validate the shared
+    sections and the task's own ``sections`` (default: all; :func:`validate`).
 
     ``base`` (e.g. a resumed checkpoint's config) replaces the defaults and the preset.
     """
@@ -202,7 +220,7 @@ def resolve(
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         set_value(cfg, key.strip(), value.strip())
-    validate(cfg)
+    validate(cfg, *sections)
     return cfg
 
 
@@ -242,28 +260,43 @@ def _check_arch(arch: str) -> None:
                "custom:MODULE.CLASS (an importable network class that takes no arguments)")
 
 
-def validate(cfg: Config) -> None:
-    """Reject out-of-range values before any work starts."""
-    m, me, d, o, t = cfg.model, cfg.method, cfg.data, cfg.optim, cfg.train
+def validate(cfg: Config, *sections: str) -> None:
+    """Reject out-of-range values before any work starts: the shared sections (model, data, optim, train) and the
+    task's own ``sections`` (:data:`SECTION_CHECKS`: ``method`` for pretraining, ``finetune`` for fine-tuning,
+    ``finetune`` and ``detect`` for detection); all of them when none is named."""
+    _validate_model(cfg)
+    _validate_data(cfg.data)
+    _validate_optim(cfg)
+    _validate_train(cfg.train)
+    for name in sections or tuple(SECTION_CHECKS):
+        SECTION_CHECKS[name](cfg)
+
+
+def _validate_model(cfg: Config) -> None:
+    m, d = cfg.model, cfg.data
     _check_arch(m.arch)
     _check(m.width >= 1, f"model.width must be >= 1, got {m.width}")
     _choice("model.head", m.head, HEADS)
     _check(m.dim >= 1, f"model.dim must be >= 1, got {m.dim}")
     _check(m.mlp_dim >= 0, f"model.mlp_dim must be >= 0 (0 = automatic), got {m.mlp_dim}")
+    _check(m.bn_splits >= 1, f"model.bn_splits must be >= 1, got {m.bn_splits}")
     if m.arch in VITS:
         _check(m.patch_size >= 1 and d.image_size % m.patch_size == 0,
                f"data.image_size ({d.image_size}) must be a multiple of model.patch_size ({m.patch_size})")
         _check(d.train_size in (0, d.image_size) and d.ramp_size == 0, "data.train_size must equal "
                "data.image_size (or be 0) and data.ramp_size must be 0 for ViTs: their position embedding is "
                "built for image_size")
+
+
+def validate_method(cfg: Config) -> None:
+    """Pretraining's own section: the contrastive method (its dictionary, the head it takes, K, m, T)."""
+    m, me, o = cfg.model, cfg.method, cfg.optim
     _choice("method.dictionary", me.dictionary, DICTIONARIES)
     heads = DICTIONARIES[me.dictionary].heads
     _check(m.head in heads, f"method.dictionary={me.dictionary} and model.head={m.head} do not go together "
            f"(that dictionary takes head {' or '.join(heads)})")
     _check(me.m_schedule in ("constant", "cosine"),
            f"method.m_schedule must be 'constant' or 'cosine', got {me.m_schedule!r}")
-    _choice("optim.optimizer", o.optimizer, OPTIMIZERS)
-    _check(m.bn_splits >= 1, f"model.bn_splits must be >= 1, got {m.bn_splits}")
     _check(0.0 <= me.m < 1.0, f"method.m must be in [0, 1), got {me.m}")
     _check(me.T > 0, f"method.T must be > 0, got {me.T}")
     _check(0.0 <= me.bank_m < 1.0, f"method.bank_m must be in [0, 1), got {me.bank_m}")
@@ -274,6 +307,9 @@ def validate(cfg: Config) -> None:
     _check(me.dictionary != "moco" or me.K >= keys_per_step,
            f"method.K ({me.K}) must be >= the keys enqueued per step ({keys_per_step}: batch size"
            f"{' x 2 for the symmetric loss' if me.symmetric else ''})")
+
+
+def _validate_data(d: DataConfig) -> None:
     _check(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
     _check(d.train_size == 0 or d.train_size >= 8, f"data.train_size must be 0 (= image_size) or >= 8, "
            f"got {d.train_size}")
@@ -284,11 +320,6 @@ def validate(cfg: Config) -> None:
            f"data.ramp_epochs must be [start, end] with 0 <= start <= end, got {d.ramp_epochs}")
     _choice("data.augmentation", d.augmentation, AUGMENTATIONS)
     _choice("data.normalize", d.normalize, NORMALIZATIONS)
-    feats = cfg.train.knn_features
-    _check(bool(feats) and len(set(feats)) == len(feats),
-           f"train.knn_features must list backbone and/or head once each, got {feats}")
-    for f in feats:
-        _choice("train.knn_features", f, FEATURES)
     _check(0.0 < d.crop_min_scale <= 1.0, f"data.crop_min_scale must be in (0, 1], got {d.crop_min_scale}")
     _choice("data.pipeline", d.pipeline, PIPELINES)
     _check(d.cache_size >= 0, f"data.cache_size must be >= 0, got {d.cache_size}")
@@ -297,10 +328,15 @@ def validate(cfg: Config) -> None:
     _check(d.samples_per_epoch >= 0, f"data.samples_per_epoch must be >= 0 (0: count the shards), got "
            f"{d.samples_per_epoch}")
     _check(d.shuffle_buffer >= 1, f"data.shuffle_buffer must be >= 1, got {d.shuffle_buffer}")
+
+
+def _validate_optim(cfg: Config) -> None:
+    o = cfg.optim
+    _choice("optim.optimizer", o.optimizer, OPTIMIZERS)
     _check(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
     _check(o.batch_size >= 2, f"optim.batch_size must be >= 2, got {o.batch_size}")
-    _check(o.batch_size >= m.bn_splits,
-           f"optim.batch_size ({o.batch_size}) must be >= model.bn_splits ({m.bn_splits})")
+    _check(o.batch_size >= cfg.model.bn_splits,
+           f"optim.batch_size ({o.batch_size}) must be >= model.bn_splits ({cfg.model.bn_splits})")
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
@@ -309,14 +345,20 @@ def validate(cfg: Config) -> None:
     _check(o.time_budget == 0 or o.time_budget >= MIN_BUDGET_S,
            f"optim.time_budget must be 0 (off) or at least {MIN_BUDGET_S:.0f} s, time for start-up, one step, the "
            f"checkpoint and the kNN; got {o.time_budget:g} s")
+
+
+def _validate_train(t: TrainConfig) -> None:
     _check(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _check(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")
-    _check(t.knn_every >= 0, f"train.knn_every must be >= 0, got {t.knn_every}")
+    _check(t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}")
     _check(t.knn_k >= 1, f"train.knn_k must be >= 1, got {t.knn_k}")
     _check(t.knn_t > 0, f"train.knn_t must be > 0, got {t.knn_t}")
-    validate_finetune(cfg.finetune)
-    validate_detect(cfg.detect)
+    feats = t.knn_features
+    _check(bool(feats) and len(set(feats)) == len(feats),
+           f"train.knn_features must list backbone and/or head once each, got {feats}")
+    for f in feats:
+        _choice("train.knn_features", f, FEATURES)
 
 
 FINETUNE_INITS = ("checkpoint", "supervised", "random")
@@ -339,7 +381,9 @@ def parse_labels(spec: str) -> tuple[str, float]:
                       f"class (50), got {spec!r}")
 
 
-def validate_finetune(f: FinetuneConfig) -> None:
+def validate_finetune(cfg: Config) -> None:
+    """Fine-tuning's own section (detection shares its init, BatchNorm and backbone lr)."""
+    f = cfg.finetune
     parse_labels(f.labels)
     _choice("finetune.init", f.init, FINETUNE_INITS)
     _choice("finetune.bn", f.bn, FINETUNE_BN)
@@ -351,7 +395,9 @@ def validate_finetune(f: FinetuneConfig) -> None:
 DETECT_MASKS = ("auto", "off")
 
 
-def validate_detect(d: DetectConfig) -> None:
+def validate_detect(cfg: Config) -> None:
+    """Detection's own section: the detector's sizes, pyramid, anchors, RoIs and masks."""
+    d = cfg.detect
     _check(all(s >= 16 for s in d.min_size), f"detect.min_size must list sides of 16 px or more, got {d.min_size}")
     _check(d.max_size == 0 or d.max_size >= max(d.min_size or [0]),
            f"detect.max_size ({d.max_size}) must be 0 (auto) or at least the largest detect.min_size")
@@ -363,6 +409,13 @@ def validate_detect(d: DetectConfig) -> None:
     _check(d.box_head_dim >= 0, f"detect.box_head_dim must be >= 0 (0: auto), got {d.box_head_dim}")
     _choice("detect.masks", d.masks, DETECT_MASKS)
     _check(0 <= d.flip <= 1, f"detect.flip must be in [0, 1], got {d.flip}")
+
+
+SECTION_CHECKS: dict[str, Callable[[Config], None]] = {
+    "method": validate_method, "finetune": validate_finetune, "detect": validate_detect,
+}
+"""A task's own section -> its checks; the task names its sections (pretraining ``method``, fine-tuning
+``finetune``, detection ``finetune`` and ``detect``)."""
 
 
 def dump_yaml(cfg: Config) -> str:

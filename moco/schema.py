@@ -95,7 +95,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the encoders (slow first steps; pays off on long runs)
     log_every: int = 20  # steps between metrics.jsonl records
     checkpoint_every: int = 10  # epochs between kept checkpoint_{epoch:04d}.pt files
-    knn_every: int = 1  # epochs between kNN monitor runs (when labelled data is available)
+    eval_every: int = 1  # epochs between end-of-epoch evaluations (pretraining's kNN monitor, fine-tuning's test
+    # top-1, detection's COCO AP), when there is something to evaluate on; 0 = only after the last epoch
     knn_k: int = 200
     knn_t: float = 0.1
     knn_features: list[str] = field(default_factory=lambda: ["backbone"])  # what the monitor scores: backbone

@@ -5,7 +5,10 @@ wall-clock fields; paths under either folder are compared relative to it. Exits 
     python scripts/compare_runs.py BEFORE AFTER cached per_image v3 [--added task,config.finetune]
 
 ``--added`` lists key prefixes that only AFTER's checkpoints may hold (settings or records a change adds, whose
-defaults keep the old behaviour); they are listed, not counted as differences.
+defaults keep the old behaviour); they are listed, not counted as differences. ``--renamed=OLD:NEW,...`` names
+keys that a change renamed (compared under the new name: ``config.train.knn_every:config.train.eval_every``);
+``--changed=KEY,...`` keys whose values a change meant to alter (shown before -> after, not counted). Both apply
+to the checkpoints and to results.json.
 """
 import json
 import sys
@@ -43,8 +46,32 @@ def strip_timing(rec):
     return {k: v for k, v in rec.items() if k not in TIMING}
 
 
-args = [x for x in sys.argv[1:] if not x.startswith("--added")]
-added = tuple(p for x in sys.argv[1:] if x.startswith("--added=") for p in x.split("=", 1)[1].split(","))
+def option(name):
+    return [p for x in sys.argv[1:] if x.startswith(f"--{name}=") for p in x.split("=", 1)[1].split(",")]
+
+
+args = [x for x in sys.argv[1:] if not x.startswith("--")]
+added = tuple(option("added"))
+renamed = dict(p.split(":", 1) for p in option("renamed"))
+changed = tuple(option("changed"))
+
+
+def compare_flat(fa, fb, bad, notes, prefix=""):
+    """Compare two flattened dicts (``fa`` before, its renamed keys under their new names); tensors by value."""
+    fa = {renamed.get(k, k): v for k, v in fa.items()}
+    n_t = 0
+    if fa.keys() != fb.keys():
+        bad.append(f"{prefix}keys differ: {sorted(set(fa) ^ set(fb))[:5]}")
+    for k in sorted(fa.keys() & fb.keys()):
+        x, y = fa[k], fb[k]
+        if isinstance(x, torch.Tensor):
+            n_t += 1
+            if not (isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)):
+                bad.append(prefix + k)
+        elif x != y:
+            (notes if k.startswith(changed) and changed else bad).append(f"{prefix}{k}: {x!r} -> {y!r}")
+    return n_t
+
 a_root, b_root = Path(args[0]), Path(args[1])
 ok = True
 for name in args[2:]:
@@ -56,16 +83,8 @@ for name in args[2:]:
     new = sorted(k for k in set(fb) - set(fa) if k.startswith(added)) if added else []
     for k in new:
         fb.pop(k)
-    if fa.keys() != fb.keys():
-        bad.append(f"keys differ: {sorted(set(fa) ^ set(fb))[:5]}")
-    for k in fa.keys() & fb.keys():
-        x, y = fa[k], fb[k]
-        if isinstance(x, torch.Tensor):
-            n_t += 1
-            if not (isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)):
-                bad.append(k)
-        elif x != y:
-            bad.append(f"{k}: {x!r} != {y!r}")
+    notes = []
+    n_t = compare_flat(fa, fb, bad, notes)
     ha = [strip_timing(r) for r in a.get("history", [])]
     hb = [strip_timing(r) for r in b.get("history", [])]
     if ha != hb:
@@ -79,11 +98,11 @@ for name in args[2:]:
         bad.append("results.json in one run only")
     elif ra.is_file():
         ja, jb = (strip_timing(relative(json.loads(r.read_text()), root)) for r, root in ((ra, a_root), (rb, b_root)))
-        if ja != jb:
-            bad.append(f"results.json differs: {sorted(k for k in ja.keys() | jb.keys() if ja.get(k) != jb.get(k))}")
+        compare_flat(dict(flat(ja)), dict(flat(jb)), bad, notes, "results.json: ")
     q = "model.queue"
     queue = "n/a" if q not in fa else "equal" if torch.equal(fa[q], fb[q]) else "DIFF"
-    verdict = ("IDENTICAL" + (f" (added: {', '.join(new)})" if new else "")) if not bad else \
+    verdict = ("IDENTICAL" + (f" (added: {', '.join(new)})" if new else "")
+               + (f" (meant to change: {'; '.join(sorted(set(notes)))})" if notes else "")) if not bad else \
         "DIFFERENT: " + "; ".join(bad[:5])
     last = ha[-1] if ha else {}
     score = next((f"{k}: {last[k]}" for k in ("knn_top1", "test_top1", "AP") if k in last), "")

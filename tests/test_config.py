@@ -78,3 +78,40 @@ def test_bad_files(tmp_path):
         resolve(config_file=str(f))
     with pytest.raises(ConfigError, match="unknown preset"):
         resolve("cifar10-gpu")
+
+
+def test_the_old_knn_every_key_still_sets_the_evaluation_interval_with_one_warning(tmp_path, caplog):
+    import logging
+
+    from moco import config as config_module
+    from moco.config import from_dict
+
+    config_module._warned.clear()
+    f = tmp_path / "old.yaml"
+    f.write_text("train:\n  knn_every: 3\n")
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        cfg = resolve("cifar10-cpu", str(f), overrides=["train.knn_every=4"])
+        again = resolve("cifar10-cpu", overrides=["train.knn_every=5"])
+    assert cfg.train.eval_every == 4 and again.train.eval_every == 5  # the --set one came last
+    assert caplog.text.count("train.knn_every is now train.eval_every") == 1  # once, not per use
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        old = from_dict({"train": {"knn_every": 7}})  # an old checkpoint's config: taken as it is, silently
+    assert old.train.eval_every == 7 and "knn_every" not in caplog.text
+    assert "knn_every" not in old.to_dict()["train"]
+
+
+def test_each_task_validates_its_own_section_besides_the_shared_ones():
+    from moco.config import validate
+
+    cfg = resolve("cifar10-cpu", overrides=["method.K=16"], sections=("finetune",))  # a queue smaller than a batch
+    assert cfg.method.K == 16  # is no concern of fine-tuning's (the method is a record there)
+    with pytest.raises(ConfigError, match=r"method.K \(16\) must be >="):
+        validate(cfg, "method")  # but it is of pretraining's
+    with pytest.raises(ConfigError, match="finetune.bn must be one of"):
+        resolve("cifar10-cpu", overrides=["finetune.bn=off"], sections=("finetune",))
+    resolve("cifar10-cpu", overrides=["finetune.bn=off"], sections=("method",))  # pretraining ignores it
+    with pytest.raises(ConfigError, match="optim.lr must be > 0"):  # the shared sections: always
+        resolve("cifar10-cpu", overrides=["optim.lr=0"], sections=("finetune",))
+    with pytest.raises(ConfigError, match="detect.flip"):
+        resolve("cifar10-cpu", overrides=["detect.flip=2"])  # no section named: all of them

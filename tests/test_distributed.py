@@ -250,7 +250,7 @@ def test_two_processes_of_two_workers_stream_uneven_shards_each_key_once(tmp_pat
     out, trace = tmp_path / "run", tmp_path / "trace"
     trace.mkdir()
     env = {**os.environ, "MASTER_PORT": str(free_port()), "MOCO_TRACE_KEYS": str(trace)}
-    r = subprocess.run(cli(tmp_path, shards, out, "optim.batch_size=8", "data.workers=2", "train.knn_every=0"),
+    r = subprocess.run(cli(tmp_path, shards, out, "optim.batch_size=8", "data.workers=2", "train.eval_every=0"),
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [[line.split(" ", 1) for line in (trace / f"keys-rank{k}.txt").read_text().splitlines()] for k in (0, 1)]
@@ -316,7 +316,7 @@ def test_finetune_runs_in_two_processes_and_a_failed_worker_is_named(tmp_path, t
 def _stream_resume_worker(rank: int, world: int, ports: list[int], tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     tmp_path = Path(tmp)
-    cfg = tiny_config(tmp_path, *COMMON, "data.workers=1", "data.pipeline=per_image", "train.knn_every=0")
+    cfg = tiny_config(tmp_path, *COMMON, "data.workers=1", "data.pipeline=per_image", "train.eval_every=0")
     runs = [("full", {}), ("part", {"max_steps": 4}), ("part", {"resume": "auto"})]
     for port, (name, kw) in zip(ports, runs):  # each run joins and leaves its own process group
         os.environ["MASTER_PORT"] = str(port)

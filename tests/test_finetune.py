@@ -12,6 +12,7 @@ from conftest import fake_checkpoint, make_image_folder
 from torch import nn
 
 from moco.cli import main
+from moco.config import resolve
 from moco.core.errors import DataError
 from moco.data.folder import ImageList, scan_images
 from moco.export import export_backbone, load_backbone
@@ -392,3 +393,12 @@ def test_shards_with_a_bad_label_or_no_labelled_sample_get_one_line(tmp_path, ck
         got, err, single = one_line(cli(["finetune", "--checkpoint", str(ck), "--train", path, "--out",
                                          str(tmp_path / f"o{i}"), "--no-progress"], capsys))
         assert got == 1 and message in err and single, (path, err)
+
+
+def test_the_pretrained_method_is_kept_as_a_record_and_does_not_limit_the_batch():
+    from moco.tasks.detect import detect_config
+
+    source = resolve("cifar10-cpu", overrides=["method.K=64", "optim.batch_size=64"])
+    for make in (finetune_config, detect_config):
+        cfg = make(source, "checkpoint", "ck.pt", overrides=["optim.batch_size=256"])  # more keys than K
+        assert cfg.method.K == 64 and cfg.optim.batch_size == 256

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not (SHARED_CIFAR / "train").is_dir(), reason="s
 # of 78 steps: under a minute on the slow (AVX2) CPUs. Measured there on 2026-12-02: kNN from 22.7% at init to
 # 32.3% (30.2% after 2 epochs); with 2,000 images and K=1024 the gain was only 3-4 points.
 SETTINGS = ["model.width=16", "train.precision=fp32", "data.image_size=16", "optim.batch_size=64", "method.K=256",
-            "model.bn_splits=2", "optim.epochs=4", "train.knn_every=4", "train.knn_k=20", "data.workers=0"]
+            "model.bn_splits=2", "optim.epochs=4", "train.eval_every=4", "train.knn_k=20", "data.workers=0"]
 
 
 def test_a_few_hundred_steps_beat_the_network_at_init(tmp_path):

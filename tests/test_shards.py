@@ -147,7 +147,7 @@ def shard_data(tmp_path: Path, per_class: int = 24) -> tuple[Path, Path]:
 
 
 # width 8 in fp32, as test_distributed (width 4 fp32 hits a torch CPU bug); per_image: PIL views, as shards make
-STREAM = ["model.width=8", "train.precision=fp32", "data.pipeline=per_image", "optim.epochs=2", "train.knn_every=1"]
+STREAM = ["model.width=8", "train.precision=fp32", "data.pipeline=per_image", "optim.epochs=2", "train.eval_every=1"]
 
 
 def break_first_image(shard: Path) -> None:

@@ -105,7 +105,7 @@ class MseMonitor:
 
 def toy_train(out: Path, epochs: int = 6, max_steps: int | None = None, resume: str | None = None) -> TrainState:
     cfg = resolve("cifar10-cpu", overrides=[f"optim.epochs={epochs}", "optim.batch_size=16", "optim.lr=0.05",
-                                            "optim.schedule=cosine", "train.log_every=2", "train.knn_every=2"])
+                                            "optim.schedule=cosine", "train.log_every=2", "train.eval_every=2"])
 
     def set_up(dinfo: DistInfo, dist_device: torch.device | None) -> tuple[Run, TrainState]:
         c, device, ck, ck_path = open_run(cfg, out, dinfo, dist_device, TOY, resume)

@@ -32,7 +32,7 @@ def test_run_directory_and_metrics(tmp_path, tiny_data, tiny_cfg):
     assert len(epochs) == 3 and steps
     for r in steps + epochs:
         assert {"epoch", "step", "loss", "pretext_acc1", "lr", "images_per_sec"} <= r.keys()
-    # data/ has a test split beside train: the kNN monitor ran at the last epoch (knn_every=0)
+    # data/ has a test split beside train: the kNN monitor ran at the last epoch (eval_every=0)
     assert "knn_top1" in epochs[-1] and "knn_top1" not in epochs[0]
     assert res.epoch == 3 and res.step == 3 * (48 // 8)
     ck = load_checkpoint(out / "checkpoint_last.pt")

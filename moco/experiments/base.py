@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from moco.schema import Config
 
@@ -38,10 +40,10 @@ class Budget:
 BUDGETS = {
     "small": Budget("cifar10-cpu", ["model.head=mlp", "model.bn_splits=8", "method.K=4096", "method.m=0.99",
                                     "method.T=0.1", "optim.batch_size=256", "optim.lr=0.06", "optim.epochs=2",
-                                    "train.knn_every=1", "train.log_every=10"],
+                                    "train.eval_every=1", "train.log_every=10"],
                     "the `cifar10-cpu` recipe (ResNet-18 at width 16, CIFAR stem, MLP head, batch 256, K=4096, "
                     "m=0.99, T=0.1, cosine lr 0.06) for 2 epochs over all training images, kNN every epoch"),
-    "paper": Budget("cifar10-demo", ["optim.epochs=200", "train.knn_every=10", "train.log_every=50"],
+    "paper": Budget("cifar10-demo", ["optim.epochs=200", "train.eval_every=10", "train.log_every=50"],
                     "the authors' CIFAR-10 demo recipe (ResNet-18, CIFAR stem, batch 512, K=4096, m=0.99, "
                     "T=0.1, cosine lr 0.06) for 200 epochs, kNN every 10 epochs"),
 }
@@ -90,7 +92,7 @@ def within(d: float, noise: float) -> str:
 # ---- plots ------------------------------------------------------------------------------------
 
 
-def plt():  # noqa: ANN201 - matplotlib.pyplot, imported only when a report is drawn
+def plt() -> ModuleType:  # matplotlib.pyplot, imported only when a report is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,7 +101,7 @@ def plt():  # noqa: ANN201 - matplotlib.pyplot, imported only when a report is d
     return pyplot
 
 
-def save(fig, path: Path) -> None:  # noqa: ANN001
+def save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt().close(fig)

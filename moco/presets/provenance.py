@@ -70,7 +70,7 @@ _DEMO = [
     Value("optim.warmup_epochs", 0.0, "demo cell 12: no warm-up"),
     Value("train.knn_k", 200, "demo cell 4: --knn-k 200"),
     Value("train.knn_t", 0.1, "demo cell 4: --knn-t 0.1"),
-    Value("train.knn_every", 1, "demo cell 15: test() after every epoch"),
+    Value("train.eval_every", 1, "demo cell 15: test() after every epoch"),
     Value("train.knn_features", ["head"], "demo cell 13: test(model.encoder_q, ...) scores the fc output",
           differs=_KNN_BOTH),
     Value("train.precision", "fp32", "demo cell 12: no autocast", differs=_DEMO_PRECISION),

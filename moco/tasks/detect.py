@@ -37,7 +37,7 @@ from moco.training.checkpoint import TrainState
 from moco.training.harness import run_job, run_length
 from moco.training.run import Run, augmentation_generator, open_run, start_state, training_parts
 from moco.training.task import Stats, Task
-from moco.transfer.common import job_config, length_flags, run_record, transfer_config, write_results
+from moco.transfer.common import Recipe, job_config, length_flags, run_record, transfer_config, write_results
 from moco.transfer.detector import build_detector
 from moco.transfer.init import init_network
 
@@ -47,9 +47,11 @@ RECIPE: dict[str, dict[str, Any]] = {
     "optim": {"optimizer": "sgd", "nesterov": False, "momentum": 0.9, "lr": 0.02, "weight_decay": 1e-4,
               "schedule": "cosine", "warmup_epochs": 1.0, "batch_size": 8, "epochs": 12, "scale_lr": False,
               "time_budget": 0.0},
-    "train": {"log_every": 10, "checkpoint_every": 1, "knn_every": 2},
+    "train": {"log_every": 10, "checkpoint_every": 1, "eval_every": 2},
 }
 """Detection's defaults over the network's own settings (``benchmarks/README.md``, "Detection")."""
+DETECTION = Recipe("detect", "the detection recipe", RECIPE, ("finetune", "detect"))  # init, BN: finetune's
+
 
 @dataclass
 class DetectResult:
@@ -93,7 +95,7 @@ def detect_config(source: Config, kind: str, ckpt: str, flags: dict[str, Any] | 
                   overrides: list[str] | None = None, config_file: str | None = None) -> Config:
     """The run's config: the network's model and normalisation (plain BatchNorm), :data:`RECIPE` over them,
     then a config file, flags and ``--set`` overrides."""
-    return transfer_config(source, kind, ckpt, RECIPE, "the detection recipe", flags, overrides, config_file)
+    return transfer_config(source, kind, ckpt, DETECTION, flags, overrides, config_file)
 
 
 def _sizes(cfg: Config, train: CocoSet) -> None:
@@ -113,7 +115,7 @@ def resolve_job(
     backbone: nn.Module | None, warn: bool,
 ) -> DetectJob:
     """The job a :func:`detect` call describes; a resumed run's settings and data come from its checkpoint."""
-    cfg, kind, ckpt, prev = job_config("detect", RECIPE, out, resume, init, checkpoint, backbone, flags, overrides,
+    cfg, kind, ckpt, prev = job_config(DETECTION, out, resume, init, checkpoint, backbone, flags, overrides,
                                        config_file)
     if prev is not None:
         files = prev["data"]

@@ -42,7 +42,7 @@ from moco.training.harness import run_job, run_length
 from moco.training.run import Run, augmentation_generator, open_run, start_state, training_parts
 from moco.training.task import Stats, Task
 from moco.transfer.classifier import Classifier, hits
-from moco.transfer.common import job_config, length_flags, run_record, transfer_config, write_results
+from moco.transfer.common import Recipe, job_config, length_flags, run_record, transfer_config, write_results
 from moco.transfer.init import init_network
 from moco.transfer.labels import balanced_subset, describe_labels, passes_per_epoch, read_labels, write_labels
 
@@ -52,10 +52,12 @@ RECIPE: dict[str, dict[str, Any]] = {
     "optim": {"optimizer": "sgd", "nesterov": True, "momentum": 0.9, "lr": 0.1, "weight_decay": 5e-4,
               "schedule": "cosine", "warmup_epochs": 1.0, "batch_size": 256, "epochs": 30, "scale_lr": False,
               "time_budget": 0.0},
-    "train": {"log_every": 10, "checkpoint_every": 10, "knn_every": 5},
+    "train": {"log_every": 10, "checkpoint_every": 10, "eval_every": 5},
     "data": {"pipeline": "cached", "train_size": 0, "ramp_size": 0},
 }
 """Fine-tuning's defaults over the network's own settings (``benchmarks/README.md``, "Fine-tuning")."""
+FINETUNE = Recipe("finetune", "the fine-tuning recipe", RECIPE, ("finetune",))
+
 
 @dataclass
 class FinetuneResult:
@@ -84,7 +86,7 @@ def finetune_config(source: Config, kind: str, ckpt: str, flags: dict[str, Any] 
                     overrides: list[str] | None = None, config_file: str | None = None) -> Config:
     """The run's config: the network's own model and data settings (plain BatchNorm), :data:`RECIPE` over
     them, then a config file, flags and ``--set`` overrides."""
-    return transfer_config(source, kind, ckpt, RECIPE, "the fine-tuning recipe", flags, overrides, config_file)
+    return transfer_config(source, kind, ckpt, FINETUNE, flags, overrides, config_file)
 
 
 def _labelled(data: sets.Data, what: str, strict: bool, warn: bool, progress: bool) -> ImageList:
@@ -132,7 +134,7 @@ def resolve_job(
     """The job a :func:`finetune` call describes; a resumed run's own settings, data and labels come from its
     checkpoint, with what the call changes on top."""
     cfg, kind, ckpt, prev = job_config(
-        "finetune", RECIPE, out, resume, init, checkpoint, backbone, flags, overrides, config_file,
+        FINETUNE, out, resume, init, checkpoint, backbone, flags, overrides, config_file,
         {"finetune.labels": labels, "finetune.labels_file": str(labels_file) if labels_file else None})
     if prev is not None:
         train_dir = train_dir or prev["data"]["train"]

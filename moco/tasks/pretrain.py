@@ -39,6 +39,7 @@ from moco.training.run import Run, augmentation_generator, open_run, start_state
 from moco.training.task import Stats, Task
 
 log = logging.getLogger("moco")
+SECTIONS = ("method",)  # pretraining's own config section (moco.config.validate)
 KNN_MEMORY_MAX = 200_000  # the most training samples from shards the kNN monitor decodes as its memory
 
 
@@ -137,8 +138,9 @@ def pretrain_config(preset: str | None, config_file: str | None, flags: dict[str
     elif resume and Path(resume).is_file():
         previous = require_moco_checkpoint(load_checkpoint(resume), resume)
     if previous is not None:
-        return resolve(None, config_file, flags, overrides, base=from_dict(previous["config"])), True
-    return resolve(preset, config_file, flags, overrides), False
+        return resolve(None, config_file, flags, overrides, base=from_dict(previous["config"]),
+                       sections=SECTIONS), True
+    return resolve(preset, config_file, flags, overrides, sections=SECTIONS), False
 
 
 def pretrain(
@@ -178,7 +180,7 @@ def pretrain(
     if backbone is not None:
         cfg = copy.deepcopy(cfg)
         cfg.model.arch = custom_name(backbone)
-    validate(cfg)
+    validate(cfg, *SECTIONS)
     train, test = sets.split(data)  # before any work: a bad --data is one line
 
     def set_up_run(dinfo: DistInfo, dist_device: torch.device | None) -> tuple[Run, TrainState]:

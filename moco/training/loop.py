@@ -212,8 +212,8 @@ def _files_lost(run: Run) -> int:
 
 
 def eval_due(run: Run, state: TrainState) -> bool:
-    """The monitor runs every ``train.knn_every`` epochs and at the end of the run, when there is one."""
-    every = run.cfg.train.knn_every
+    """The monitor runs every ``train.eval_every`` epochs and at the end of the run, when there is one."""
+    every = run.cfg.train.eval_every
     return run.monitor is not None and ((every and state.epoch % every == 0) or run.finished(state))
 
 

@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +27,35 @@ log = logging.getLogger("moco")
 RESULTS = "results.json"
 
 
-def transfer_config(source: Config, kind: str, ckpt: str, recipe: dict[str, dict[str, Any]], what: str,
-                    flags: dict[str, Any] | None = None, overrides: list[str] | None = None,
-                    config_file: str | None = None) -> Config:
+@dataclass(frozen=True)
+class Recipe:
+    """A transfer task's defaults: its checkpoint kind (``task``), what the values are called in messages, the
+    values over the network's own settings, and the task's own config sections (validation)."""
+
+    task: str
+    what: str
+    values: dict[str, dict[str, Any]]
+    sections: tuple[str, ...]
+
+
+def transfer_config(source: Config, kind: str, ckpt: str, recipe: Recipe, flags: dict[str, Any] | None = None,
+                    overrides: list[str] | None = None, config_file: str | None = None) -> Config:
     """A transfer run's config: the pretrained network's model and image settings (plain BatchNorm, a ViT's
-    patch projection trainable), ``recipe`` over them, then a config file, flags and ``--set`` overrides."""
+    patch projection trainable), ``recipe`` over them, then a config file, flags and ``--set`` overrides,
+    validated with the task's own sections. The pretraining method is kept as a record (unused)."""
     cfg = Config()
     cfg.model = copy.deepcopy(source.model)
     cfg.model.bn_splits = 1  # shuffle BN is pretraining's; transfer normalises over the whole batch
     cfg.model.stop_grad_conv1 = False  # a ViT's patch projection, frozen while pretraining (v3), is trained too
-    cfg.method = copy.deepcopy(source.method)  # unused, but its dictionary goes with model.head (validation)
-    cfg.method.K = Config().method.K  # no queue here: the pretraining's K must not limit the batch
+    cfg.method = copy.deepcopy(source.method)  # what the backbone was pretrained with: a record, unused here
     cfg.data.image_size, cfg.data.normalize = source.data.image_size, source.data.normalize
     cfg.data.workers, cfg.train.device = source.data.workers, source.train.device
-    merge_dict(cfg, recipe, what)
+    merge_dict(cfg, recipe.values, recipe.what)
     epochs = (flags or {}).get("optim.epochs")
     if epochs:  # the warm-up is a tenth of a short run
         cfg.optim.warmup_epochs = min(cfg.optim.warmup_epochs, epochs / 10)
     cfg.finetune.init, cfg.finetune.checkpoint = kind, ckpt
-    return resolve(None, config_file, flags, overrides, base=cfg)
+    return resolve(None, config_file, flags, overrides, base=cfg, sections=recipe.sections)
 
 
 def length_flags(flags: dict[str, Any] | None, epochs: int | None, time_budget: float | None) -> dict[str, Any]:
@@ -77,17 +88,17 @@ def previous_checkpoint(out: Path, resume: str | None, task: str) -> dict[str, A
 
 
 def job_config(
-    task: str, recipe: dict[str, dict[str, Any]], out: Path, resume: str | None, init: str | None,
+    recipe: Recipe, out: Path, resume: str | None, init: str | None,
     checkpoint: str | Path | None, backbone: nn.Module | None, flags: dict[str, Any],
     overrides: list[str] | None, config_file: str | None, new_flags: dict[str, Any] | None = None,
 ) -> tuple[Config, str, str, dict[str, Any] | None]:
-    """(the config, the init's kind, its checkpoint, the checkpoint resumed or None) of a ``task`` run: a resumed
-    run's own settings with what the call changes on top; else the pretrained network's settings (random init
-    without a checkpoint: pretraining's default network) under ``recipe``, then the call's config file,
-    ``flags`` and ``new_flags`` (a new run's only) and ``--set`` ``overrides``."""
-    prev = previous_checkpoint(out, resume, task)
+    """(the config, the init's kind, its checkpoint, the checkpoint resumed or None) of a run of ``recipe``'s
+    task: a resumed run's own settings with what the call changes on top; else the pretrained network's settings
+    (random init without a checkpoint: pretraining's default network) under ``recipe``, then the call's config
+    file, ``flags`` and ``new_flags`` (a new run's only) and ``--set`` ``overrides``."""
+    prev = previous_checkpoint(out, resume, recipe.task)
     if prev is not None:
-        cfg = resolve(None, config_file, flags, overrides, base=from_dict(prev["config"]))
+        cfg = resolve(None, config_file, flags, overrides, base=from_dict(prev["config"]), sections=recipe.sections)
         return cfg, cfg.finetune.init, cfg.finetune.checkpoint, prev
     kind, ckpt = parse_init(init, checkpoint)
     if ckpt:  # the architecture and image settings come with the checkpoint (a copy: random init keeps its own)
@@ -96,8 +107,7 @@ def job_config(
         source = resolve("cifar10-cpu")
     if backbone is not None:
         source.model.arch = custom_name(backbone)
-    what = {"finetune": "the fine-tuning recipe", "detect": "the detection recipe"}.get(task, f"the {task} recipe")
-    cfg = transfer_config(source, kind, ckpt, recipe, what, {**flags, **(new_flags or {})}, overrides, config_file)
+    cfg = transfer_config(source, kind, ckpt, recipe, {**flags, **(new_flags or {})}, overrides, config_file)
     return cfg, kind, ckpt, None
 
 
