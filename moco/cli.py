@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,13 @@ def default_data() -> Path | None:
     return None
 
 
+def _command(sub: argparse._SubParsersAction, name: str, about: str, epilog: str) -> argparse.ArgumentParser:
+    """A command's parser: its one-line help, and the examples and notes shown after its options as written."""
+    return sub.add_parser(name, help=about, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    pt = sub.add_parser("pretrain", help="pretrain a backbone on a folder of images",
-                        epilog=EPILOG_PRETRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pt = _command(sub, "pretrain", "pretrain a backbone on a folder of images", EPILOG_PRETRAIN)
     pt.add_argument("--data", help="image folder to pretrain on (see below)")
     pt.add_argument("--out", help="run directory (default: runs/PRESET)")
     pt.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
@@ -143,8 +148,8 @@ def _transfer_flags(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    ft = sub.add_parser("finetune", help="fine-tune a pretrained backbone with a new classifier on labelled images",
-                        epilog=EPILOG_FINETUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ft = _command(sub, "finetune", "fine-tune a pretrained backbone with a new classifier on labelled images",
+                  EPILOG_FINETUNE)
     ft.add_argument("--data", help="folder holding train/ and test/ ImageFolders, or shards (train-*, test-*.tar)")
     ft.add_argument("--train", help="labelled ImageFolder, or shards with .cls, to fine-tune on (instead of --data)")
     ft.add_argument("--test", help="labelled ImageFolder, or shards with .cls, to score on (instead of --data)")
@@ -179,8 +184,8 @@ a setting (see benchmarks/README.md, "Detection").
 
 
 def _add_detect(sub: argparse._SubParsersAction) -> None:
-    dt = sub.add_parser("detect", help="train Faster R-CNN on a pretrained backbone with COCO-format data; COCO AP",
-                        epilog=EPILOG_DETECT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dt = _command(sub, "detect", "train Faster R-CNN on a pretrained backbone with COCO-format data; COCO AP",
+                  EPILOG_DETECT)
     dt.add_argument("--train-ann", help="COCO annotation file (JSON) of the training images")
     dt.add_argument("--train-images", help="folder of the training images (the annotations' file_name)")
     dt.add_argument("--val-ann", help="COCO annotation file of the validation images (scored with COCO AP)")
@@ -203,15 +208,24 @@ def _eval_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--no-progress", action="store_true")
 
 
+def _eval_parser(sub: argparse._SubParsersAction, name: str, about: str, example: str, train: str | None = None,
+                 test: str | None = None) -> argparse.ArgumentParser:
+    """An evaluation command's parser: its help, an example on a checkpoint, the arguments every evaluation takes
+    and, when described, its labelled --train and --test sets."""
+    sp = _command(sub, name, about, f"example:\n  moco {name} --checkpoint runs/cpu/checkpoint_last.pt {example}")
+    _eval_args(sp)
+    if train and test:
+        sp.add_argument("--train", required=True, help=train)
+        sp.add_argument("--test", required=True, help=test)
+    return sp
+
+
 def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     """knn, linear, embed and neighbors: commands that judge or use a checkpoint's backbone."""
-    kn = sub.add_parser("knn", help="weighted kNN accuracy of a checkpoint's backbone",
-                        epilog="example:\n  moco knn --checkpoint runs/cpu/checkpoint_last.pt "
-                               "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _eval_args(kn)
-    kn.add_argument("--train", required=True, help="labelled ImageFolder, or shards with .cls: the memory")
-    kn.add_argument("--test", required=True, help="labelled ImageFolder (or shards) to classify")
+    cifar = "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test"
+    kn = _eval_parser(sub, "knn", "weighted kNN accuracy of a checkpoint's backbone", cifar,
+                      "labelled ImageFolder, or shards with .cls: the memory",
+                      "labelled ImageFolder (or shards) to classify")
     kn.add_argument("--k", type=int, default=200)
     kn.add_argument("--t", type=float, default=0.1, help="vote temperature")
     kn.add_argument("--features", choices=["backbone", "head"], default="backbone",
@@ -219,14 +233,9 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
                          "projection head's L2-normalised output (what the authors' CIFAR-10 demo monitors)")
     kn.add_argument("--json", help="write the result as JSON to this file")
 
-    li = sub.add_parser(
-        "linear", help="linear classification protocol on the frozen backbone",
-        epilog="example:\n  moco linear --checkpoint runs/cpu/checkpoint_last.pt "
-               "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test --json linear.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _eval_args(li)
-    li.add_argument("--train", required=True, help="labelled ImageFolder (or shards) to train the classifier on")
-    li.add_argument("--test", required=True, help="labelled ImageFolder (or shards) to evaluate on")
+    li = _eval_parser(sub, "linear", "linear classification protocol on the frozen backbone",
+                      f"{cifar} --json linear.json", "labelled ImageFolder (or shards) to train the classifier on",
+                      "labelled ImageFolder (or shards) to evaluate on")
     li.add_argument("--epochs", type=int, default=100)
     li.add_argument("--lr", type=float, help="default: 0.1 with --feature-norm bn, the paper's 30 with none")
     li.add_argument("--feature-norm", choices=["bn", "none"], default="bn",
@@ -244,19 +253,14 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     li.add_argument("--save", help="where to save the classifier (default: linear_classifier.pt beside the checkpoint)")
     li.add_argument("--json", help="write the result as JSON to this file")
 
-    em = sub.add_parser("embed", help="backbone features of every image in a folder, to .npz",
-                        epilog="example:\n  moco embed --checkpoint runs/cpu/checkpoint_last.pt --data ~/photos "
-                               "--out photos.npz", formatter_class=argparse.RawDescriptionHelpFormatter)
-    _eval_args(em)
+    em = _eval_parser(sub, "embed", "backbone features of every image in a folder, to .npz",
+                      "--data ~/photos --out photos.npz")
     em.add_argument("--data", required=True, help="an image folder or WebDataset shards")
     em.add_argument("--out", required=True, help=".npz with features, paths (and labels for an ImageFolder)")
     em.add_argument("--normalize", action="store_true", help="L2-normalise the features")
 
-    nb = sub.add_parser("neighbors", help="picture of each query image's nearest neighbours in a folder",
-                        epilog="example:\n  moco neighbors --checkpoint runs/cpu/checkpoint_last.pt "
-                               "--data ../shared/datasets/cifar10/test --query some.jpg --k 8 --out grid.png",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _eval_args(nb)
+    nb = _eval_parser(sub, "neighbors", "picture of each query image's nearest neighbours in a folder",
+                      "--data ../shared/datasets/cifar10/test --query some.jpg --k 8 --out grid.png")
     nb.add_argument("--data", required=True, help="folder (or shards) to search")
     nb.add_argument("--query", required=True, help="an image, or a folder of query images")
     nb.add_argument("--k", type=int, default=8)
@@ -419,7 +423,7 @@ def _detect(a: argparse.Namespace) -> int:
                           progress=not a.no_progress, started=process_start()))
 
 
-def _eval_setup(a: argparse.Namespace, head: bool = False):
+def _eval_setup(a: argparse.Namespace, head: bool = False) -> tuple[Any, int, Any, Any, Callable[[str], Any]]:
     """Model on its device (the backbone, or with ``head`` the query encoder with its projection head as
     ``fc``), image size, device, its config, and a function decoding a folder for evaluation."""
     import torch
@@ -435,10 +439,18 @@ def _eval_setup(a: argparse.Namespace, head: bool = False):
     model = model.to(device, memory_format=torch.channels_last)
     side = cache_side(size)
 
-    def decode(data: str):  # a folder or WebDataset shards
+    def decode(data: str) -> Any:  # a folder or WebDataset shards -> DecodedImages
         return sets.decode(data, side, workers=a.workers, progress=not a.no_progress)
 
     return model, size, device, cfg, decode
+
+
+def _said(res: dict[str, Any], line: str, json_path: str | None) -> int:
+    """An evaluation's ending: its line, and its result as JSON when ``--json`` asks."""
+    print(line)
+    if json_path:
+        Path(json_path).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
 
 
 def _knn(a: argparse.Namespace) -> int:
@@ -449,11 +461,8 @@ def _knn(a: argparse.Namespace) -> int:
     res = evaluate_knn(model, train, test, size, device, a.precision, a.k, a.t, progress=not a.no_progress,
                        norm=cfg.data.normalize, features=a.features)
     res = {**res, "checkpoint": str(a.checkpoint), "train": str(a.train), "test": str(a.test)}
-    print(f"kNN (k={a.k}, t={a.t}, {a.features} features) top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
-          f"({res['n_train']} train, {res['n_test']} test)")
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return _said(res, f"kNN (k={a.k}, t={a.t}, {a.features} features) top-1 {res['top1']:.2f}%  top-5 "
+                      f"{res['top5']:.2f}%  ({res['n_train']} train, {res['n_test']} test)", a.json)
 
 
 def _linear(a: argparse.Namespace) -> int:
@@ -471,11 +480,8 @@ def _linear(a: argparse.Namespace) -> int:
     weight, bias = clf.folded()  # the feature BatchNorm folded in: logits = features @ weight.T + bias
     torch.save({"weight": weight, "bias": bias, "classes": train.images.classes, **res}, save)
     res = {**res, "checkpoint": str(a.checkpoint), "classifier": str(save)}
-    print(f"linear top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  ({res['epochs']} epochs, "
-          f"{res['seconds']:.0f}s; classifier saved to {save})")
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return _said(res, f"linear top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  ({res['epochs']} epochs, "
+                      f"{res['seconds']:.0f}s; classifier saved to {save})", a.json)
 
 
 def _embed(a: argparse.Namespace) -> int:

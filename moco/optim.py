@@ -16,13 +16,13 @@ class LARS(torch.optim.Optimizer):
     matrix is rescaled by ``trust_coefficient * |w| / |g + wd * w|``. Weight decay and the rescaling
     apply only to parameters with more than one dimension: biases and norm parameters get neither."""
 
-    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
-                 trust_coefficient: float = 0.001) -> None:
+    def __init__(self, params: Iterable[nn.Parameter] | Iterable[dict], lr: float = 0.0, weight_decay: float = 0.0,
+                 momentum: float = 0.9, trust_coefficient: float = 0.001) -> None:
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
                                       trust_coefficient=trust_coefficient))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -41,3 +41,25 @@ def test_an_upward_import_breaks_the_contract(tmp_path, monkeypatch, capsys):
     schedules.write_text(schedules.read_text() + "\nfrom moco.training.loop import train_step  # noqa\n")
     assert lint(copy, monkeypatch) != 0
     assert "moco.schedules -> moco.training.loop" in capsys.readouterr().out
+
+
+def long_functions(package: Path, limit: int = 60) -> list[str]:
+    """Every function of ``package`` longer than ``limit`` lines (its decorators aside), as PATH:LINE NAME (N)."""
+    import ast
+
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    found.append(f"{path.relative_to(package.parent)}:{node.lineno} {node.name} ({n} lines)")
+    return found
+
+
+def test_no_function_in_the_package_is_longer_than_sixty_lines(tmp_path):
+    assert long_functions(ROOT / "moco") == []
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text("def f():\n" + "    x = 1\n" * 60)  # 61 lines: found
+    assert long_functions(pkg) == ["pkg/m.py:1 f (61 lines)"]

@@ -67,7 +67,7 @@ def test_queue_is_normalised_and_wraps_around():
     assert torch.equal(model.queue[8:10], keys[2][0:2])
 
 
-def test_enqueue_more_than_K_keeps_newest():
+def test_enqueuing_more_than_k_keys_keeps_the_newest():
     model = make_moco(K=4)
     k = F.normalize(torch.randn(6, 8), dim=1)
     model._dequeue_and_enqueue(k)

@@ -73,7 +73,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"not a readable PyTorch checkpoint (truncated or another format): {path} [{first[:120]}]"
         ) from None
-    except Exception as e:  # unpickling errors of many kinds
+    except Exception as e:  # noqa: BLE001 - unpickling errors of many kinds
         raise CheckpointError(f"not a readable PyTorch checkpoint: {path} [{type(e).__name__}]") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not a momentum-contrast checkpoint (holds a {type(obj).__name__})")

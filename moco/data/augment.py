@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,9 @@ from torchvision import transforms as T
 from torchvision.ops import roi_align
 
 from moco.data import sides
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -85,7 +89,7 @@ class PILGaussianBlur:
     def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
         self.sigma = sigma
 
-    def __call__(self, img):
+    def __call__(self, img: Image.Image) -> Image.Image:
         from PIL import ImageFilter
 
         s = float(torch.empty(1).uniform_(*self.sigma))

@@ -113,6 +113,47 @@ def _box(ann: dict[str, Any], h: int, w: int) -> tuple[list[float] | None, str]:
     return [x1, y1, x2, y2], ""
 
 
+def _image_entries(path: Path, d: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The file's image entries by id, each checked (an integer id, a file name, a positive size; no id twice)."""
+    images: dict[int, dict[str, Any]] = {}
+    for im in d["images"]:
+        ok = (isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)
+              and all(isinstance(im.get(k), int) and im[k] > 0 for k in ("width", "height")))
+        if not ok:
+            raise _refuse(path, f"an image entry needs an integer id, a file_name, width and height; got {im!r}")
+        if im["id"] in images:
+            raise _refuse(path, f"image id {im['id']} appears twice")
+        images[im["id"]] = im
+    return images
+
+
+def _usable_box(ann: Any, images: dict[int, dict[str, Any]], missing: set[int],
+                index: dict[int, int]) -> tuple[list[float] | None, str]:
+    """(the box as x1, y1, x2, y2, '') of an annotation training can use, or (None, why it is left out)."""
+    if not isinstance(ann, dict):
+        return None, "malformed annotation"
+    img = ann.get("image_id")
+    if img not in images:
+        return None, "unknown image id"
+    if img in missing:
+        return None, "annotation of a missing image file"
+    if ann.get("category_id") not in index:
+        return None, "unknown category id"
+    return _box(ann, images[img]["height"], images[img]["width"])
+
+
+def _segmentations(path: Path, per_image: list[list[tuple[list[float], int, Any]]], warn: bool) -> list | None:
+    """Each image's objects' segmentations, when every object has one (else None: boxes only, said once when
+    only some have one)."""
+    has_seg = [bool(s) for objs in per_image for _, _, s in objs]
+    if has_seg and all(has_seg):
+        return [[s for _, _, s in objs] for objs in per_image]
+    if any(has_seg) and warn:
+        log.warning("%s: %d of %d boxes have no segmentation: training boxes only", path,
+                    has_seg.count(False), len(has_seg))
+    return None
+
+
 def read_coco(ann_file: str | Path, images_dir: str | Path, strict: bool = False, warn: bool = True) -> CocoSet:
     """Read and check a COCO annotation file whose ``file_name`` s are under ``images_dir``."""
     path, root = Path(ann_file).expanduser(), Path(images_dir).expanduser()
@@ -130,39 +171,16 @@ def read_coco(ann_file: str | Path, images_dir: str | Path, strict: bool = False
         skipped[why] += 1
         first.setdefault(why, what)
 
-    images: dict[int, dict[str, Any]] = {}
-    for im in d["images"]:
-        ok = (isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)
-              and all(isinstance(im.get(k), int) and im[k] > 0 for k in ("width", "height")))
-        if not ok:
-            raise _refuse(path, f"an image entry needs an integer id, a file_name, width and height; got {im!r}")
-        if im["id"] in images:
-            raise _refuse(path, f"image id {im['id']} appears twice")
-        images[im["id"]] = im
+    images = _image_entries(path, d)
     missing = {i for i, im in images.items() if not (root / im["file_name"]).is_file()}
     for i in sorted(missing):
         skip("image file missing", f"image {i} ({root / images[i]['file_name']})")
     per_image: dict[int, list[tuple[list[float], int, Any]]] = {i: [] for i in images if i not in missing}
     kept_anns, crowd = [], 0
     for n, ann in enumerate(d.get("annotations", [])):
-        what = f"annotation {ann.get('id', f'#{n}') if isinstance(ann, dict) else f'#{n}'}"
-        if not isinstance(ann, dict):
-            skip("malformed annotation", what)
-            continue
-        img = ann.get("image_id")
-        if img not in images:
-            skip("unknown image id", what)
-            continue
-        if img in missing:
-            skip("annotation of a missing image file", what)
-            continue
-        if ann.get("category_id") not in index:
-            skip("unknown category id", what)
-            continue
-        h, w = images[img]["height"], images[img]["width"]
-        box, why = _box(ann, h, w)
+        box, why = _usable_box(ann, images, missing, index)
         if box is None:
-            skip(why, what)
+            skip(why, f"annotation {ann.get('id', f'#{n}') if isinstance(ann, dict) else f'#{n}'}")
             continue
         x1, y1, x2, y2 = box
         area = float(ann.get("area") or (x2 - x1) * (y2 - y1))  # COCO's area is the mask's, when it has one
@@ -171,13 +189,9 @@ def read_coco(ann_file: str | Path, images_dir: str | Path, strict: bool = False
         if ann.get("iscrowd"):
             crowd += 1
             continue
-        per_image[img].append((box, index[ann["category_id"]], ann.get("segmentation")))
+        per_image[ann["image_id"]].append((box, index[ann["category_id"]], ann.get("segmentation")))
     order = sorted(per_image)
-    has_seg = [bool(s) for i in order for _, _, s in per_image[i]]
-    segmentations = [[s for _, _, s in per_image[i]] for i in order] if has_seg and all(has_seg) else None
-    if has_seg and any(has_seg) and not all(has_seg) and warn:
-        log.warning("%s: %d of %d boxes have no segmentation: training boxes only", path,
-                    has_seg.count(False), len(has_seg))
+    segmentations = _segmentations(path, [per_image[i] for i in order], warn)
     if skipped and warn:
         log.warning("%s: left out %s (first: %s)", path,
                     ", ".join(f"{n} x {why}" for why, n in skipped.most_common()),
@@ -248,7 +262,7 @@ def flip_target(t: Target, width: int) -> Target:
     return out
 
 
-def _items(batch: list) -> list:  # noqa: ANN001 - the DataLoader's collate: keep the items as they are
+def _items(batch: list) -> list:  # the DataLoader's collate: keep the items as they are
     return batch
 
 

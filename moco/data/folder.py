@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -87,7 +87,7 @@ class ScanReport:
                         len(self.repeat_files), root, _first(map(shown, self.repeat_files)))
 
 
-def _first(items, n: int = 5) -> str:  # noqa: ANN001 - any iterable of str
+def _first(items: Iterable[str], n: int = 5) -> str:
     items = list(items)
     more = f" and {len(items) - n} more" if len(items) > n else ""
     return ", ".join(items[:n]) + more
@@ -270,7 +270,7 @@ def load_rgb(path: str | Path | BinaryIO, draft_size: int | None = None) -> Imag
         img.load()
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block should not lose the picture
+    except Exception:  # noqa: BLE001 - a broken EXIF block should not lose the picture
         pass
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img).astype(np.float64)

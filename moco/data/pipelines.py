@@ -69,7 +69,7 @@ class TwoViews(torch.utils.data.Dataset):
         return self.transforms[0](img), self.transforms[1](img), k, failed
 
 
-def collate_views(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:  # noqa: ANN001
+def collate_views(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
     """(views 1, views 2, indices read, files that failed) of a batch of :class:`TwoViews` items."""
     return (torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items]),
             torch.tensor([it[2] for it in items]), [f for it in items for f in it[3]])

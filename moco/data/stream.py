@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -413,7 +414,7 @@ class ShardSource:
             yield from self._batches(loader, start, side, seed, sum(p.full for p in plans), keys_file)
 
     def _batches(self, loader: torch.utils.data.DataLoader, start: int, side: int, seed: int, full: int,
-                 keys_file) -> Iterator[tuple]:  # noqa: ANN001 - a text file or None
+                 keys_file: TextIO | None) -> Iterator[tuple]:
         """The epoch's batches from step ``start``: the workers' full chunks as they come, then the held last
         chunks joined in worker order; ``full`` is the epoch's number of full chunks."""
         given, held = start, {}
@@ -442,7 +443,7 @@ class ShardSource:
             if given == self.steps:
                 return
 
-    def _to_device(self, chunk: tuple, side: int, seed: int, keys_file) -> tuple:  # noqa: ANN001
+    def _to_device(self, chunk: tuple, side: int, seed: int, keys_file: TextIO | None) -> tuple:
         if self.d.pipeline == "device":
             files, keys = chunk
             q, k = device_views(decode_on_device(files, self.device, keys), self.d, self.batch_size, self.gen,

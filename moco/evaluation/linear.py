@@ -17,6 +17,7 @@ A sanity check proves afterwards that the backbone's weights are bit-identical.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -125,6 +126,45 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]
     return 100.0 * correct[:, 0].float().mean().item(), 100.0 * correct.any(1).float().mean().item()
 
 
+def _train_features(backbone: nn.Module, train: DecodedImages, image_size: int, device: torch.device,
+                    precision: str, lc: LinearConfig, g: torch.Generator, norm: str,
+                    progress: bool) -> list[torch.Tensor]:
+    """The training features cached up front: one pass over centre crops, or ``lc.cached_views`` augmented
+    passes (none: each batch's views are encoded as it comes)."""
+    if not lc.augment:
+        return [extract_features(backbone, train, image_size, device, precision, normalize=False,
+                                 progress=progress, norm=norm)]
+    views = range(lc.cached_views)
+    if progress and lc.cached_views:
+        from tqdm import tqdm
+
+        views = tqdm(views, desc="augmented views", unit="view", leave=False, disable=None)
+    return [augmented_features(backbone, train, image_size, device, precision, g, norm=norm) for _ in views]
+
+
+def _fit(clf: LinearClassifier, features: Callable[[int, torch.Tensor], torch.Tensor], y_train: torch.Tensor,
+         lc: LinearConfig, g: torch.Generator, device: torch.device, progress: bool) -> None:
+    """SGD on the classifier for ``lc.epochs`` epochs of shuffled batches (``features(epoch, indices)``), the lr
+    following ``lc``'s schedule."""
+    opt = torch.optim.SGD(clf.parameters(), lr=lc.lr, momentum=lc.momentum, weight_decay=lc.weight_decay)
+    n = len(y_train)
+    epochs = range(lc.epochs)
+    if progress:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, desc="linear", unit="epoch", leave=False, disable=None)
+    for epoch in epochs:
+        for group in opt.param_groups:
+            group["lr"] = lc.lr_at(epoch)
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, lc.batch_size):
+            idx = perm[i : i + lc.batch_size]
+            loss = F.cross_entropy(clf(features(epoch, idx)), y_train[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
 def linear_eval(
     backbone: nn.Module, train: DecodedImages, test: DecodedImages, image_size: int, device: torch.device,
     lc: LinearConfig, precision: str = "bf16", progress: bool = True, norm: str = "imagenet",
@@ -146,43 +186,20 @@ def linear_eval(
     f_test = extract_features(backbone, test, image_size, device, precision, normalize=False, progress=progress,
                               norm=norm)
     g = torch.Generator().manual_seed(lc.seed)
-    f_train: list[torch.Tensor] = []  # cached training features: one pass, or one per augmented view
-    if not lc.augment:
-        f_train = [extract_features(backbone, train, image_size, device, precision, normalize=False,
-                                    progress=progress, norm=norm)]
-    else:
-        views = range(lc.cached_views)
-        if progress and lc.cached_views:
-            from tqdm import tqdm
-
-            views = tqdm(views, desc="augmented views", unit="view", leave=False, disable=None)
-        f_train = [augmented_features(backbone, train, image_size, device, precision, g, norm=norm) for _ in views]
+    f_train = _train_features(backbone, train, image_size, device, precision, lc, g, norm, progress)
     dim = f_test.shape[1]
     torch.manual_seed(lc.seed)
     clf = LinearClassifier(dim, num_classes, lc.feature_norm).to(device)
     clf.fc.weight.data.normal_(mean=0.0, std=0.01)  # the authors' initialisation
     clf.fc.bias.data.zero_()
-    opt = torch.optim.SGD(clf.parameters(), lr=lc.lr, momentum=lc.momentum, weight_decay=lc.weight_decay)
-    n = len(y_train)
-    epochs = range(lc.epochs)
-    if progress:
-        from tqdm import tqdm
 
-        epochs = tqdm(epochs, desc="linear", unit="epoch", leave=False, disable=None)
-    for epoch in epochs:
-        for group in opt.param_groups:
-            group["lr"] = lc.lr_at(epoch)
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, lc.batch_size):
-            idx = perm[i : i + lc.batch_size]
-            if f_train:
-                feats = f_train[epoch % len(f_train)][idx].to(device)
-            else:
-                feats = _augmented_batch_features(backbone, train, idx, image_size, device, precision, g, norm)
-            loss = F.cross_entropy(clf(feats), y_train[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    def features(epoch: int, idx: torch.Tensor) -> torch.Tensor:
+        if f_train:
+            return f_train[epoch % len(f_train)][idx].to(device)
+        return _augmented_batch_features(backbone, train, idx, image_size, device, precision, g, norm)
+
+    _fit(clf, features, y_train, lc, g, device, progress)
+    n = len(y_train)
     clf.eval()  # the feature BatchNorm uses its running statistics from now on
     with torch.no_grad():
         top1, top5 = _accuracy(clf(f_test.to(device)).cpu(), y_test)

@@ -171,6 +171,50 @@ def _probes(path: Path, nets: dict[str, Path], data: Path, subsets: dict[str, Pa
     return out
 
 
+def _plan(b: TransferBudget) -> list[tuple[str, str]]:
+    """(what, its folder) of every run the experiment makes, in order."""
+    plan = [("MoCo on the pretext images (no labels)", "moco"), ("supervised on the pretext images", "supervised")]
+    plan += [(f"{init} init, {lab} of the downstream labels, seed {s}", f"ft-{lab.rstrip('%')}pct-{init}-s{s}")
+             for lab in b.labels for init in INITS for s in range(b.seeds)]
+    plan += [(f"{init} init, detection on the pasted downstream objects, seed {s}", f"det-{init}-s{s}")
+             for init in INITS for s in range(b.seeds)]
+    return plan
+
+
+def _finetunes(work: Path, down: Path, b: TransferBudget, extra: list[str], progress: bool,
+               sources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """The fine-tunes of every label share, init and seed on the downstream classes; None if interrupted."""
+    fts: dict[str, dict[str, Any]] = {}
+    for lab in b.labels:
+        for init in INITS:
+            for s in range(b.seeds):
+                folder = f"ft-{lab.rstrip('%')}pct-{init}-s{s}"
+                r = _finetune(f"{init} init, {lab}, seed {s}", work / folder, down, b, b.finetune_s, extra,
+                              progress, labels=lab, flags={"train.seed": s}, **sources[init])
+                if r is None:
+                    return None
+                fts[folder] = {"labels": lab, "init": init, "seed": s, "top1": r["top1"], "steps": r["steps"],
+                               "epochs": r["epochs"], "images": r["labels"]["images"],
+                               "train_seconds": r["train_seconds"]}
+    return fts
+
+
+def _detections(work: Path, pasted: Path, b: TransferBudget, extra: list[str], progress: bool,
+                sources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """The detection runs of every init and seed on the pasted downstream set; None if interrupted."""
+    dets: dict[str, dict[str, Any]] = {}
+    for init in INITS:
+        for s in range(b.seeds):
+            folder = f"det-{init}-s{s}"
+            r = _detect(f"{init} init, detection, seed {s}", work / folder, pasted, b, extra, progress,
+                        flags={"train.seed": s}, **sources[init])
+            if r is None:
+                return None
+            dets[folder] = {"init": init, "seed": s, **{k: r[k] for k in ("AP", "AP50", "AP75", "steps", "epochs",
+                                                                        "images_per_sec", "train_seconds")}}
+    return dets
+
+
 def reproduce_transfer(data: Path, out: Path, runs: Path, budget: str = "small", extra: list[str] | None = None,
                        progress: bool = True, dry_run: bool = False) -> Path | None:
     """Run the transfer experiment (see the module docstring) and write ``out/report.md``; None if stopped."""
@@ -182,13 +226,8 @@ def reproduce_transfer(data: Path, out: Path, runs: Path, budget: str = "small",
     key = hashlib.sha1(json.dumps([str(data.resolve()), cfg.to_dict(), b.finetune_s, b.finetune_epochs,
                                    extra]).encode()).hexdigest()[:10]
     work = runs / f"transfer-{key}"
-    plan = [("MoCo on the pretext images (no labels)", "moco"), ("supervised on the pretext images", "supervised")]
-    plan += [(f"{init} init, {lab} of the downstream labels, seed {s}", f"ft-{lab.rstrip('%')}pct-{init}-s{s}")
-             for lab in b.labels for init in INITS for s in range(b.seeds)]
-    plan += [(f"{init} init, detection on the pasted downstream objects, seed {s}", f"det-{init}-s{s}")
-             for init in INITS for s in range(b.seeds)]
     if dry_run:
-        for name, folder in plan:
+        for name, folder in _plan(b):
             print(f"transfer    {name:56s} {work / folder}")
         return None
     halves = split_classes(data, work / "data")
@@ -208,34 +247,18 @@ def reproduce_transfer(data: Path, out: Path, runs: Path, budget: str = "small",
     sources = {"MoCo": {"checkpoint": moco_ckpt, "init": "checkpoint"},
                "supervised": {"checkpoint": None, "init": f"supervised:{work / 'supervised' / 'checkpoint_last.pt'}"},
                "random": {"checkpoint": moco_ckpt, "init": "random"}}
-    fts: dict[str, dict[str, Any]] = {}
-    for lab in b.labels:
-        for init in INITS:
-            for s in range(b.seeds):
-                folder = f"ft-{lab.rstrip('%')}pct-{init}-s{s}"
-                r = _finetune(f"{init} init, {lab}, seed {s}", work / folder, down, b, b.finetune_s, extra,
-                              progress, labels=lab, flags={"train.seed": s}, **sources[init])
-                if r is None:
-                    return None
-                fts[folder] = {"labels": lab, "init": init, "seed": s, "top1": r["top1"], "steps": r["steps"],
-                               "epochs": r["epochs"], "images": r["labels"]["images"],
-                               "train_seconds": r["train_seconds"]}
+    fts = _finetunes(work, down, b, extra, progress, sources)
+    if fts is None:
+        return None
     subsets = {lab: work / f"ft-{lab.rstrip('%')}pct-MoCo-s0" / "labels.txt" for lab in b.labels if lab != "100%"}
     probes = _probes(work / "probes.json", {"MoCo": moco_ckpt, "supervised": work / "supervised" /
                                             "checkpoint_last.pt"}, down, subsets)
     pasted = work / "pasted"
     if not (pasted / "val.json").is_file():  # written last: a set cut short by an interruption is made again
         make_pasted_set(down / "train", pasted, b.detect_set)
-    dets: dict[str, dict[str, Any]] = {}
-    for init in INITS:
-        for s in range(b.seeds):
-            folder = f"det-{init}-s{s}"
-            r = _detect(f"{init} init, detection, seed {s}", work / folder, pasted, b, extra, progress,
-                        flags={"train.seed": s}, **sources[init])
-            if r is None:
-                return None
-            dets[folder] = {"init": init, "seed": s, **{k: r[k] for k in ("AP", "AP50", "AP75", "steps", "epochs",
-                                                                        "images_per_sec", "train_seconds")}}
+    dets = _detections(work, pasted, b, extra, progress, sources)
+    if dets is None:
+        return None
     results = {"moco": {k: moco_res[k] for k in ("knn_top1", "train_time", "epochs")}, "moco_seconds": moco_s,
                "supervised": {"top1": sup["top1"], "seconds": sup_s, "epochs": sup["epochs"],
                               "train_seconds": sup["train_seconds"]},
@@ -353,6 +376,30 @@ def _detection_table(results: dict[str, Any], b: TransferBudget) -> list[str]:
     return [*rows, ""]
 
 
+def _finetune_table(results: dict[str, Any]) -> list[str]:
+    """The fine-tuned top-1 by label share and init: the mean in bold, each seed's after it."""
+    table = ["| labels | " + " | ".join(f"{i} init" for i in INITS) + " |", "|---|---|---|---|"]
+    for lab in results["labels"]:
+        cells = []
+        for init in INITS:
+            c = _cells(results, lab, init)
+            cells.append(f"**{statistics.mean(c):.2f}**" + (f" ({' / '.join(f'{x:.2f}' for x in c)})" if len(c) > 1
+                                                             else ""))
+        table.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return table
+
+
+def _probe_table(results: dict[str, Any]) -> list[str]:
+    """The frozen protocols (kNN, linear at each label share) of the MoCo and the supervised backbones."""
+    p = results["probes"]
+    probe = ["| pretrained on the pretext images | kNN | " + " | ".join(f"linear, {lab}" for lab in results["labels"])
+             + " |", "|---|---|" + "---|" * len(results["labels"])]
+    for name in ("MoCo", "supervised"):
+        probe.append(f"| {name} | {p[name]['knn_top1']:.2f} | "
+                     + " | ".join(f"{p[name]['linear'][lab]:.2f}" for lab in results["labels"]) + " |")
+    return probe
+
+
 def write_transfer_report(results: dict[str, Any], out: Path, data: Path, runs: Path, budget: str,
                           extra: list[str]) -> Path:
     from moco import __version__
@@ -366,20 +413,7 @@ def write_transfer_report(results: dict[str, Any], out: Path, data: Path, runs: 
     command = shlex.join(cmd + [x for s in extra for x in ("--set", s)])
     plot(results, out / "transfer.png")
     says = verdicts(results) + detection_verdicts(results)
-    table = ["| labels | " + " | ".join(f"{i} init" for i in INITS) + " |", "|---|---|---|---|"]
-    for lab in results["labels"]:
-        cells = []
-        for init in INITS:
-            c = _cells(results, lab, init)
-            cells.append(f"**{statistics.mean(c):.2f}**" + (f" ({' / '.join(f'{x:.2f}' for x in c)})" if len(c) > 1
-                                                             else ""))
-        table.append(f"| {lab} | " + " | ".join(cells) + " |")
-    p = results["probes"]
-    probe = ["| pretrained on the pretext images | kNN | " + " | ".join(f"linear, {lab}" for lab in results["labels"])
-             + " |", "|---|---|" + "---|" * len(results["labels"])]
-    for name in ("MoCo", "supervised"):
-        probe.append(f"| {name} | {p[name]['knn_top1']:.2f} | "
-                     + " | ".join(f"{p[name]['linear'][lab]:.2f}" for lab in results["labels"]) + " |")
+    table, probe = _finetune_table(results), _probe_table(results)
     one = next(iter(results["finetunes"].values()))
     lines = [
         "# Transfer: fine-tuning with few labels and detection, from MoCo, supervised and random init", "",

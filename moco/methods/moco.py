@@ -13,6 +13,7 @@ the authors' code does. Only parameters follow the momentum update.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -124,7 +125,8 @@ class MoCo(nn.Module):
         k = F.normalize(self.encoder_k(im_k).float(), dim=1)
         return (batch_unshuffle_ddp if ddp else batch_unshuffle)(k, idx_unshuffle)
 
-    def _loss(self, im_q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor):
+    def _loss(self, im_q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         q = F.normalize(self.encoder_q(im_q).float(), dim=1)
         return info_nce(q, k, queue, self.T)
 
@@ -159,7 +161,7 @@ class MoCo(nn.Module):
     @classmethod
     def from_backbone(
         cls, backbone: nn.Module, dim: int = 128, mlp: bool = True, feature_dim: int | None = None,
-        image_size: int = 224, **kw,
+        image_size: int = 224, **kw: Any,
     ) -> MoCo:
         """MoCo around any ``backbone`` that maps images to features (or feature maps, which are pooled):
         a projection head to ``dim`` (v2's MLP, or v1's linear layer with ``mlp=False``) is added, and the

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
     batch dimension keeps channels_last tensors as views (no layout copy).
     """
 
-    def __init__(self, num_features: int, num_splits: int, **kw) -> None:
+    def __init__(self, num_features: int, num_splits: int, **kw: Any) -> None:
         super().__init__(num_features, **kw)
         self.num_splits = num_splits
 
