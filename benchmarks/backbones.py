@@ -10,24 +10,27 @@ Prints a table and writes benchmarks/results/backbones.json.
 
 from __future__ import annotations
 
-import json
-import platform
+import importlib.util
 import sys
-import time
-from pathlib import Path
 
-import torch
+from common import REPO, write_results
+from speed import cifar_train, measure, parse_args
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT.parent / "examples"))
-from speed import cifar_train, measure, parse_args  # noqa: E402
+
+def load_example(name: str) -> None:
+    """examples/NAME.py as the module NAME, so that ``custom:NAME.CLASS`` names a network in it."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    sys.modules[name] = module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
 
 ARCHS = ["resnet18", "torchvision:mobilenet_v3_small", "custom:custom_backbone.SmallCNN"]
 
 
 def main() -> None:
     a = parse_args(__doc__, 4, 1, "backbones.json")
+    load_example("custom_backbone")
     data = cifar_train(a.data, 2560)
     rows = []
     for arch in ARCHS:
@@ -42,11 +45,7 @@ def main() -> None:
     print("\n| model.arch (cifar10-cpu otherwise) | images/s, bf16 | images/s, fp32 |\n|---|---|---|")
     for r in rows:
         print(f"| `{r['arch']}` | {r['bf16_images_per_sec']:.0f} | {r['fp32_images_per_sec']:.0f} |")
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "steps": a.steps, "rows": rows}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    write_results("backbones", {"steps": a.steps, "rows": rows}, a.out)
 
 
 if __name__ == "__main__":

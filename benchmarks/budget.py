@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
+from common import machine
 
 from moco.training.budget import parse_duration
 
@@ -60,9 +59,8 @@ def main() -> None:
     ap.add_argument("--fixed-epochs", type=int, help="also run the preset for this many epochs, back to back")
     ap.add_argument("--runs", default="runs")
     a = ap.parse_args()
-    occasion = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-                "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "runs": {}}
+    occasion = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
+                "machine": machine(), "runs": {}}  # each occasion appended, with the machine it ran on
     for b in a.budgets:
         occasion["runs"][b] = run(a.preset, a.data, Path(a.runs) / f"budget-{a.preset}-{b}", ["--time-budget", b])
         occasion["runs"][b]["budget_used"] = round(occasion["runs"][b]["wall_s"] / parse_duration(b), 4)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import write_results
 
 ROOT = Path(__file__).resolve().parent
 
@@ -77,11 +77,8 @@ def main() -> None:
         "mean_images_per_sec": ips, "peak_rss_mb": peak_rss_mb,
         "epochs": [{k: r[k] for k in ("epoch", "loss", "pretext_acc1", "images_per_sec", "epoch_time") if k in r}
                    | ({"knn_top1": r["knn_top1"]} if "knn_top1" in r else {}) for r in epochs],
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
     }
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_results("cifar10_cpu", result, a.json)
     print("\n| what | value |\n|---|---|")
     print(f"| kNN top-1 (k=200), pretrained | {knn['top1']:.2f}% |")
     print(f"| kNN top-1, random init | {rand:.2f}% |")

@@ -13,17 +13,12 @@ Prints a table; writes benchmarks/results/detect_cpu.json with the CPU's flags.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-from finetune_cpu import cpu_info, run_once  # noqa: E402 - the fine-tuning benchmark's machine record and runner
+from common import ROOT, run_once, write_results
 
 SMALL_DETECTOR = ["detect.rois_per_image=128"]  # the transfer probe's detector (cpu-calibration.md)
 
@@ -51,8 +46,7 @@ def main() -> None:
     if not (data / "val.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "make_detection_set.py"), "--out", str(data)], check=True)
     extra = [*SMALL_DETECTOR, *a.set]
-    out = {"command": " ".join(sys.argv), "checkpoint": a.checkpoint, "budget": a.budget, "settings": extra,
-           "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d"), "runs": {}}
+    out = {"checkpoint": a.checkpoint, "budget": a.budget, "settings": extra, "runs": {}}
     for init in a.inits:
         for seed in a.seeds:
             name = f"{init}-s{seed}"
@@ -69,9 +63,7 @@ def main() -> None:
         cell = {k: " / ".join(f"{r[k]:.2f}" for r in rs) + f" (mean {statistics.mean(r[k] for r in rs):.2f})"
                 for k in ("AP", "AP50")}
         print(f"| {init} | {cell['AP']} | {cell['AP50']} | {statistics.mean(r['images_per_sec'] for r in rs):.2f} |")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {a.json}")
+    write_results("detect_cpu", out, a.json)
 
 
 if __name__ == "__main__":

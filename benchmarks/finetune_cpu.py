@@ -16,31 +16,11 @@ benchmarks/results/finetune_cpu.json with the CPU's flags.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent
-
-
-def cpu_info() -> dict:
-    flags = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1]
-                break
-    except OSError:
-        pass
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return {"model": model, "capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-            "avx512": sorted({f for f in flags.split() if f.startswith("avx512")}), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+from common import DATA, ROOT, run_once, write_results
 
 
 def epochs_for(steps: int, data: str, labels: str, batch: int = 256, min_steps: int = 20) -> int:
@@ -51,21 +31,6 @@ def epochs_for(steps: int, data: str, labels: str, batch: int = 256, min_steps: 
     n = len(balanced_subset(scan_images(Path(data) / "train"), labels))
     spe = n * passes_per_epoch(n, batch, min_steps) // batch
     return max(1, -(-steps // spe))
-
-
-def run_once(out: Path, cmd: list[str]) -> dict:
-    """A `moco` command run into ``out`` (skipped when its results.json exists), with its wall time from outside
-    (start-up included) kept in wall.txt; returns results.json with ``wall_outside_s``."""
-    res = out / "results.json"
-    if not res.is_file():
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "moco", *cmd, "--out", str(out), "--no-progress", "--resume", "auto"],
-                       check=True, stdout=subprocess.DEVNULL)
-        (out / "wall.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
-    r = json.loads(res.read_text())
-    wall = out / "wall.txt"
-    r["wall_outside_s"] = float(wall.read_text()) if wall.is_file() else None
-    return r
 
 
 def finetune_run(out: Path, ckpt: str, data: str, labels: str, init: str, seed: int, length: list[str]) -> dict:
@@ -189,7 +154,7 @@ def speed(ckpt: str, steps: int = 30, batch: int = 256) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data", default=str(ROOT.parent.parent / "shared" / "datasets" / "cifar10"))
+    ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--steps", type=int, default=300, help="each fine-tune's length in steps (default)")
     ap.add_argument("--budget", help="each fine-tune's --time-budget instead of --steps")
     ap.add_argument("--labels", nargs="+", default=["1%", "10%", "100%"])
@@ -202,9 +167,7 @@ def main() -> None:
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--json", default=str(ROOT / "results" / "finetune_cpu.json"))
     a = ap.parse_args()
-    out = {"command": " ".join(sys.argv), "checkpoint": a.checkpoint, "budget": a.budget or f"{a.steps} steps",
-           "cpu": cpu_info(),
-           "date": time.strftime("%Y-%m-%d"), "runs": {}, "linear": {}}
+    out = {"checkpoint": a.checkpoint, "budget": a.budget or f"{a.steps} steps", "runs": {}, "linear": {}}
     if not a.no_speed:
         out["speed"] = speed(a.checkpoint)
         print(f"speed: ours {out['speed']['ours_images_per_sec']} img/s, plain loop "
@@ -235,9 +198,7 @@ def main() -> None:
                 cells.append(" / ".join(f"{t:.2f}" for t in tops) + f" (mean {sum(tops) / len(tops):.2f})")
             lin = out["linear"].get(labels)
             print(f"| {labels} | " + " | ".join(cells) + (f" | {lin['top1']:.2f} |" if lin else " | - |"))
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {a.json}")
+    write_results("finetune_cpu", out, a.json)
 
 
 if __name__ == "__main__":

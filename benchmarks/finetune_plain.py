@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import machine
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
 
-from finetune_cpu import cpu_info  # noqa: E402 - the same machine record as the fine-tuning benchmark
 
 
 def main() -> None:
@@ -84,7 +83,7 @@ def main() -> None:
             right += (model.encoder_q(x).argmax(1) == y_test[idx]).sum().item()
     rec = {"schedule": a.schedule, "steps": a.steps, "seed": a.seed, "images": len(y_train),
            "top1": round(100.0 * right / len(y_test), 2), "seconds": round(time.perf_counter() - t0, 1),
-           "command": " ".join(sys.argv), "cpu": cpu_info(), "date": time.strftime("%Y-%m-%d")}
+           "command": " ".join(["python", *sys.argv]), "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(rec))
     path = Path(a.json)
     results = json.loads(path.read_text()) if path.is_file() else {}

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -40,17 +39,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
+from common import machine
+from reference_loop import reference_images_per_sec
+from speed import measure
 
 from moco.config import resolve
 from moco.data.cache import DecodedImages, decode_images
 from moco.data.encoded import EncodedFiles
 from moco.data.folder import ImageList, find_split, scan_images
 from moco.data.pipelines import device_batches
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_loop import reference_images_per_sec  # noqa: E402
-from speed import measure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CASES = {  # name -> (preset, overrides, image size)
@@ -60,8 +57,7 @@ CASES = {  # name -> (preset, overrides, image size)
 
 
 def environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
-           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "device": str(device)}
+    env = {**machine(), "cpu_count": os.cpu_count(), "device": str(device)}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         env.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
@@ -185,7 +181,7 @@ def demo_run(data: Path, out: Path, device: str, seconds: float, workers: int, q
     run = out / "cifar10-demo"
     cmd = [sys.executable, "-m", "moco", "pretrain", "--preset", "cifar10-demo", "--data", str(data / "train"),
            "--knn-train", str(data / "train"), "--knn-test", str(data / "test"), "--out", str(run), "--overwrite",
-           "--device", device, "--no-progress", "--set", "train.knn_every=1", "--set", f"data.workers={workers}",
+           "--device", device, "--no-progress", "--set", "train.eval_every=1", "--set", f"data.workers={workers}",
            *extra]
     log(f"demo: the 200-epoch schedule for {seconds:.0f} s: {' '.join(cmd[2:])}")
     t0 = time.perf_counter()

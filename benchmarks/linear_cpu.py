@@ -13,11 +13,11 @@ benchmarks/results/linear_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from common import write_results
 from torch import nn
 
 from moco.data.cache import decode_images
@@ -82,9 +82,8 @@ def main() -> None:
     out = {"checkpoint": a.checkpoint, "protocol": vars(LinearConfig()), "rows": rows,
            "command": f"python benchmarks/linear_cpu.py --checkpoint {a.checkpoint} --protocols {a.protocols} "
                       f"--precision {a.precision}" + (" --pretrained-only" if a.pretrained_only else ""),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "date": time.strftime("%Y-%m-%d")}
-    Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {a.json}")
+           }
+    write_results("linear_cpu", out, a.json)
 
 
 if __name__ == "__main__":

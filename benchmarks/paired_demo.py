@@ -23,19 +23,18 @@ import time
 from pathlib import Path
 
 import torch
+from common import machine
+from reference_loop import reference_epochs
+
+from moco.config import resolve
+from moco.data.cache import decode_images
+from moco.data.folder import find_split, scan_images
+from moco.data.pipelines import decode_side
+from moco.evaluation.knn import evaluate_knn
+from moco.tasks.pretrain import pretrain
+from moco.training.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-from reference_loop import reference_epochs  # noqa: E402
-
-from moco.config import resolve  # noqa: E402
-from moco.data.cache import decode_images  # noqa: E402
-from moco.data.folder import find_split, scan_images  # noqa: E402
-from moco.data.pipelines import decode_side  # noqa: E402
-from moco.evaluation.knn import evaluate_knn  # noqa: E402
-from moco.tasks.pretrain import pretrain  # noqa: E402
-from moco.training.logging import read_metrics  # noqa: E402
 
 CURVE = ROOT.parent.parent / "shared" / "docs" / "reference" / "moco-cifar10-demo-curve.json"
 
@@ -115,7 +114,7 @@ def main() -> None:
             results.setdefault(loop, {})[str(seed)] = recs
             out.write_text(json.dumps({
                 "preset": "cifar10-demo", "width": a.width, "epochs": a.epochs, "precision": a.precision,
-                "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "command": " ".join(["python", *sys.argv]), "machine": machine(),
                 "runs": results}, indent=1) + "\n")
     print(table(results, a.epochs))
 

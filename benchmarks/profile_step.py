@@ -12,14 +12,13 @@ Writes benchmarks/results/profile_step.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import write_results
 
 from moco.config import resolve
 from moco.core.precision import autocast, memory_format
@@ -112,13 +111,9 @@ def main() -> None:
                 idx = torch.randint(len(data.array), (b,), generator=gen)
                 profiled_step(model, opt, data, idx, cfg, gen, fmt, defaultdict(float))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "preset": a.preset, "overrides": a.set,
-              "batch_size": b, "ms_per_step": 1000 * total / a.steps, "images_per_sec": b * a.steps / total,
-              "parts": rows}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    write_results("profile_step", {"preset": a.preset, "overrides": a.set, "batch_size": b,
+                                   "ms_per_step": 1000 * total / a.steps, "images_per_sec": b * a.steps / total,
+                                   "parts": rows}, a.out)
 
 
 if __name__ == "__main__":

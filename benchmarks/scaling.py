@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import write_results
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -58,9 +60,7 @@ def main() -> None:
     print("\n| processes | images/s | speed-up | efficiency |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['nproc']} | {r['images_per_sec']:.0f} | {r['speedup']:.2f}x | {100 * r['efficiency']:.0f}% |")
-    Path(a.json).write_text(json.dumps({"rows": rows, "date": time.strftime("%Y-%m-%d"),
-                                        "command": " ".join(sys.argv)}, indent=2) + "\n")
-    print(f"wrote {a.json}")
+    write_results("scaling", {"rows": rows}, a.json)
 
 
 if __name__ == "__main__":

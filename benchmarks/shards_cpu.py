@@ -36,10 +36,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+from common import machine
 
-from finetune_cpu import cpu_info  # noqa: E402 - the machine record every benchmark writes
+ROOT = Path(__file__).resolve().parent
+
 
 CIFAR = ROOT.parent.parent / "shared" / "datasets" / "cifar10"
 WORK = ROOT / "runs" / "shards"
@@ -275,7 +275,7 @@ def main() -> None:
              "finetune": lambda: part_finetune(a.checkpoint)}
     for name in a.parts:
         # the parts of one JSON come from several runs, on whichever machine each drew: each records its own
-        res[name] = {**parts[name](), "command": " ".join(sys.argv), "cpu": cpu_info(),
+        res[name] = {**parts[name](), "command": " ".join(["python", *sys.argv]), "machine": machine(),
                      "date": time.strftime("%Y-%m-%d")}
         print(f"{name:9s} {json.dumps(res[name])}", flush=True)
     old = json.loads(Path(a.json).read_text()) if Path(a.json).is_file() else {}

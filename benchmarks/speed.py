@@ -13,13 +13,12 @@ Prints a table and writes benchmarks/results/speed.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import write_results
+from reference_loop import reference_images_per_sec, sync_device
 
 from moco.config import resolve
 from moco.data.cache import decode_images
@@ -28,9 +27,6 @@ from moco.data.pipelines import cached_batches
 from moco.tasks.pretrain import build_training, pretrain_task
 from moco.training.loop import train_step
 from moco.training.task import StepModule
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_loop import reference_images_per_sec, sync_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 
@@ -101,11 +97,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['preset']} | {r['ours_images_per_sec']:.0f} | {r['ours_fp32_nchw_images_per_sec']:.0f} | "
               f"{r['reference_images_per_sec']:.0f} | {r['speedup_vs_reference']:.2f}x |")
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    write_results("speed", {"rows": rows}, a.out)
 
 
 if __name__ == "__main__":

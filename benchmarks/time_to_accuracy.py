@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -26,9 +25,8 @@ import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_loop import reference_train  # noqa: E402
+from common import write_results
+from reference_loop import reference_train
 
 ROOT = Path(__file__).resolve().parent
 
@@ -75,13 +73,8 @@ def main() -> None:
         mem = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-"
         print(f"| {r['loop']} | {r['knn_top1']:.2f} | {r['wall_s']:.0f} | {r['epochs']} | "
               f"{r['images_per_sec']:.0f} | {mem} |")
-    result = {"budget_s": a.budget, "rows": rows, "reference": stats,
-              "ours_source": os.path.relpath(a.ours_json, ROOT.parent),
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d")}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    write_results("time_to_accuracy", {"budget_s": a.budget, "rows": rows, "reference": stats,
+                                       "ours_source": os.path.relpath(a.ours_json, ROOT.parent)}, a.out)
 
 
 if __name__ == "__main__":
