@@ -151,6 +151,11 @@ def test_find_split(tmp_path):
     assert find_split(tmp_path / "c") == (tmp_path / "c" / "train", tmp_path / "c" / "test")
     assert find_split(tmp_path / "c" / "train") == (tmp_path / "c" / "train", tmp_path / "c" / "test")
     assert find_split(tmp_path / "c" / "test") == (tmp_path / "c" / "test", None)
+    (tmp_path / "c" / "val").mkdir()  # test/ before val/ when both are there
+    assert find_split(tmp_path / "c") == (tmp_path / "c" / "train", tmp_path / "c" / "test")
+    (tmp_path / "v" / "train").mkdir(parents=True)
+    (tmp_path / "v" / "val").mkdir()
+    assert find_split(tmp_path / "v") == (tmp_path / "v" / "train", tmp_path / "v" / "val")
 
 
 def png_claiming(path, width, height):

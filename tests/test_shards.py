@@ -282,3 +282,23 @@ def test_an_empty_shard_list_an_unreadable_folder_and_too_few_samples_get_one_li
         err = capsys.readouterr().err.strip()
         assert code == 1 and message in err and "\n" not in err, (argv, err)
     assert not (tmp_path / "none").exists()
+
+
+def test_the_data_sets_module_refuses_an_indexed_stream_and_a_too_large_knn_memory(tmp_path):
+    """A memory bank keeps a feature per image by index, which a stream has not; the kNN monitor decodes a
+    stream's samples whole only up to a limit (the training shards may be huge)."""
+    from moco.data import sets
+
+    data, shards = shard_data(tmp_path)
+    cfg = tiny_config(tmp_path, *STREAM)
+    train, test = sets.split(shards)
+    assert sets.is_stream(train) and test is not None and sets.split(data)[1] == data / "test"
+    gen, cpu = torch.Generator().manual_seed(0), torch.device("cpu")
+    with pytest.raises(ConfigError, match="has no indices"):
+        sets.training_source(train, cfg.data, 8, gen, cpu, indexed=True)
+    source = sets.training_source(train, cfg.data, 8, gen, cpu)
+    assert source.streams and source.total_samples == 48
+    with pytest.raises(DataError, match="hold 48 samples, more than the 47"):
+        sets.decode_source(source, 16, tmp_path / "cache", 0, limit=47)
+    memory = sets.decode_source(source, 16, tmp_path / "cache", 0, limit=48)
+    assert len(memory.array) == 48 and memory.images.classes == ["class0", "class1"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -42,7 +43,15 @@ def regression_step(model: nn.Module, batch: tuple, generator: torch.Generator) 
     return loss, {"within_10pct": ((pred.detach() - y).abs() < 0.1).float().mean() * 100}
 
 
-TOY = Task("toy", regression_step, {"within_10pct": "within 0.1"}, lambda c: f"optim.lr={c.optim.lr} too high")
+SCHEDULE_EPOCHS: list[float] = []  # what before_step saw, step by step
+
+
+def note_schedule_epoch(model: nn.Module, cfg: Any, t: float) -> None:
+    SCHEDULE_EPOCHS.append(t)
+
+
+TOY = Task("toy", regression_step, {"within_10pct": "within 0.1"}, lambda c: f"optim.lr={c.optim.lr} too high",
+           before_step=note_schedule_epoch)
 
 
 def brightness_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,9 +112,11 @@ class MseMonitor:
         return time.perf_counter() - t0
 
 
-def toy_train(out: Path, epochs: int = 6, max_steps: int | None = None, resume: str | None = None) -> TrainState:
+def toy_train(out: Path, epochs: int = 6, max_steps: int | None = None, resume: str | None = None,
+              log_every: int = 2) -> TrainState:
     cfg = resolve("cifar10-cpu", overrides=[f"optim.epochs={epochs}", "optim.batch_size=16", "optim.lr=0.05",
-                                            "optim.schedule=cosine", "train.log_every=2", "train.eval_every=2"])
+                                            "optim.schedule=cosine", f"train.log_every={log_every}",
+                                            "train.eval_every=2"])
 
     def set_up(dinfo: DistInfo, dist_device: torch.device | None) -> tuple[Run, TrainState]:
         c, device, ck, ck_path = open_run(cfg, out, dinfo, dist_device, TOY, resume)
@@ -146,3 +157,15 @@ def test_a_toy_task_resumes_exactly(tmp_path):
     assert resumed.step == whole.step
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_trainer_runs_the_tasks_hook_every_step_and_averages_its_statistics_over_the_epoch(tmp_path):
+    SCHEDULE_EPOCHS.clear()
+    torch.manual_seed(0)
+    toy_train(tmp_path / "run", epochs=2, log_every=1)
+    assert SCHEDULE_EPOCHS == [s / 8 for s in range(16)]  # before each of the 2 x 8 steps, at its schedule epoch
+    recs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    for epoch in (1, 2):
+        steps = [r["within_10pct"] for r in recs if r["type"] == "step" and r["epoch"] == epoch]
+        (rec,) = [r for r in recs if r["type"] == "epoch" and r["epoch"] == epoch]
+        assert len(steps) == 8 and rec["within_10pct"] == pytest.approx(sum(steps) / 8)
