@@ -139,6 +139,9 @@ BREAKS = [
     Break("data: fine-tuning shards decode every sample, not the chosen ones", "moco/data/sets.py",
           "keys = None if chosen is None or whole else chosen.paths", "keys = None",
           (f"{FT}::test_shards_fine_tune_as_their_folder_does_resume_and_take_its_labels_file",)),
+    Break("resume: a checkpoint of another kind is taken for the run's config", "moco/training/checkpoint.py",
+          'if ck.get("task", "pretrain") != task:', "if False:",
+          (f"{FT}::test_finetune_will_not_resume_a_pretraining_run",)),
     # 3 and 4. shards
     Break("shards: resume skips the samples read, not given (the old behaviour)", "moco/data/stream.py",
           "if record is not None and start > 0 and record[3 * w] == given[w]:",

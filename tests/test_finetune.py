@@ -265,6 +265,10 @@ def test_finetune_will_not_resume_a_pretraining_run(tmp_path, ck, tiny_data, cap
     code, err, single = one_line(cli(["finetune", "--checkpoint", str(ck), "--data", str(tiny_data), "--out",
                                       str(tmp_path / "pre"), "--resume", "auto", "--no-progress"], capsys))
     assert code == 1 and single and "not a fine-tuning checkpoint" in err
+    run_finetune(ck, tiny_data, tmp_path / "ft", epochs=1, max_steps=1)  # and the other way round
+    code, err, single = one_line(cli(["pretrain", "--data", str(tiny_data), "--out", str(tmp_path / "ft"),
+                                      "--resume", "auto", "--no-progress"], capsys))
+    assert code == 1 and single and "not a pretraining checkpoint" in err
 
 
 

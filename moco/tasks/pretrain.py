@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from moco.config import from_dict, resolve, validate
-from moco.core.checkpoint_files import load_checkpoint, load_newest_intact, require_moco_checkpoint
 from moco.core.distributed import DistInfo
 from moco.core.errors import ConfigError, DataError
 from moco.core.precision import memory_format
@@ -33,7 +32,7 @@ from moco.methods import build_moco, describe
 from moco.models.generic import custom_name
 from moco.schedules import momentum_at
 from moco.schema import Config
-from moco.training.checkpoint import TrainState
+from moco.training.checkpoint import TrainState, checkpoint_to_resume
 from moco.training.harness import run_job, run_length
 from moco.training.run import Run, augmentation_generator, open_run, start_state, training_parts
 from moco.training.task import Stats, Task
@@ -131,12 +130,7 @@ def pretrain_config(preset: str | None, config_file: str | None, flags: dict[str
                     overrides: list[str] | None, out: Path, resume: str | None) -> tuple[Config, bool]:
     """(the config a pretraining run trains with, whether it resumes one): a resumed run's own (its checkpoint's
     config, with the config file, ``flags`` and ``--set`` ``overrides`` on top), else ``preset``'s with them."""
-    previous = None
-    if resume == "auto":
-        found = load_newest_intact(out, warn=False)  # the run warns when it falls back to an older one
-        previous = found[0] if found else None
-    elif resume and Path(resume).is_file():
-        previous = require_moco_checkpoint(load_checkpoint(resume), resume)
+    previous = checkpoint_to_resume(out, resume, "pretrain")
     if previous is not None:
         return resolve(None, config_file, flags, overrides, base=from_dict(previous["config"]),
                        sections=SECTIONS), True

@@ -105,3 +105,28 @@ class TrainState:
         if "budget" in ckpt:
             self.plan = Plan.from_dict(ckpt["budget"]["plan"])
             self.budget_spent = float(ckpt["budget"]["spent_s"])
+
+
+KIND_NAMES = {"pretrain": "pretraining", "finetune": "fine-tuning", "detect": "detection"}
+
+
+def checkpoint_to_resume(out: Path, resume: str | None, task: str) -> dict[str, Any] | None:
+    """The checkpoint of kind ``task`` that ``resume`` continues (``"auto"``: the newest intact one in ``out``;
+    else a path), for a resumed run to take its config and data from; None when there is none yet. A file that
+    is not ours, or a checkpoint of another kind (one without a kind is pretraining's), is refused in one line."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = load_newest_intact(out, warn=False)  # the run warns when it falls back to an older one
+        if found is None:
+            return None
+        ck, path = found
+    else:
+        path = Path(resume)
+        if not path.is_file():
+            return None  # the run says "checkpoint not found"
+        ck = require_moco_checkpoint(load_checkpoint(path), path)
+    if ck.get("task", "pretrain") != task:
+        raise CheckpointError(f"{path} is not a {KIND_NAMES.get(task, task)} checkpoint: `moco {task} --resume` "
+                              "continues only its own runs")
+    return ck

@@ -86,7 +86,7 @@ def set_up_budget(run: Run, state: TrainState, replay_plan: str | Path | None, s
         if state.step:
             raise ConfigError(f"{run.out} was started without a time budget; resume it without --time-budget")
         state.plan = Plan(cfg.optim.epochs, [(0, cfg.optim.epochs * spe)])  # until the speed is measured
-    monitor = run.monitor if run.main else None
+    monitor = run.monitor  # rank 0's: the other ranks have none to time
     timed = None if monitor is None else lambda: monitor.estimate_seconds(state.model)
     run.budget = TimeBudget.open(budget, state.budget_spent, started, timed,
                                  getattr(monitor, "cost_follows_model", False))

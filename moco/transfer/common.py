@@ -15,11 +15,10 @@ import torch
 from torch import nn
 
 from moco.config import Config, from_dict, merge_dict, resolve
-from moco.core.checkpoint_files import FORMAT, load_checkpoint, load_newest_intact
-from moco.core.errors import CheckpointError, ConfigError
+from moco.core.errors import ConfigError
 from moco.export.backbone import load_backbone_and_config
 from moco.models.generic import custom_name
-from moco.training.checkpoint import TrainState
+from moco.training.checkpoint import TrainState, checkpoint_to_resume
 from moco.training.run import Run
 from moco.transfer.init import parse_init
 
@@ -65,28 +64,6 @@ def length_flags(flags: dict[str, Any] | None, epochs: int | None, time_budget: 
     return {**(flags or {}), "optim.epochs": epochs, "optim.time_budget": time_budget}
 
 
-def previous_checkpoint(out: Path, resume: str | None, task: str) -> dict[str, Any] | None:
-    """The checkpoint of kind ``task`` that a ``resume`` of ``out`` continues, when there is one (its config and
-    data are the run's); a checkpoint of another kind is refused."""
-    if not resume:
-        return None
-    if resume == "auto":
-        found = load_newest_intact(out, warn=False)  # the run warns when it falls back to an older one
-        if found is None:
-            return None
-        ck, path = found
-    else:
-        path = Path(resume)
-        if not path.is_file():
-            return None
-        ck = load_checkpoint(path)
-    if ck.get("format") != FORMAT or ck.get("task") != task:
-        what = {"finetune": "fine-tuning", "detect": "detection"}.get(task, task)
-        raise CheckpointError(f"{path} is not a {what} checkpoint: `moco {task} --resume` continues only its own "
-                              "runs")
-    return ck
-
-
 def job_config(
     recipe: Recipe, out: Path, resume: str | None, init: str | None,
     checkpoint: str | Path | None, backbone: nn.Module | None, flags: dict[str, Any],
@@ -96,7 +73,7 @@ def job_config(
     task: a resumed run's own settings with what the call changes on top; else the pretrained network's settings
     (random init without a checkpoint: pretraining's default network) under ``recipe``, then the call's config
     file, ``flags`` and ``new_flags`` (a new run's only) and ``--set`` ``overrides``."""
-    prev = previous_checkpoint(out, resume, recipe.task)
+    prev = checkpoint_to_resume(out, resume, recipe.task)
     if prev is not None:
         cfg = resolve(None, config_file, flags, overrides, base=from_dict(prev["config"]), sections=recipe.sections)
         return cfg, cfg.finetune.init, cfg.finetune.checkpoint, prev
