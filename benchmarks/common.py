@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from moco.core.precision import native_bf16
+
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 DATA = REPO.parent / "shared" / "datasets" / "cifar10"  # CIFAR-10 as an ImageFolder, read in place
@@ -39,7 +41,8 @@ def machine() -> dict[str, Any]:
     import torchvision
 
     return {"cpu": model, "capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            "native_bf16": native_bf16(torch.device("cpu")),
+            "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
             "avx512": sorted({f for f in flags.split() if f.startswith("avx512")}),
             "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -41,6 +41,7 @@ def finetune_run(out: Path, ckpt: str, data: str, labels: str, init: str, seed: 
 
 def linear_on(ckpt: str, data: Path, labels_txt: Path) -> dict:
     """`moco linear`'s protocol (defaults) on the images of a labels.txt, scored on the whole test set."""
+    from moco.core.precision import resolve_precision
     from moco.data.cache import decode_images
     from moco.data.folder import scan_images
     from moco.data.sides import cache_side
@@ -52,7 +53,7 @@ def linear_on(ckpt: str, data: Path, labels_txt: Path) -> dict:
     size = cfg.data.image_size
     train = decode_images(read_labels(scan_images(data / "train"), labels_txt), cache_side(size), progress=False)
     test = decode_images(scan_images(data / "test"), cache_side(size), progress=False)
-    precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    precision = resolve_precision("auto", torch.device("cpu"))
     res, _ = linear_eval(net.to(memory_format=torch.channels_last), train, test, size, torch.device("cpu"),
                          LinearConfig(), precision, progress=False, norm=cfg.data.normalize)
     return {"top1": res["top1"], "n_train": res["n_train"], "seconds": res["seconds"]}

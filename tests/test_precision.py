@@ -30,14 +30,23 @@ def test_autocast_auto_runs_the_resolved_precision(monkeypatch, native, dtype):
         assert (a @ b).dtype == dtype
 
 
-def test_native_bf16_follows_the_cpus_avx512_core_flags(monkeypatch):
-    """oneDNN runs bf16 at speed on AVX-512 core CPUs (BW, VL and DQ, as on Zen 4); an AVX2-only CPU emulates it.
-    Checked against /proc/cpuinfo, not against the call native_bf16 makes."""
+def test_native_bf16_follows_the_cpus_bf16_flags(monkeypatch):
+    """bf16 in hardware (AVX512_BF16 on Zen 4 and Cooper Lake, AMX on Sapphire Rapids) runs at speed; an AVX-512
+    CPU without it (Ice Lake), which oneDNN accepts, converts around every operation and gets fp32, as does an
+    AVX2-only CPU. Checked against /proc/cpuinfo, then against flags given."""
     try:
         flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":", 1)[1].split()
     except (OSError, StopIteration):
         pytest.skip("no x86 /proc/cpuinfo")
-    assert precision.native_bf16(CPU) == all(f in flags for f in ("avx512bw", "avx512vl", "avx512dq"))
+    assert precision.native_bf16(CPU) == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    ice_lake = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_vbmi2"}
+    for cpu, native in ((ice_lake, False), (ice_lake | {"avx512_bf16"}, True), ({"avx2", "amx_bf16"}, True),
+                        ({"avx2", "fma"}, False)):
+        monkeypatch.setattr(precision, "cpu_flags", lambda cpu=cpu: cpu)
+        assert precision.native_bf16(CPU) is native, cpu
+    monkeypatch.setattr(precision, "cpu_flags", lambda: None)  # no flags to read: oneDNN's answer
+    assert precision.native_bf16(CPU) is True
 
     def no_onednn() -> bool:
         raise RuntimeError("built without oneDNN")
