@@ -113,16 +113,16 @@ class MseMonitor:
 
 
 def toy_train(out: Path, epochs: int = 6, max_steps: int | None = None, resume: str | None = None,
-              log_every: int = 2) -> TrainState:
+              log_every: int = 2, budget: float = 0.0, monitor: type[MseMonitor] = MseMonitor) -> TrainState:
     cfg = resolve("cifar10-cpu", overrides=[f"optim.epochs={epochs}", "optim.batch_size=16", "optim.lr=0.05",
                                             "optim.schedule=cosine", f"train.log_every={log_every}",
-                                            "train.eval_every=2"])
+                                            "train.eval_every=2", f"optim.time_budget={budget}"])
 
     def set_up(dinfo: DistInfo, dist_device: torch.device | None) -> tuple[Run, TrainState]:
         c, device, ck, ck_path = open_run(cfg, out, dinfo, dist_device, TOY, resume)
         x, y = brightness_set(128, seed=1)
         run = Run(c, out, out, dinfo, device, ToySource(x, y, c.optim.batch_size, dinfo),
-                  MseMonitor(*brightness_set(64, seed=2)), False, TOY, max_steps)
+                  monitor(*brightness_set(64, seed=2)), False, TOY, max_steps)
         return run, start_state(run, training_parts(c, Regressor(), device), augmentation_generator(c), ck, ck_path)
 
     return run_job(cfg, out, set_up, time.perf_counter(), lambda run, state: None,
@@ -169,3 +169,34 @@ def test_the_trainer_runs_the_tasks_hook_every_step_and_averages_its_statistics_
         steps = [r["within_10pct"] for r in recs if r["type"] == "step" and r["epoch"] == epoch]
         (rec,) = [r for r in recs if r["type"] == "epoch" and r["epoch"] == epoch]
         assert len(steps) == 8 and rec["within_10pct"] == pytest.approx(sum(steps) / 8)
+
+
+class SlowToTime(MseMonitor):
+    """A monitor whose final evaluation takes 1.5 s to time (as a detector's does, in seconds)."""
+
+    timings = 0
+
+    def estimate_seconds(self, model: nn.Module) -> float:
+        SlowToTime.timings += 1
+        time.sleep(1.5)
+        return 0.05
+
+
+def test_a_budgets_evaluation_timing_is_not_counted_as_training_time(tmp_path):
+    """Under a time budget the final evaluation is timed twice while training, 1.5 s each here, within epochs
+    of about 0.25 s of training: the epochs' training time, and so their images/s, leave it out."""
+    torch.manual_seed(0)
+    SlowToTime.timings = 0
+    state = toy_train(tmp_path / "run", budget=10.0, monitor=SlowToTime)
+    assert SlowToTime.timings == 2
+    epochs = [r for r in state.history if r["type"] == "epoch"]
+    assert max(r["epoch_time"] for r in epochs) < 1.0, [r["epoch_time"] for r in epochs]  # counted in: >= 1.5
+    assert sum(r["images_per_sec"] * r["epoch_time"] for r in epochs) == pytest.approx(state.step * 16)
+
+
+def test_a_runs_training_speed_weighs_its_epochs_by_their_time():
+    from moco.transfer.common import training_speed
+
+    epochs = [{"images_per_sec": 100.0, "epoch_time": 9.0}, {"images_per_sec": 50.0, "epoch_time": 1.0}]
+    assert training_speed(epochs) == pytest.approx((900 + 50) / 10)  # not the epochs' mean, 75
+    assert training_speed([]) == 0.0

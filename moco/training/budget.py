@@ -216,15 +216,17 @@ class TimeBudget:
         timings = self.eval_timings[-1:] if self.cost_follows_model else self.eval_timings
         return self.end_seconds + 1.1 * max(timings, default=0.0) + 0.25
 
-    def time_eval(self) -> None:
+    def time_eval(self) -> float:
         """Time the final evaluation at the first step (the warm-up), and again when the last fifth of the budget
         is left, in time to act on a machine that slowed down (ending late is worse than a few steps fewer). The
-        seconds spent timing are left out of the clock's speed window."""
+        seconds spent timing are left out of the clock's speed window, and returned (0 when it did not time)."""
         if self.evaluate_seconds is None or len(self.eval_timings) == 2:
-            return
+            return 0.0
         clock = self.clock
         if self.eval_timings and clock.time_left() >= max(3 * self.final_cost(), 0.2 * clock.budget_s):
-            return
+            return 0.0
         t0 = time.perf_counter()
         self.eval_timings.append(self.evaluate_seconds())
-        clock.leave_out(time.perf_counter() - t0)
+        spent = time.perf_counter() - t0
+        clock.leave_out(spent)
+        return spent

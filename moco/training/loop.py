@@ -56,6 +56,7 @@ class EpochTotals:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     steps: int = 0
     start: float = field(default_factory=time.perf_counter)
+    aside: float = 0.0  # seconds within the epoch not spent training (the budget timing its final evaluation)
     t_log: float = 0.0
     images_log: int = 0
 
@@ -114,15 +115,18 @@ def _progress_bar(run: Run, state: TrainState) -> Any:
                 leave=False, dynamic_ncols=True, disable=None)
 
 
-def budget_check(run: Run, state: TrainState, bar: Any) -> None:
+def budget_check(run: Run, state: TrainState, totals: EpochTotals, bar: Any) -> None:
     """Under a time budget: after a step, re-plan the run's length when its measured speed says so (rank 0
-    decides, every rank follows), with a record in metrics.jsonl and a log line."""
+    decides, every rank follows), with a record in metrics.jsonl and a log line. The seconds spent timing the
+    final evaluation are set aside from the epoch's training time."""
     budget = run.budget
     if budget is None or state.plan is None:
         return
     clock = budget.clock
     if run.main:
-        budget.time_eval()
+        aside = budget.time_eval()
+        totals.aside += aside
+        totals.t_log += aside
     if not clock.due(state.step):
         return
     fit = clock.fit(state.step, run.total_steps(state)) if run.main else None
@@ -197,7 +201,7 @@ def train_one_epoch(run: Run, state: TrainState, net: torch.nn.Module) -> EpochT
             _show_step(run, bar, log_step(run, state, totals, loss, stats, lr), lr)
         if bar is not None:
             bar.update(1)
-        budget_check(run, state, bar)
+        budget_check(run, state, totals, bar)
         if run.should_stop(state) or (state.plan is not None and run.finished(state)):
             break
     if bar is not None:
@@ -251,7 +255,7 @@ def end_of_epoch(run: Run, state: TrainState, totals: EpochTotals) -> dict[str, 
     t_end = time.perf_counter()
     state.epoch += 1
     state.epoch_step = 0
-    rec = epoch_record(run, state, totals, t_end - totals.start)
+    rec = epoch_record(run, state, totals, t_end - totals.start - totals.aside)
     evaluated = eval_due(run, state)
     if evaluated:
         assert run.monitor is not None

@@ -88,12 +88,19 @@ def job_config(
     return cfg, kind, ckpt, None
 
 
+def training_speed(epochs: list[dict[str, Any]]) -> float:
+    """Training images per second over ``epochs``' records: all their images over all their training time (a
+    short last epoch weighs by its time, not as much as a full one)."""
+    seconds = sum(r["epoch_time"] for r in epochs)
+    return sum(r["images_per_sec"] * r["epoch_time"] for r in epochs) / seconds if seconds > 0 else 0.0
+
+
 def run_record(run: Run, state: TrainState) -> dict[str, Any]:
     """What results.json says of how a run trained: precision, device, mean images/s and training seconds over its
     epochs, the machine, torch, and the config."""
     epochs = [r for r in state.history if r.get("type") == "epoch"]
     return {"precision": run.cfg.train.precision, "device": str(run.device),
-            "images_per_sec": round(sum(r["images_per_sec"] for r in epochs) / max(len(epochs), 1), 2),
+            "images_per_sec": round(training_speed(epochs), 2),
             "train_seconds": round(sum(r["epoch_time"] for r in epochs), 1),
             "cpu": {"machine": platform.machine(), "capability": torch.backends.cpu.get_cpu_capability(),
                     "threads": torch.get_num_threads()},
