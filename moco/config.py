@@ -121,6 +121,13 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise TypeError
             return list(value)
+        if typ_s == "list[float]":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = [value]
+            if not isinstance(value, list) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise TypeError
+            return [float(v) for v in value]
         if typ_s.startswith("list"):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = [value]
@@ -128,8 +135,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
                 raise TypeError
             return list(value)
     except TypeError:
-        want = {"list[int]": "a list of integers", "list[str]": "a list of names", "int": "an integer",
-                "float": "a number", "bool": "true or false", "str": "a string"}.get(typ_s, typ_s)
+        want = {"list[int]": "a list of integers", "list[float]": "a list of numbers", "list[str]": "a list of names",
+                "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(typ_s, typ_s)
         raise ConfigError(f"config key {key!r} must be {want}, got {value!r}") from None
     raise ConfigError(f"config key {key!r} has unsupported type {typ_s}")
 
@@ -406,9 +413,15 @@ def validate_detect(cfg: Config) -> None:
     _check(d.fpn_channels >= 0, f"detect.fpn_channels must be >= 0 (0: auto), got {d.fpn_channels}")
     _check(d.anchor_scale > 0, f"detect.anchor_scale must be > 0, got {d.anchor_scale}")
     _check(d.rois_per_image >= 1, f"detect.rois_per_image must be >= 1, got {d.rois_per_image}")
+    _check(d.rpn_per_image >= 1, f"detect.rpn_per_image must be >= 1, got {d.rpn_per_image}")
+    _check(d.rpn_post_nms >= 1, f"detect.rpn_post_nms must be >= 1, got {d.rpn_post_nms}")
+    _check(d.roi_sampling >= 0, f"detect.roi_sampling must be >= 0 (0: adaptive), got {d.roi_sampling}")
+    _check(bool(d.anchor_ratios) and all(r > 0 for r in d.anchor_ratios),
+           f"detect.anchor_ratios must be a non-empty list of positive height/width ratios, got {d.anchor_ratios}")
     _check(d.box_head_dim >= 0, f"detect.box_head_dim must be >= 0 (0: auto), got {d.box_head_dim}")
     _choice("detect.masks", d.masks, DETECT_MASKS)
     _check(0 <= d.flip <= 1, f"detect.flip must be in [0, 1], got {d.flip}")
+    _check(d.cache_mb >= 0, f"detect.cache_mb must be >= 0 (0: read the files every epoch), got {d.cache_mb}")
 
 
 SECTION_CHECKS: dict[str, Callable[[Config], None]] = {

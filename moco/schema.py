@@ -133,11 +133,18 @@ class DetectConfig:
     levels: list[int] = field(default_factory=list)  # ResNet stages (1-4) under the pyramid; empty: those of
     # stride 2 or more (all four with the ImageNet stem; 2-4 with the CIFAR stem, whose layer1 is full size)
     fpn_channels: int = 0  # the pyramid's width; 0: half the last stage's channels, at most 256
-    anchor_scale: float = 8.0  # anchors of 8 and 8 x sqrt(2) strides a side at each level, ratios 0.5, 1, 2
+    anchor_scale: float = 8.0  # anchors of 8 and 8 x sqrt(2) strides a side at each level
+    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # height / width of the anchors
+    rpn_per_image: int = 256  # anchors sampled per image for the RPN's loss (Detectron2's RPN.BATCH_SIZE_PER_IMAGE)
     rois_per_image: int = 512  # RoIs sampled per image for the box head (Detectron2's BATCH_SIZE_PER_IMAGE)
+    rpn_post_nms: int = 2000  # training proposals kept per image after the RPN's NMS (torchvision's 2000;
+    # Detectron2's FPN configs keep 1000). At test, torchvision's 1000
+    roi_sampling: int = 2  # RoIAlign's sampling points per bin side (torchvision's 2; 0: adaptive, Detectron2's)
     box_head_dim: int = 0  # the two-layer box head's width; 0: 4 x fpn_channels (1024 over 256, as torchvision)
     masks: str = "auto"  # auto: Mask R-CNN when the training annotations carry segmentations; off: boxes only
     flip: float = 0.5  # horizontal flip probability
+    cache_mb: int = 1024  # a set (training or validation) whose images fit in this many MB decoded is decoded
+    # once and kept in memory, read without loader workers; larger sets, or 0, read the files every epoch
 
 
 @dataclass

@@ -32,8 +32,10 @@ def test_precedence_preset_file_flags_set(tmp_path):
 
 
 def test_set_parses_types():
-    cfg = resolve("cifar10-cpu", overrides=["method.symmetric=true", "optim.milestones=[2, 4]", "method.T=0.2"])
+    cfg = resolve("cifar10-cpu", overrides=["method.symmetric=true", "optim.milestones=[2, 4]", "method.T=0.2",
+                                            "detect.anchor_ratios=[1, 0.5]"])
     assert cfg.method.symmetric is True and cfg.optim.milestones == [2, 4] and cfg.method.T == 0.2
+    assert cfg.detect.anchor_ratios == [1.0, 0.5] and all(type(r) is float for r in cfg.detect.anchor_ratios)
 
 
 @pytest.mark.parametrize(
@@ -52,6 +54,10 @@ def test_set_parses_types():
         ("method.K=100", "method.K (100) must be >="),
         ("model.arch=resnet19", "model.arch must be one of"),
         ("optim.lr=-1", "optim.lr must be > 0"),
+        ("detect.anchor_ratios=[a]", "must be a list of numbers"),
+        ("detect.anchor_ratios=[]", "detect.anchor_ratios must be a non-empty list"),
+        ("detect.anchor_ratios=[0, 1]", "positive height/width ratios"),
+        ("detect.rpn_per_image=0", "detect.rpn_per_image must be >= 1"),
     ],
 )
 def test_bad_values_give_one_line_errors(override, message):

@@ -409,3 +409,58 @@ def test_a_budgeted_detector_ends_by_its_deadline_with_its_final_evaluation_rese
     assert len(timings) == 2 and all(t > 0 for t in timings)
     plans = [r for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if r["type"] == "plan"]
     assert plans[-1]["reserve_s"] >= 1.1 * timings[-1]  # the final evaluation's estimate is in the reserve
+
+
+def test_the_detector_samples_and_anchors_as_configured():
+    """detect.rpn_per_image, detect.rois_per_image, detect.rpn_post_nms, detect.roi_sampling and
+    detect.anchor_ratios reach torchvision's samplers, proposals, RoIAlign and the RPN head (one objectness logit
+    per anchor shape: sizes x ratios)."""
+    from moco.schema import DetectConfig
+    from moco.transfer.detector import build_detector
+    from moco.transfer.init import build_network
+
+    cfg = resolve("cifar10-cpu", overrides=["model.width=8"])
+    for ratios, rpn, rois, post, sampling in (([0.5, 1.0, 2.0], 256, 512, 2000, 2), ([1.0], 128, 128, 1000, 0)):
+        d = DetectConfig(anchor_ratios=ratios, rpn_per_image=rpn, rois_per_image=rois, rpn_post_nms=post,
+                         roi_sampling=sampling)
+        det = build_detector(build_network(cfg, 1), 3, d, [40], 64, (0.5,) * 3, (0.25,) * 3).detector
+        assert det.rpn.head.cls_logits.out_channels == 2 * len(ratios)  # two sides per level
+        assert det.rpn.fg_bg_sampler.batch_size_per_image == rpn
+        assert det.roi_heads.fg_bg_sampler.batch_size_per_image == rois
+        assert det.rpn.post_nms_top_n() == post and det.roi_heads.box_roi_pool.sampling_ratio == sampling
+        anchors = det.rpn.anchor_generator.cell_anchors[0]  # (sizes x ratios, 4), rounded to whole pixels
+        w, h = (anchors[:, 2:] - anchors[:, :2]).unbind(1)
+        square = torch.tensor([r == 1.0 for r in ratios for _ in (0, 1)])  # ratio-major: each ratio's two sides
+        assert len(anchors) == 2 * len(ratios) and torch.equal(w == h, square)
+
+
+def test_a_set_that_fits_in_memory_is_decoded_once_and_trains_bit_for_bit_the_same(tmp_path, ck, pasted,
+                                                                                    monkeypatch):
+    import moco.data.coco as coco
+
+    reads: list[str] = []
+    real = coco.load_rgb
+    monkeypatch.setattr(coco, "load_rgb", lambda p: reads.append(Path(p).parent.name) or real(p))
+    run_detect(ck, pasted, tmp_path / "kept", "train.eval_every=1", epochs=2)  # 16 images of 48 x 40: 0.09 MB
+    assert reads.count("train") == 16 and reads.count("val") == 8  # two epochs, two evaluations: each decoded once
+    reads.clear()
+    run_detect(ck, pasted, tmp_path / "files", "train.eval_every=1", "detect.cache_mb=0", epochs=2)
+    assert reads.count("train") == 32 and reads.count("val") == 16
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint_last.pt")["model"] for n in ("kept", "files"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    data = read_coco(pasted / "train.json", pasted / "train")
+    assert data.decoded_mb() == pytest.approx(16 * 48 * 40 * 3 / 2**20)
+    assert CocoImages(data, False, False, cache_mb=1).workers(2) == 0  # kept: read here
+    assert CocoImages(data, False, False, cache_mb=0.01).cache is None  # too large for the room: read by workers
+    assert CocoImages(data, False, False, cache_mb=0.01).workers(2) == 2
+
+
+def test_a_diverging_detector_names_its_lr_for_the_batch_and_its_warm_up_under_a_budget():
+    from moco.tasks.detect import DETECT
+
+    plain = DETECT.causes(resolve("cifar10-cpu", overrides=["optim.batch_size=8", "optim.lr=0.02"]))
+    assert "optim.lr=0.02 at optim.batch_size=8" in plain and "planned steps" not in plain
+    budgeted = DETECT.causes(resolve("cifar10-cpu", overrides=["optim.time_budget=240", "optim.epochs=12",
+                                                                "optim.warmup_epochs=1"]))
+    assert "optim.warmup_epochs=1.0 of optim.epochs=12: under --time-budget" in budgeted

@@ -61,6 +61,10 @@ class CocoSet:
     def median_short_side(self) -> int:
         return int(statistics.median(min(s) for s in self.sizes)) if self.sizes else 0
 
+    def decoded_mb(self) -> float:
+        """The images' size decoded (RGB, one byte a channel) in MB, from the sizes the annotations give."""
+        return sum(3 * h * w for h, w in self.sizes) / 2**20
+
 
 def _refuse(path: Path, what: str) -> DataError:
     return DataError(f"{path}: {what}")
@@ -223,21 +227,34 @@ class CocoImages(torch.utils.data.Dataset):
     """Item ``i``: (image ``i`` as (3, H, W) uint8, its target, the index read, [(index, why) of files that
     failed]); an image that cannot be read, or whose size is not the annotations', is replaced by the next
     readable one (and passed over from then on, as the folder pipelines do). The target holds ``boxes``,
-    ``labels`` and, with ``masks``, the boxes' masks."""
+    ``labels`` and, with ``masks``, the boxes' masks.
 
-    def __init__(self, data: CocoSet, masks: bool, strict: bool) -> None:
+    With ``cache_mb`` of room for the whole set decoded (:meth:`CocoSet.decoded_mb`), each image is decoded once,
+    on its first read, and then kept in memory (``cache``): read in this process, not in loader workers."""
+
+    def __init__(self, data: CocoSet, masks: bool, strict: bool, cache_mb: float = 0) -> None:
         self.data, self.masks, self.strict = data, masks and data.segmentations is not None, strict
         self.lost: dict[int, str] = {}
+        self.cache: dict[int, torch.Tensor] | None = {} if 0 < data.decoded_mb() <= cache_mb else None
+
+    def workers(self, workers: int) -> int:
+        """The loader workers to read with: none when the images are kept in memory."""
+        return 0 if self.cache is not None else workers
 
     def __len__(self) -> int:
         return len(self.data.ids)
 
     def _read(self, path: Path, k: int) -> torch.Tensor:
+        if self.cache is not None and k in self.cache:
+            return self.cache[k]
         img = load_rgb(path)
         h, w = self.data.sizes[k]
         if img.size != (w, h):
             raise ValueError(f"it is {img.size[0]}x{img.size[1]}, the annotations say {w}x{h}")
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        if self.cache is not None:
+            self.cache[k] = x
+        return x
 
     def target(self, k: int) -> Target:
         t = {"boxes": self.data.boxes[k], "labels": self.data.labels[k]}
@@ -277,10 +294,11 @@ class DetectionSource:
 
     def __init__(self, data: CocoSet, masks: bool, flip: float, workers: int, batch_size: int,
                  gen: torch.Generator, device: torch.device, dinfo: DistInfo = SINGLE_PROCESS,
-                 strict: bool = False) -> None:
-        self.data, self.flip, self.workers, self.batch_size = data, flip, workers, batch_size
+                 strict: bool = False, cache_mb: float = 0) -> None:
+        self.data, self.flip, self.batch_size = data, flip, batch_size
         self.gen, self.device, self.dinfo = gen, device, dinfo
-        self.dataset = CocoImages(data, masks, strict)
+        self.dataset = CocoImages(data, masks, strict, cache_mb)
+        self.workers = self.dataset.workers(workers)
         self.images, self.lost = data.images, self.dataset.lost
 
     @property
@@ -310,17 +328,16 @@ class DetectionSource:
             yield images, targets, torch.tensor([it[2] for it in items])
 
 
-def eval_batches(data: CocoSet, batch_size: int, workers: int, device: torch.device,
+def eval_batches(ds: CocoImages, batch_size: int, workers: int, device: torch.device,
                  ) -> Iterator[tuple[list[torch.Tensor], list[int]]]:
-    """The images of ``data`` in order, in batches, as float (3, H, W) in [0, 1] with their indices; an
+    """The images of ``ds`` in order, in batches, as float (3, H, W) in [0, 1] with their indices; an
     unreadable image is left out (with a warning), so that it scores as missed."""
-    ds = CocoImages(data, False, False)
     order = list(range(len(ds)))
     loader = torch.utils.data.DataLoader(ds, batch_sampler=[order[i:i + batch_size]
                                                             for i in range(0, len(order), batch_size)],
-                                         num_workers=workers, collate_fn=_items)
+                                         num_workers=ds.workers(workers), collate_fn=_items)
     for items in loader:
-        note_lost(ds.lost, [f for it in items for f in it[3]], data.images)
+        note_lost(ds.lost, [f for it in items for f in it[3]], ds.data.images)
         fresh = {}
         for img, _, k, _ in items:
             fresh.setdefault(k, img)  # a replaced image is the next one again: score each once

@@ -56,7 +56,7 @@ class TransferBudget:
     detect_s: float = 240.0  # each detection run's time budget; 0: detect_epochs epochs
     detect_epochs: int = 12
     detect_set: PastedSpec = PastedSpec()  # the pasted detection set made from the downstream training images
-    detect_overrides: tuple[str, ...] = ("detect.rois_per_image=128",)  # the CPU probe's detector
+    detect_overrides: tuple[str, ...] = ()  # over moco detect's recipe (128 RoIs, the CPU probe's, since #39)
 
 
 TRANSFER_BUDGETS = {

@@ -30,7 +30,7 @@ from moco.core.distributed import DistInfo
 from moco.core.errors import ConfigError, DataError
 from moco.core.precision import autocast
 from moco.data.augment import NORMALIZATIONS
-from moco.data.coco import CocoSet, DetectionSource, eval_batches, read_coco
+from moco.data.coco import CocoImages, CocoSet, DetectionSource, eval_batches, read_coco
 from moco.evaluation.coco_ap import coco_ap, detections_to_coco
 from moco.models.vit import VITS
 from moco.training.checkpoint import TrainState
@@ -48,8 +48,12 @@ RECIPE: dict[str, dict[str, Any]] = {
               "schedule": "cosine", "warmup_epochs": 1.0, "batch_size": 8, "epochs": 12, "scale_lr": False,
               "time_budget": 0.0},
     "train": {"log_every": 10, "checkpoint_every": 1, "eval_every": 2},
+    "detect": {"rois_per_image": 128, "roi_sampling": 1},
 }
-"""Detection's defaults over the network's own settings (``benchmarks/README.md``, "Detection")."""
+"""Detection's defaults over the network's own settings, sized for a CPU by AP per minute (``benchmarks/README.md``,
+"Detection at a plain loop's speed"): 128 RoIs an image, not Detectron2's 512, and RoIAlign's backward, a third of
+a step, at one sampling point a bin side, not torchvision's 2 x 2. :class:`~moco.schema.DetectConfig` keeps the
+authors' values; the GPU commands there set them."""
 DETECTION = Recipe("detect", "the detection recipe", RECIPE, ("finetune", "detect"))  # init, BN: finetune's
 
 
@@ -168,10 +172,16 @@ def detection_step(model: nn.Module, batch: tuple, generator: torch.Generator) -
     return loss, {"box_acc1": right.float().mean() * 100}
 
 
-DETECT = Task("detect", detection_step, {"box_acc1": "box acc"},
-              lambda c: f"learning rate too high (optim.lr={c.optim.lr}, the backbone's x {c.finetune.backbone_lr}), "
-                        f"no warm-up (optim.warmup_epochs={c.optim.warmup_epochs}) or low precision "
-                        f"(train.precision={c.train.precision})", unused_parameters=True)
+def _causes(c: Config) -> str:
+    """What to check when a detector's loss stops being finite."""
+    budget = (f" of optim.epochs={c.optim.epochs}: under --time-budget, that share of the planned steps"
+              if c.optim.time_budget else "")
+    return (f"learning rate too high for the batch (optim.lr={c.optim.lr} at optim.batch_size={c.optim.batch_size}, "
+            f"the backbone's x {c.finetune.backbone_lr}), a warm-up too short (optim.warmup_epochs="
+            f"{c.optim.warmup_epochs}{budget}) or low precision (train.precision={c.train.precision})")
+
+
+DETECT = Task("detect", detection_step, {"box_acc1": "box acc"}, _causes, unused_parameters=True)
 """The detection task as the trainer runs it: a step's images keep their own sizes (no memory format)."""
 
 
@@ -188,6 +198,8 @@ class DetectionMonitor:
     device: torch.device
     masks: bool = False
     cost_follows_model: bool = True  # an untrained detector boxes more, and is slower to score, than a trained one
+    images: CocoImages | None = None  # the validation images, made on the first evaluation (and kept decoded from
+    # then on when they fit detect.cache_mb)
 
     def detections(self, model: nn.Module, limit: int | None = None,
                    marks: list[float] | None = None) -> list[dict[str, Any]]:
@@ -196,7 +208,9 @@ class DetectionMonitor:
         ids, cats = self.val.ids, self.category_ids
         res: list[dict[str, Any]] = []
         seen = 0
-        for images, idx in eval_batches(self.val, self.batch_size, self.cfg.data.workers, self.device):
+        if self.images is None:
+            self.images = CocoImages(self.val, False, False, self.cfg.detect.cache_mb)
+        for images, idx in eval_batches(self.images, self.batch_size, self.cfg.data.workers, self.device):
             with autocast(self.device, self.cfg.train.precision):
                 outs = model.detect(images)
             res += detections_to_coco(outs, [ids[k] for k in idx], cats)
@@ -265,7 +279,8 @@ def set_up_detect(
         raise ConfigError(f"moco detect: {e}") from None
     parts = training_parts(cfg, model, device, lambda m: m.param_groups(cfg.finetune.backbone_lr))
     gen = augmentation_generator(cfg)  # flips, the same on every rank
-    source = DetectionSource(train, masks, d.flip, cfg.data.workers, b, gen, device, dinfo, cfg.data.strict)
+    source = DetectionSource(train, masks, d.flip, cfg.data.workers, b, gen, device, dinfo, cfg.data.strict,
+                             d.cache_mb)
     cat_ids = [c["id"] for c in train.categories]
     monitor = DetectionMonitor(val, cat_ids, max(1, b // dinfo.world_size), cfg, device, masks) if val else None
     extra = {"categories": train.categories, "init": job.kind, "source": job.ckpt, "masks": masks,

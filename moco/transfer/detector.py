@@ -150,15 +150,16 @@ def build_detector(
     strides = [shapes[i - 1][1] for i in levels]
     names = [str(n) for n in range(len(levels))]
     anchors = AnchorGenerator(anchor_sizes([*strides, strides[-1] * 2], d.anchor_scale),
-                              ((0.5, 1.0, 2.0),) * (len(levels) + 1))
+                              (tuple(d.anchor_ratios),) * (len(levels) + 1))
     kw: dict[str, Any] = dict(
         min_size=tuple(min_size), max_size=max_size, image_mean=list(mean), image_std=list(std),
-        rpn_anchor_generator=anchors, box_roi_pool=MultiScaleRoIAlign(names, 7, 2),
+        rpn_anchor_generator=anchors, box_roi_pool=MultiScaleRoIAlign(names, 7, d.roi_sampling),
         box_head=TwoMLPHead(width * 7 * 7, head), box_predictor=FastRCNNPredictor(head, num_classes + 1),
-        box_batch_size_per_image=d.rois_per_image,
+        box_batch_size_per_image=d.rois_per_image, rpn_batch_size_per_image=d.rpn_per_image,
+        rpn_post_nms_top_n_train=d.rpn_post_nms,
     )
     if masks:
-        det: FasterRCNN = MaskRCNN(body, mask_roi_pool=MultiScaleRoIAlign(names, 14, 2),
+        det: FasterRCNN = MaskRCNN(body, mask_roi_pool=MultiScaleRoIAlign(names, 14, d.roi_sampling),
                                    mask_head=MaskRCNNHeads(width, [width] * 4, 1),
                                    mask_predictor=MaskRCNNPredictor(width, width, num_classes + 1), **kw)
     else:
