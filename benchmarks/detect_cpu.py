@@ -20,8 +20,6 @@ from pathlib import Path
 
 from common import ROOT, run_once, write_results
 
-SMALL_DETECTOR = ["detect.rois_per_image=128"]  # the transfer probe's detector (cpu-calibration.md)
-
 
 def detect_run(out: Path, ckpt: str, data: Path, init: str, seed: int, budget: str, extra: list[str]) -> dict:
     """One `moco detect` run (skipped when its results.json exists), with its wall time from outside."""
@@ -45,7 +43,7 @@ def main() -> None:
     data = Path(a.data)
     if not (data / "val.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "make_detection_set.py"), "--out", str(data)], check=True)
-    extra = [*SMALL_DETECTOR, *a.set]
+    extra = list(a.set)  # moco detect's own recipe, and these
     out = {"checkpoint": a.checkpoint, "budget": a.budget, "settings": extra, "runs": {}}
     for init in a.inits:
         for seed in a.seeds:
