@@ -157,6 +157,22 @@ BREAKS = [
     Break("shards: one process drops its workers' remainders", "moco/data/stream.py",
           "        n_tail = _size(tail) // b\n", "        n_tail = 0\n",
           (f"{ST}::test_one_process_trains_on_every_key_once_an_epoch_at_any_number_of_workers",)),
+    Break("detect: a set held in memory is decoded again on every read", "moco/data/coco.py",
+          "        if self.cache is not None and k in self.cache:\n",
+          "        if False:\n",
+          (f"{DT}::test_a_set_that_fits_in_memory_is_decoded_once_and_trains_bit_for_bit_the_same",)),
+    Break("detect: the RoIAlign sampling setting does not reach the box pooler", "moco/transfer/detector.py",
+          "box_roi_pool=MultiScaleRoIAlign(names, 7, d.roi_sampling)", "box_roi_pool=MultiScaleRoIAlign(names, 7, 2)",
+          (f"{DT}::test_the_detector_samples_and_anchors_as_configured",)),
+    Break("detect: the CPU recipe falls back to Detectron2's 512 RoIs", "moco/tasks/detect.py",
+          '"detect": {"rois_per_image": 128, "roi_sampling": 1},', '"detect": {"roi_sampling": 1},',
+          (f"{DT}::test_the_cpu_recipe_is_sized_by_ap_per_minute_and_the_dataclass_keeps_the_authors_values",)),
+    Break("budget: the evaluation's timing counts as training time", "moco/training/loop.py",
+          "t_end - totals.start - totals.aside)", "t_end - totals.start)",
+          ("tests/test_toy_task.py::test_a_budgets_evaluation_timing_is_not_counted_as_training_time",)),
+    Break("precision: auto takes oneDNN's emulated bf16 for native", "moco/core/precision.py",
+          "return onednn if flags is None else onednn and any(f in flags for f in BF16_FLAGS)", "return onednn",
+          ("tests/test_precision.py::test_native_bf16_follows_the_cpus_bf16_flags",)),
 ]
 
 
