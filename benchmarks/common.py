@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from moco.core.precision import native_bf16
+from moco.core.precision import cpu_flags, native_bf16
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -29,21 +29,18 @@ RESULTS = ROOT / "results"
 def machine() -> dict[str, Any]:
     """The machine a figure was measured on: the CPU (model, torch's capability, native bf16, AVX-512 flags),
     threads, the GPU when there is one, and the versions."""
-    flags, model = "", "?"
+    model = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and model == "?":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1]
+        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                     model)
     except OSError:
-        model = platform.processor() or platform.machine()
+        pass
     import torchvision
 
     return {"cpu": model, "capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16(torch.device("cpu")),
             "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-            "avx512": sorted({f for f in flags.split() if f.startswith("avx512")}),
+            "avx512": sorted(f for f in cpu_flags() or () if f.startswith("avx512")),
             "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}

@@ -163,12 +163,6 @@ def tag_of(settings: list[str]) -> str:
     return hashlib.sha1("\n".join(settings).encode()).hexdigest()[:8] if settings else ""
 
 
-def seconds(text: str) -> float:
-    from moco.training.budget import parse_duration
-
-    return parse_duration(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
@@ -184,7 +178,9 @@ def main() -> None:
     ap.add_argument("--plain-child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.plain_child:
-        rec = plain_loop(a.checkpoint, Path(a.data), seconds(a.budget), a.seeds[0], a.eval_reserve)
+        from moco.training.budget import parse_duration
+
+        rec = plain_loop(a.checkpoint, Path(a.data), parse_duration(a.budget), a.seeds[0], a.eval_reserve)
         Path(a.plain_child).write_text(json.dumps(rec) + "\n")
         return
     data = Path(a.data)

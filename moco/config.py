@@ -121,19 +121,14 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise TypeError
             return list(value)
-        if typ_s == "list[float]":
+        if typ_s in ("list[int]", "list[float]"):  # a number alone is a list of one
+            number = (int, float) if typ_s == "list[float]" else int
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = [value]
-            if not isinstance(value, list) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            if not isinstance(value, list) or not all(isinstance(v, number) and not isinstance(v, bool)
+                                                      for v in value):
                 raise TypeError
-            return [float(v) for v in value]
-        if typ_s.startswith("list"):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise TypeError
-            return list(value)
+            return [float(v) for v in value] if typ_s == "list[float]" else list(value)
     except TypeError:
         want = {"list[int]": "a list of integers", "list[float]": "a list of numbers", "list[str]": "a list of names",
                 "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(typ_s, typ_s)
