@@ -1,4 +1,4 @@
-"""The ``moco`` command: pretrain, finetune, detect, knn, linear, embed, neighbors, export, shards, info,
+"""The ``moco`` command: pretrain, finetune, detect, segment, knn, linear, embed, neighbors, export, shards, info,
 presets, reproduce.
 
 Errors in the user's input (config, data, checkpoints) end with one line on
@@ -196,6 +196,49 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
                    "fail on the first bad annotation or unreadable image", "the final AP")
 
 
+EPILOG_SEGMENT = """examples:
+  python benchmarks/make_detection_set.py --out data/pasted   # canvases with class maps (train_maps/, val_maps/)
+  moco segment --checkpoint runs/cifar10-cpu/checkpoint_last.pt --train-images data/pasted/train \\
+      --train-masks data/pasted/train_maps --val-images data/pasted/val --val-masks data/pasted/val_maps \\
+      --time-budget 10m --out runs/segment
+  moco segment --checkpoint CK ... --init random --out runs/segment-random     # the baseline
+  moco segment --checkpoint moco_v2_800ep.pth.tar --nproc 8 \\
+      --train-images VOC2012/JPEGImages --train-masks VOC2012/SegmentationClassAug \\
+      --train-list VOC2012/ImageSets/Segmentation/train_aug.txt --val-images VOC2012/JPEGImages \\
+      --val-masks VOC2012/SegmentationClass --val-list VOC2012/ImageSets/Segmentation/val.txt \\
+      --set segment.crop_size=513 --set segment.atrous_rates=[12,24,36] --out runs/voc-seg
+  moco segment --train-images coco/train2017 --train-ann coco/instances_train2017.json ...  # painted
+  moco segment --out runs/segment --resume auto        # continue an interrupted run
+
+Label maps are palette or grayscale PNGs whose value is the class, paired with images by
+sub-folder and stem (--set segment.image_suffix / mask_suffix for names such as Cityscapes');
+255 is ignored (segment.ignore_index). --classes FILE maps other values to classes, one
+'VALUE CLASS [NAME]' a line; unmapped values are ignored. COCO annotations are painted into
+class maps (background 0, crowd ignored). The head is torchvision's DeepLabV3 (ASPP) or FCN
+(--set segment.head=fcn) on the last ResNet stage, dilated to segment.output_stride.
+Validation scores whole images; RUN/results.json holds mIoU, pixel accuracy and each class's
+IoU. Every recipe value is a setting (see benchmarks/README.md, "Segmentation").
+"""
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    sg = _command(sub, "segment", "train a DeepLabV3 head on a pretrained backbone with label maps; mIoU",
+                  EPILOG_SEGMENT)
+    sg.add_argument("--train-images", help="folder of the training images")
+    sg.add_argument("--train-masks", help="folder of their label maps (PNG; value = class), paired by name")
+    sg.add_argument("--train-ann", help="or COCO annotations of the training images, painted into class maps")
+    sg.add_argument("--train-list", help="file of the image stems to train on (VOC's ImageSets/Segmentation)")
+    sg.add_argument("--val-images", help="folder of the validation images (scored by mIoU)")
+    sg.add_argument("--val-masks", help="folder of their label maps")
+    sg.add_argument("--val-ann", help="or COCO annotations of the validation images")
+    sg.add_argument("--val-list", help="file of the image stems to score")
+    sg.add_argument("--classes", metavar="FILE", help="map label values to classes: 'VALUE CLASS [NAME]' lines")
+    _transfer_args(sg, "segment", "epochs (default 30)", "images per step, all processes together (default 8)",
+                   "the head's lr (default 0.02; the backbone's is finetune.backbone_lr times it)", "training seed",
+                   "image-reading processes (sets that do not fit segment.cache_mb)",
+                   "fail on the first bad COCO annotation (label maps are always checked)", "the final mIoU")
+
+
 def _eval_args(sp: argparse.ArgumentParser) -> None:
     """The flags every command that evaluates a checkpoint shares."""
     sp.add_argument("--checkpoint", required=True,
@@ -336,7 +379,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moco", description="Momentum Contrast (MoCo) self-supervised pretraining.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_pretrain, _add_finetune, _add_detect, _add_evaluation, _add_files, _add_reproduce):
+    for add in (_add_pretrain, _add_finetune, _add_detect, _add_segment, _add_evaluation, _add_files, _add_reproduce):
         add(sub)
     return p
 
@@ -421,6 +464,18 @@ def _detect(a: argparse.Namespace) -> int:
                           time_budget=parse_duration(a.time_budget) if a.time_budget else None, overrides=a.set,
                           config_file=a.config, flags=_transfer_flags(a), resume=a.resume, overwrite=a.overwrite,
                           progress=not a.no_progress, started=process_start()))
+
+
+def _segment(a: argparse.Namespace) -> int:
+    from moco.tasks.segment import segment
+    from moco.training.budget import parse_duration, process_start
+
+    return _result(segment(a.checkpoint, a.train_images, a.train_masks, a.val_images, a.val_masks,
+                           Path(a.out or "runs/segment"), a.init, train_ann=a.train_ann, val_ann=a.val_ann,
+                           train_list=a.train_list, val_list=a.val_list, classes=a.classes, epochs=a.epochs,
+                           time_budget=parse_duration(a.time_budget) if a.time_budget else None, overrides=a.set,
+                           config_file=a.config, flags=_transfer_flags(a), resume=a.resume, overwrite=a.overwrite,
+                           progress=not a.no_progress, started=process_start()))
 
 
 def _eval_setup(a: argparse.Namespace, head: bool = False) -> tuple[Any, int, Any, Any, Callable[[str], Any]]:
@@ -571,6 +626,11 @@ def _info(a: argparse.Namespace) -> int:
         print(f"detector    {'Mask' if ck.get('masks') else 'Faster'} R-CNN, {ck.get('init')} init"
               f"{' from ' + ck['source'] if ck.get('source') else ''}, {len(ck.get('categories') or [])} categories, "
               f"shorter side {d.get('min_size')}, trained on {ck.get('data', {}).get('train_ann')}")
+    if ck.get("task") == "segment":
+        sc = cfg.get("segment", {})
+        print(f"segmenter   {sc.get('head')} head at output stride {ck.get('stride')}, {ck.get('init')} init"
+              f"{' from ' + ck['source'] if ck.get('source') else ''}, {len(ck.get('classes') or [])} classes, "
+              f"crops of {sc.get('crop_size')} px")
     if ck.get("n_images"):
         print(f"data        {ck['n_images']} images, {cfg['data']['image_size']} px, {cfg['data']['augmentation']} aug")
     for k, v in (ck.get("metrics") or {}).items():
@@ -616,9 +676,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s" if rank == 0 else f"[rank {rank}] %(message)s", stream=sys.stderr)
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("pretrain", "finetune", "detect") and args.nproc and "WORLD_SIZE" not in os.environ:
+        trains = ("pretrain", "finetune", "detect", "segment")
+        if args.command in trains and args.nproc and "WORLD_SIZE" not in os.environ:
             return _launch(args.nproc, argv)
-        commands = {"pretrain": _pretrain, "finetune": _finetune, "detect": _detect, "knn": _knn, "linear": _linear,
+        commands = {"pretrain": _pretrain, "finetune": _finetune, "detect": _detect, "segment": _segment, "knn": _knn,
+                    "linear": _linear,
                     "embed": _embed, "neighbors": _neighbors, "export": _export, "shards": _shards, "info": _info,
                     "reproduce": _reproduce,
                     "presets": _presets}

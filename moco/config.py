@@ -36,6 +36,7 @@ from moco.schema import (
     MethodConfig,
     ModelConfig,
     OptimConfig,
+    SegmentConfig,
     TrainConfig,
 )
 
@@ -44,7 +45,7 @@ MIN_BUDGET_S = 10.0  # the shortest time budget accepted: below it not even one 
 
 __all__ = [
     "PRESETS", "Config", "ConfigError", "DataConfig", "DetectConfig", "FinetuneConfig", "MethodConfig", "ModelConfig",
-    "OptimConfig", "TrainConfig",
+    "OptimConfig", "SegmentConfig", "TrainConfig",
     "all_keys", "dump_yaml", "from_dict", "load_yaml", "merge_dict", "resolve", "set_value", "validate",
 ]
 class Config(schema.Config):
@@ -59,7 +60,7 @@ class Config(schema.Config):
 
 
 _SECTIONS = {c.__name__: c for c in (ModelConfig, MethodConfig, DataConfig, OptimConfig, TrainConfig, FinetuneConfig,
-                                         DetectConfig)}
+                                         DetectConfig, SegmentConfig)}
 
 
 def _section_fields(section: str) -> dict[str, dataclasses.Field]:
@@ -342,7 +343,7 @@ def _validate_optim(cfg: Config) -> None:
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    _check(o.schedule in ("step", "cosine"), f"optim.schedule must be 'step' or 'cosine', got {o.schedule!r}")
+    _check(o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
     _check(0 <= o.warmup_epochs < o.epochs, f"optim.warmup_epochs must be in [0, epochs), got {o.warmup_epochs}")
     _check(o.time_budget == 0 or o.time_budget >= MIN_BUDGET_S,
            f"optim.time_budget must be 0 (off) or at least {MIN_BUDGET_S:.0f} s, time for start-up, one step, the "
@@ -395,6 +396,27 @@ def validate_finetune(cfg: Config) -> None:
 
 
 DETECT_MASKS = ("auto", "off")
+SEGMENT_HEADS = ("deeplabv3", "fcn")
+SCHEDULES = ("step", "cosine", "poly")
+
+
+def validate_segment(cfg: Config) -> None:
+    """Segmentation's own section: the head, its stride and rates, the classes and the training crops."""
+    s = cfg.segment
+    _choice("segment.head", s.head, SEGMENT_HEADS)
+    _check(s.output_stride in (8, 16, 32), f"segment.output_stride must be 8, 16 or 32, got {s.output_stride}")
+    _check(bool(s.atrous_rates) and all(r >= 1 for r in s.atrous_rates),
+           f"segment.atrous_rates must be a non-empty list of rates >= 1, got {s.atrous_rates}")
+    _check(0 <= s.num_classes <= 255, f"segment.num_classes must be 0 (from the data) to 255, got {s.num_classes}")
+    _check(0 <= s.ignore_index <= 255, f"segment.ignore_index must be in [0, 255], got {s.ignore_index}")
+    _check(s.num_classes == 0 or s.ignore_index >= s.num_classes,
+           f"segment.ignore_index ({s.ignore_index}) must not be a class (num_classes {s.num_classes})")
+    _check(s.base_size >= 0 and s.crop_size >= 0,
+           f"segment.base_size and crop_size must be >= 0 (0: from the data), got {s.base_size}, {s.crop_size}")
+    _check(len(s.scale) == 2 and 0 < s.scale[0] <= s.scale[1],
+           f"segment.scale must be [min, max] with 0 < min <= max, got {s.scale}")
+    _check(0 <= s.flip <= 1, f"segment.flip must be in [0, 1], got {s.flip}")
+    _check(s.cache_mb >= 0, f"segment.cache_mb must be >= 0 (0: read the files every epoch), got {s.cache_mb}")
 
 
 def validate_detect(cfg: Config) -> None:
@@ -420,7 +442,7 @@ def validate_detect(cfg: Config) -> None:
 
 
 SECTION_CHECKS: dict[str, Callable[[Config], None]] = {
-    "method": validate_method, "finetune": validate_finetune, "detect": validate_detect,
+    "method": validate_method, "finetune": validate_finetune, "detect": validate_detect, "segment": validate_segment,
 }
 """A task's own section -> its checks; the task names its sections (pretraining ``method``, fine-tuning
 ``finetune``, detection ``finetune`` and ``detect``)."""

@@ -14,12 +14,16 @@ def scheduled_lr(
     base: float, epoch: float, epochs: int, schedule: str, milestones: list[int], warmup: float = 0.0
 ) -> float:
     """The learning rate at a (fractional) ``epoch``: linear warm-up, then cosine to zero over the epochs after
-    the warm-up (the v3 authors' ``adjust_learning_rate``: it starts at ``base`` where the warm-up ends), or
-    step decay (x0.1 at each milestone)."""
+    the warm-up (the v3 authors' ``adjust_learning_rate``: it starts at ``base`` where the warm-up ends), poly
+    decay to zero (``(1 - progress) ** 0.9``, DeepLab's and torchvision's segmentation reference's), or step decay
+    (x0.1 at each milestone)."""
     if epoch < warmup:
         return base * (epoch + 1e-8) / warmup
+    progress = min(1.0, (epoch - warmup) / max(epochs - warmup, 1e-8))
     if schedule == "cosine":
-        return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (epoch - warmup) / max(epochs - warmup, 1e-8))))
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "poly":
+        return base * (1.0 - progress) ** 0.9
     return base * 0.1 ** sum(epoch >= m for m in milestones)
 
 

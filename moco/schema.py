@@ -77,7 +77,7 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False  # SGD: Nesterov momentum (the fine-tuning recipe)
     weight_decay: float = 1e-4
-    schedule: str = "step"  # step or cosine
+    schedule: str = "step"  # step, cosine, or poly ((1 - progress) ** 0.9: DeepLab's, segmentation's)
     milestones: list[int] = field(default_factory=lambda: [120, 160])
     warmup_epochs: float = 0.0
     optimizer: str = "sgd"  # sgd, lars or adamw
@@ -148,6 +148,29 @@ class DetectConfig:
 
 
 @dataclass
+class SegmentConfig:
+    """``moco segment``: a torchvision segmentation head (DeepLabV3's ASPP or FCN's) on the backbone's last ResNet
+    stage, dilated to ``output_stride``. Lengths, lr and batch are ``optim``'s."""
+
+    head: str = "deeplabv3"  # deeplabv3 (torchvision's DeepLabHead, ASPP) or fcn (torchvision's FCNHead)
+    output_stride: int = 8  # the last stage's stride at most: later stride-2 stages are dilated until it holds
+    # (DeepLabV3's 8 or 16); a network already at or under it (the CIFAR stem: 8) is left as it is
+    atrous_rates: list[int] = field(default_factory=lambda: [12, 24, 36])  # ASPP's rates (DeepLabV3's at stride 8)
+    num_classes: int = 0  # classes of the label maps (0..N-1); 0: from the data (the mapping file's, COCO's
+    # categories + background, or the largest value in the training maps + 1)
+    ignore_index: int = 255  # the label value that is not scored nor trained on (VOC's borders)
+    base_size: int = 0  # the shorter side the random scale is relative to; 0: the training images' median
+    scale: list[float] = field(default_factory=lambda: [0.5, 2.0])  # random resize range, times base_size
+    crop_size: int = 0  # the square training crop (padded with ignored pixels where the image is smaller);
+    # 0: base_size
+    flip: float = 0.5  # horizontal flip probability
+    image_suffix: str = ""  # removed from image names before pairing them with label maps (Cityscapes':
+    mask_suffix: str = ""  # _leftImg8bit and _gtFine_labelIds); label maps pair with images by folder and stem
+    cache_mb: int = 1024  # a set whose images and maps fit in this many MB decoded is kept decoded in memory and
+    # read without loader workers; larger sets, or 0, read the files every epoch
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -156,6 +179,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

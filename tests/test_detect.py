@@ -172,9 +172,9 @@ def test_the_detector_starts_from_the_checkpoints_backbone_and_trains(tmp_path, 
     assert len(convs) == 20 and all(not torch.equal(before[k], after[k]) for k in convs)  # the backbone trained
 
     # loading: the detector's body is the checkpoint's query encoder, exactly (its key encoder differs)
-    from moco.tasks.detect import detection_network
+    from moco.transfer.init import dense_network
     cfg = resolve("cifar10-cpu", overrides=["model.width=8"])
-    net = detection_network(cfg, "checkpoint", str(ck), None)
+    net = dense_network(cfg, "checkpoint", str(ck), None)
     saved = load_checkpoint(ck)["model"]
     assert all(torch.equal(v, saved[f"encoder_q.{k}"]) for k, v in net.state_dict().items())
     assert not torch.equal(net.conv1.weight, saved["encoder_k.conv1.weight"])

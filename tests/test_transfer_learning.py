@@ -25,9 +25,9 @@ from moco.data.augment import NORMALIZATIONS
 from moco.data.coco import read_coco
 from moco.data.pasted import PastedSpec, make_pasted_set
 from moco.tasks.detect import DetectionMonitor, detect
-from moco.tasks.detect import detection_network as detection_backbone
 from moco.tasks.finetune import finetune
 from moco.transfer.detector import build_detector
+from moco.transfer.init import dense_network as detection_backbone
 
 FINETUNE = ["model.width=16", "model.cifar_stem=true", "train.precision=fp32", "data.image_size=16",
             "optim.batch_size=32", "data.workers=0", "train.log_every=50"]

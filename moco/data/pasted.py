@@ -1,5 +1,6 @@
-"""A small detection set made from a labelled image folder: its images pasted at random sides and places onto
-plain canvases, with their boxes and classes written as COCO annotation files.
+"""A small detection and segmentation set made from a labelled image folder: its images pasted at random sides
+and places onto plain canvases, with their boxes and classes written as COCO annotation files, and a class map
+per canvas (a palette PNG: 0 the background, category i in id order i + 1, over each pasted square).
 
 A CPU trains a detector on it in minutes, so ``moco detect`` can be tested and its initialisations compared
 without downloading VOC or COCO. Training and validation canvases draw their objects from disjoint halves of
@@ -18,6 +19,9 @@ from PIL import Image
 
 from moco.core.errors import DataError
 from moco.data.folder import load_rgb, scan_images
+
+PALETTE = [v for c in range(256) for v in ((c * 67) % 256, (c * 151) % 256, (c * 37) % 256)]
+"""The class maps' colours (to look at them; the value is the class)."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,12 @@ def _split(rng: np.random.Generator, canvases: int, objects: list[int], spec: Pa
     w, h = spec.canvas
     pool = iter(objects)
     (out / name).mkdir(parents=True, exist_ok=True)
+    (out / f"{name}_maps").mkdir(exist_ok=True)
+    index = {c["id"]: i + 1 for i, c in enumerate(categories)}
     coco: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
     for i in range(canvases):
         img = _background(rng, w, h)
+        classes = np.zeros((h, w), dtype=np.uint8)
         taken: list[tuple[int, int, int]] = []
         k = 0 if rng.random() < spec.empty else int(rng.integers(spec.objects[0], spec.objects[1] + 1))
         for _ in range(k):
@@ -76,6 +83,7 @@ def _split(rng: np.random.Generator, canvases: int, objects: list[int], spec: Pa
             x, y = at
             obj = load_rgb(images.root / images.paths[j]).resize((side, side), Image.BICUBIC)
             img[y:y + side, x:x + side] = np.asarray(obj)
+            classes[y:y + side, x:x + side] = index[categories[images.labels[j]]["id"]]
             taken.append((x, y, side))
             ann = {"id": len(coco["annotations"]) + 1, "image_id": i + 1,
                    "category_id": categories[images.labels[j]]["id"], "bbox": [x, y, side, side],
@@ -85,6 +93,9 @@ def _split(rng: np.random.Generator, canvases: int, objects: list[int], spec: Pa
             coco["annotations"].append(ann)
         file = f"{name}/{i:06d}.jpg"
         Image.fromarray(img).save(out / file, quality=95)
+        class_map = Image.fromarray(classes, mode="P")
+        class_map.putpalette(PALETTE)
+        class_map.save(out / f"{name}_maps" / f"{i:06d}.png")
         coco["images"].append({"id": i + 1, "file_name": f"{i:06d}.jpg", "width": w, "height": h})
     (out / f"{name}.json").write_text(json.dumps(coco))
     return coco
@@ -92,7 +103,7 @@ def _split(rng: np.random.Generator, canvases: int, objects: list[int], spec: Pa
 
 def make_pasted_set(folder: str | Path, out: str | Path, spec: PastedSpec = PastedSpec(),
                     category_ids: list[int] | None = None) -> dict[str, Any]:
-    """Write ``out/train/*.jpg``, ``out/train.json``, ``out/val/*.jpg`` and ``out/val.json`` from the
+    """Write ``out/train/*.jpg``, ``out/train.json``, ``out/train_maps/*.png`` and the same of ``val`` from the
     ImageFolder ``folder``; the categories are its classes, with ids ``category_ids`` (default 1..C). Returns
     the number of canvases and boxes of each split."""
     folder, out = Path(folder), Path(out)

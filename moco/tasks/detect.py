@@ -39,7 +39,7 @@ from moco.training.run import Run, augmentation_generator, open_run, start_state
 from moco.training.task import Stats, Task
 from moco.transfer.common import Recipe, job_config, length_flags, run_record, transfer_config, write_results
 from moco.transfer.detector import build_detector
-from moco.transfer.init import init_network
+from moco.transfer.init import dense_network
 
 log = logging.getLogger("moco")
 
@@ -156,14 +156,6 @@ def _val_set(job: DetectJob, strict: bool) -> CocoSet | None:
     return val
 
 
-def detection_network(cfg: Config, kind: str, ckpt: str, backbone: nn.Module | None) -> nn.Module:
-    """The network whose stages the detector's pyramid is built on: :func:`~moco.transfer.init.init_network`'s,
-    without a classifier (``fc`` = Identity)."""
-    network = init_network(cfg, kind, ckpt, 1, backbone)
-    network.fc = nn.Identity()
-    return network
-
-
 def detection_step(model: nn.Module, batch: tuple, generator: torch.Generator) -> tuple[torch.Tensor, Stats]:
     """A detector's step on a batch of (images, targets, indices): the sum of its losses, and how many of the
     RoIs it sampled the box classifier got right."""
@@ -268,7 +260,7 @@ def set_up_detect(
                         "lower --batch-size")
     d = cfg.detect
     masks = d.masks == "auto" and train.segmentations is not None
-    network = detection_network(cfg, job.kind, job.ckpt, backbone)
+    network = dense_network(cfg, job.kind, job.ckpt, backbone)
     if dinfo.enabled and device.type == "cuda" and cfg.finetune.bn == "train":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)  # the authors' SyncBN, across processes
     mean, std = NORMALIZATIONS[cfg.data.normalize]

@@ -71,3 +71,11 @@ def init_network(cfg: Config, kind: str, ckpt: str, num_classes: int, backbone: 
         source, _ = load_backbone_and_config(ckpt, copy.deepcopy(backbone))
         load_backbone_into(net, source, ckpt)
     return net
+
+
+def dense_network(cfg: Config, kind: str, ckpt: str, backbone: nn.Module | None) -> nn.Module:
+    """The network whose stages a dense task (detection, segmentation) builds on: :func:`init_network`'s, without
+    a classifier (``fc`` = Identity)."""
+    network = init_network(cfg, kind, ckpt, 1, backbone)
+    network.fc = nn.Identity()
+    return network
