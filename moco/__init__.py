@@ -20,6 +20,10 @@ and transfer it to a labelled task, with few labels::
 or to detection, on COCO-format data (torchvision's Faster R-CNN, COCO AP by pycocotools)::
 
     result = moco.detect("runs/mine/checkpoint_last.pt", "train.json", "train/", "val.json", "val/", "runs/det")
+
+or to semantic segmentation, on images with label maps (torchvision's DeepLabV3 head, mIoU)::
+
+    result = moco.segment("runs/mine/checkpoint_last.pt", "images/", "maps/", "val/", "val_maps/", "runs/seg")
 """
 
 import logging
@@ -35,6 +39,7 @@ from moco.models.generic import Encoder, remove_classifier
 from moco.tasks.detect import DetectResult, detect
 from moco.tasks.finetune import FinetuneResult, finetune
 from moco.tasks.pretrain import RunResult, pretrain
+from moco.tasks.segment import SegmentResult, segment
 
 __version__ = "0.1.0"
 
@@ -51,5 +56,5 @@ __all__ = [
     "Config", "ContrastiveMethod", "DetectResult", "Encoder", "EndToEnd", "FinetuneResult", "MemoryBank", "MoCo",
     "MoCoV3",
     "RunResult", "__version__", "augment", "batch_shuffle", "batch_unshuffle", "detect", "finetune", "info_nce",
-    "knn_accuracy", "load_backbone", "pretrain", "remove_classifier", "update_momentum",
+    "knn_accuracy", "load_backbone", "pretrain", "remove_classifier", "segment", "SegmentResult", "update_momentum",
 ]

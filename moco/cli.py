@@ -173,7 +173,9 @@ EPILOG_DETECT = """examples:
   moco detect --out runs/detect --resume auto        # continue an interrupted run
 
 The detector is torchvision's Faster R-CNN (Mask R-CNN when the annotations carry
-segmentations) with a feature pyramid over the ResNet's stages. Annotations that cannot be
+segmentations, Keypoint R-CNN when the categories name keypoints; keypoint AP by OKS with
+the file's sigmas, COCO's for its 17 person keypoints, or --set detect.oks_sigmas=[...])
+with a feature pyramid over the ResNet's stages. Annotations that cannot be
 trained on (unknown image or category, missing file, malformed, zero-area or out-of-bounds
 box) are counted and skipped with one warning (--strict-data refuses them); crowd regions
 are scored as COCO does, not trained on. RUN/results.json holds AP, AP50, AP75 and AP by
@@ -623,7 +625,8 @@ def _info(a: argparse.Namespace) -> int:
               f"({lab.get('spec') or lab.get('file')})")
     if ck.get("task") == "detect":
         d = cfg.get("detect", {})
-        print(f"detector    {'Mask' if ck.get('masks') else 'Faster'} R-CNN, {ck.get('init')} init"
+        kind = "Keypoint" if ck.get("keypoints") else "Mask" if ck.get("masks") else "Faster"
+        print(f"detector    {kind} R-CNN, {ck.get('init')} init"
               f"{' from ' + ck['source'] if ck.get('source') else ''}, {len(ck.get('categories') or [])} categories, "
               f"shorter side {d.get('min_size')}, trained on {ck.get('data', {}).get('train_ann')}")
     if ck.get("task") == "segment":

@@ -437,6 +437,10 @@ def validate_detect(cfg: Config) -> None:
            f"detect.anchor_ratios must be a non-empty list of positive height/width ratios, got {d.anchor_ratios}")
     _check(d.box_head_dim >= 0, f"detect.box_head_dim must be >= 0 (0: auto), got {d.box_head_dim}")
     _choice("detect.masks", d.masks, DETECT_MASKS)
+    _choice("detect.keypoints", d.keypoints, DETECT_MASKS)
+    _check(bool(d.keypoint_head) and all(c >= 1 for c in d.keypoint_head),
+           f"detect.keypoint_head must list conv widths >= 1, got {d.keypoint_head}")
+    _check(all(v > 0 for v in d.oks_sigmas), f"detect.oks_sigmas must be positive, got {d.oks_sigmas}")
     _check(0 <= d.flip <= 1, f"detect.flip must be in [0, 1], got {d.flip}")
     _check(d.cache_mb >= 0, f"detect.cache_mb must be >= 0 (0: read the files every epoch), got {d.cache_mb}")
 

@@ -142,6 +142,11 @@ class DetectConfig:
     roi_sampling: int = 2  # RoIAlign's sampling points per bin side (torchvision's 2; 0: adaptive, Detectron2's)
     box_head_dim: int = 0  # the two-layer box head's width; 0: 4 x fpn_channels (1024 over 256, as torchvision)
     masks: str = "auto"  # auto: Mask R-CNN when the training annotations carry segmentations; off: boxes only
+    keypoints: str = "auto"  # auto: Keypoint R-CNN when the categories name keypoints (then no masks); off
+    keypoint_head: list[int] = field(default_factory=lambda: [512] * 8)  # the keypoint head's 3 x 3 conv widths
+    # (torchvision's KeypointRCNNHeads: eight of 512)
+    oks_sigmas: list[float] = field(default_factory=list)  # each keypoint's OKS sigma for keypoint AP; empty: the
+    # annotation file's (a category's "sigmas"), or COCO's person sigmas for its 17 keypoints
     flip: float = 0.5  # horizontal flip probability
     cache_mb: int = 1024  # a set (training or validation) whose images fit in this many MB decoded is decoded
     # once and kept in memory, read without loader workers; larger sets, or 0, read the files every epoch

@@ -37,6 +37,7 @@ class Break:
 
 TL = "tests/test_transfer_learning.py"
 FT, DT, ST = "tests/test_finetune.py", "tests/test_detect.py", "tests/test_stream.py"
+SG = "tests/test_segment.py"
 BREAKS = [
     # 1. fine-tuning and detection learn
     Break("finetune: labels paired with the wrong images", "moco/data/pipelines.py",
@@ -49,7 +50,7 @@ BREAKS = [
           "                images.append(x)", "                images.insert(0, x)",
           (f"{TL}::test_detection_learns_far_beyond_an_untrained_detector",)),
     Break("detect: a flipped image keeps unflipped boxes", "moco/data/coco.py",
-          "x, t = x.flip(-1), flip_target(t, x.shape[-1])", "x, t = x.flip(-1), t",
+          "x, t = x.flip(-1), flip_target(t, x.shape[-1], self.keypoint_flip)", "x, t = x.flip(-1), t",
           (f"{TL}::test_detection_learns_far_beyond_an_untrained_detector",)),
     Break("detect: backbone left out of the optimiser", "moco/transfer/classifier.py",
           '[{"params": [p for p in backbone if p.requires_grad]', '[{"params": []',
@@ -173,6 +174,38 @@ BREAKS = [
     Break("precision: auto takes oneDNN's emulated bf16 for native", "moco/core/precision.py",
           "return onednn if flags is None else onednn and any(f in flags for f in BF16_FLAGS)", "return onednn",
           ("tests/test_precision.py::test_native_bf16_follows_the_cpus_bf16_flags",)),
+    # 3. segmentation and keypoints (issue #36)
+    Break("segment: a flipped view keeps its map unflipped", "moco/data/segmentation.py",
+          "        x, y = x.flip(-1), y.flip(-1)", "        x, y = x.flip(-1), y",
+          (f"{SG}::test_training_views_keep_images_and_maps_aligned_and_pad_with_ignored_pixels",
+           f"{SG}::test_a_short_run_learns_and_misaligned_maps_do_not")),
+    Break("segment: the map is resized with the image's bilinear blend", "moco/data/segmentation.py",
+          'mode="nearest-exact")[0, 0]', 'mode="bilinear")[0, 0]',
+          (f"{SG}::test_training_views_keep_images_and_maps_aligned_and_pad_with_ignored_pixels",)),
+    Break("segment: padding is trained on as background", "moco/data/segmentation.py",
+          "y = F.pad(y, (0, pw, 0, ph), value=ignore)", "y = F.pad(y, (0, pw, 0, ph), value=0)",
+          (f"{SG}::test_training_views_keep_images_and_maps_aligned_and_pad_with_ignored_pixels",)),
+    Break("segment: ignored pixels are scored", "moco/evaluation/segmentation.py",
+          "    keep = target != ignore_index\n", "    keep = target >= 0\n",
+          (f"{SG}::test_miou_and_pixel_accuracy_match_a_hand_computation_with_ignored_pixels_left_out",)),
+    Break("segment: IoU without the false positives", "moco/evaluation/segmentation.py",
+          "union = cm.sum(0) + cm.sum(1) - tp", "union = cm.sum(1)",
+          (f"{SG}::test_miou_and_pixel_accuracy_match_a_hand_computation_with_ignored_pixels_left_out",)),
+    Break("segment: a dilated stage's first block at the new dilation", "moco/transfer/segmenter.py",
+          "d = previous if i == 0 else dilation", "d = dilation",
+          (f"{SG}::test_dilation_is_torchvisions_and_keeps_the_weights",)),
+    Break("segment: a map value beyond the classes passes", "moco/data/segmentation.py",
+          "bad = (raw >= self.num_classes) & (raw != self.ignore)", "bad = raw > 255",
+          (f"{SG}::test_bad_input_gets_one_line",)),
+    Break("segment: the views' loader draws from the global generator", "moco/data/segmentation.py",
+          "generator=torch.Generator().manual_seed(seed), pin_memory", "pin_memory",
+          (f"{SG}::test_resume_is_exact",)),
+    Break("keypoints: a flip keeps each keypoint's name", "moco/data/coco.py",
+          "            kp = kp[:, keypoint_flip]", "            pass",
+          (f"{DT}::test_keypoints_are_parsed_flipped_with_their_twins_and_malformed_ones_skipped",)),
+    Break("keypoints: the sigmas do not reach pycocotools", "moco/evaluation/coco_ap.py",
+          "np.array(sigmas or COCO_PERSON_SIGMAS)", "np.array(COCO_PERSON_SIGMAS[:5])",
+          (f"{DT}::test_keypoint_ap_is_pycocotools_oks_with_the_sets_sigmas",)),
 ]
 
 

@@ -12,7 +12,7 @@ from conftest import make_image_folder
 
 from moco.cli import main
 from moco.config import resolve
-from moco.core.errors import DataError
+from moco.core.errors import ConfigError, DataError
 from moco.data.coco import CocoImages, flip_target, read_coco
 from moco.data.pasted import PastedSpec, make_pasted_set
 from moco.evaluation.coco_ap import coco_ap, detections_to_coco
@@ -478,3 +478,88 @@ def test_the_cpu_recipe_is_sized_by_ap_per_minute_and_the_dataclass_keeps_the_au
     d = DetectConfig()
     assert (d.rois_per_image, d.roi_sampling, d.rpn_per_image, d.rpn_post_nms, d.anchor_ratios) == (
         512, 2, 256, 2000, [0.5, 1.0, 2.0])
+
+
+@pytest.fixture
+def keypointed(tmp_path):
+    """The pasted set with each square's corners and centre as keypoints (sigmas 0.05 in the categories)."""
+    src = make_image_folder(tmp_path / "objects", classes=3, per_class=16, size=16)
+    make_pasted_set(src, tmp_path / "kp", PastedSpec(16, 8, (48, 40), (1, 2), (10, 16), seed=0, keypoints=True))
+    return tmp_path / "kp"
+
+
+def test_keypoints_are_parsed_flipped_with_their_twins_and_malformed_ones_skipped(keypointed, caplog):
+    from moco.data.coco import flip_permutation
+
+    data = read_coco(keypointed / "train.json", keypointed / "train")
+    assert data.keypoint_names == ["top_left", "top_right", "bottom_right", "bottom_left", "centre"]
+    assert data.sigmas == [0.05] * 5 and data.keypoints is not None
+    b, kp = data.boxes[0][0], data.keypoints[0][0]
+    assert kp[:, :2].tolist()[0] == b[:2].tolist() and kp[2, :2].tolist() == b[2:].tolist() and (kp[:, 2] == 2).all()
+    assert all(a["num_keypoints"] == 5 for a in data.gt["annotations"])
+
+    perm = flip_permutation(data.keypoint_names)
+    assert perm == [1, 0, 3, 2, 4]
+    assert flip_permutation(["nose", "left_eye", "right_eye", "Left_ear", "Right_ear"]) == [0, 2, 1, 4, 3]
+    t = {"boxes": b[None], "labels": torch.tensor([1]), "keypoints": kp[None].clone()}
+    t["keypoints"][0, 4] = torch.tensor([7.0, 9.0, 0.0])  # the centre invisible
+    f = flip_target(t, 48, perm)["keypoints"][0]
+    # the flipped top-left is the old top-right mirrored: x -> 48 - x; an invisible keypoint stays (0, 0, 0)
+    assert f[0].tolist() == [48 - kp[1, 0].item(), kp[1, 1].item(), 2.0] and f[4].tolist() == [0.0, 0.0, 0.0]
+    assert flip_target(flip_target(t, 48, perm), 48, perm)["keypoints"][0, :4].tolist() == kp[:4].tolist()
+
+    d = json.loads((keypointed / "train.json").read_text())
+    d["annotations"][0]["keypoints"] = [1, 2, 2]  # 1 keypoint of 5
+    (keypointed / "bad.json").write_text(json.dumps(d))
+    with caplog.at_level(logging.WARNING):
+        bad = read_coco(keypointed / "bad.json", keypointed / "train")
+    assert bad.skipped["malformed keypoints"] == 1 and "malformed keypoints" in caplog.text
+    d["categories"][1]["keypoints"] = ["a"]
+    (keypointed / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(DataError, match="name different keypoints"):
+        read_coco(keypointed / "bad.json", keypointed / "train")
+
+
+def test_keypoint_ap_is_pycocotools_oks_with_the_sets_sigmas(keypointed):
+    val = read_coco(keypointed / "val.json", keypointed / "val")
+    cats = [c["id"] for c in val.categories]
+    perfect = [{"boxes": b, "labels": lab, "scores": torch.ones(len(b)), "keypoints": k}
+               for b, lab, k in zip(val.boxes, val.labels, val.keypoints)]
+    assert coco_ap(val.gt, detections_to_coco(perfect, val.ids, cats), "keypoints", val.sigmas)["AP"] == 100.0
+    swapped = [{**p, "keypoints": p["keypoints"][:, [2, 3, 0, 1, 4]]} for p in perfect]  # corners misnamed
+    assert coco_ap(val.gt, detections_to_coco(swapped, val.ids, cats), "keypoints", val.sigmas)["AP"] < 5
+    off = [{**p, "keypoints": p["keypoints"] + torch.tensor([2.0, 0.0, 0.0])} for p in perfect]  # 2 px right
+    loose = coco_ap(val.gt, detections_to_coco(off, val.ids, cats), "keypoints", [0.5] * 5)["AP"]
+    tight = coco_ap(val.gt, detections_to_coco(off, val.ids, cats), "keypoints", [0.01] * 5)["AP"]
+    assert loose == 100.0 and tight < 10  # the sigmas reach pycocotools
+
+
+def test_keypoint_sigmas_come_from_the_setting_the_file_or_cocos_17(keypointed):
+    from moco.tasks.detect import oks_sigmas
+
+    data = read_coco(keypointed / "train.json", keypointed / "train")
+    assert oks_sigmas([], data) == [0.05] * 5 and oks_sigmas([0.1] * 5, data) == [0.1] * 5
+    data.sigmas = None
+    with pytest.raises(ConfigError, match="needs an OKS sigma for each of the 5 keypoints"):
+        oks_sigmas([], data)
+    with pytest.raises(ConfigError, match="3 values for 5 keypoints"):
+        oks_sigmas([0.1] * 3, data)
+    data.keypoint_names = [str(i) for i in range(17)]
+    assert oks_sigmas([], data)[0] == 0.026  # COCO's person keypoints
+
+
+def test_keypoint_annotations_train_keypoint_rcnn_and_score_keypoint_ap(tmp_path, ck, keypointed):
+    from torchvision.models.detection import KeypointRCNN
+
+    res = run_detect(ck, keypointed, tmp_path / "kp", "detect.keypoint_head=[16,16]", epochs=1)
+    assert res.metrics["kp_AP"] is not None and "kp_AP50" in res.summary()
+    saved = load_checkpoint(tmp_path / "kp" / "checkpoint_last.pt")
+    assert saved["keypoints"][0] == "top_left"
+    assert any(k.startswith("detector.roi_heads.keypoint_predictor") for k in saved["model"])
+    from moco.transfer.detector import build_detector
+    from moco.transfer.init import dense_network
+    cfg = resolve("cifar10-cpu", overrides=["model.width=8"])
+    det = build_detector(dense_network(cfg, "checkpoint", str(ck), None), 3, cfg.detect, [40], 67, [0.5] * 3,
+                         [0.2] * 3, keypoints=5)
+    assert isinstance(det.detector, KeypointRCNN)
+    assert det.detector.roi_heads.keypoint_predictor.kps_score_lowres.out_channels == 5

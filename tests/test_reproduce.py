@@ -91,8 +91,8 @@ def test_verdicts_find_settings_by_role_not_by_name_or_position(name):
 @pytest.mark.slow
 def test_transfer_writes_its_report_and_skips_finished_runs(tmp_path, monkeypatch):
     """The transfer experiment end to end on 4 tiny classes: MoCo and the supervised network on the first two, then
-    each init fine-tuned on the other two and trained as a detector on them pasted on canvases; a second
-    invocation runs nothing."""
+    each init fine-tuned on the other two and trained as a detector and a segmenter on them pasted on canvases; a
+    second invocation runs nothing."""
     from conftest import make_image_folder
 
     from moco.experiments import transfer
@@ -103,7 +103,8 @@ def test_transfer_writes_its_report_and_skips_finished_runs(tmp_path, monkeypatc
     monkeypatch.setitem(transfer.TRANSFER_BUDGETS, "small", transfer.TransferBudget(
         "cifar10-cpu", ["optim.epochs=1", "method.K=40"], 0.0, 0.0, 1, ("50%",), 1, "a tiny test budget",
         detect_s=0.0, detect_epochs=1, detect_set=transfer.PastedSpec(8, 4, (48, 40), (1, 2), (10, 16)),
-        detect_overrides=("detect.min_size=[40]", "detect.rois_per_image=16")))
+        detect_overrides=("detect.min_size=[40]", "detect.rois_per_image=16"), segment_s=0.0, segment_epochs=1,
+        segment_overrides=("segment.head=fcn",)))
     out, runs = tmp_path / "reports" / "transfer", tmp_path / "runs"
     path = reproduce("transfer", data, out, runs, "small", tiny(tmp_path), progress=False)
     text = path.read_text()
@@ -118,9 +119,12 @@ def test_transfer_writes_its_report_and_skips_finished_runs(tmp_path, monkeypatc
     assert sorted(r["init"] for r in res["detection"].values()) == ["MoCo", "random", "supervised"]
     assert all(0 <= r["AP"] <= 100 and r["steps"] == 1 for r in res["detection"].values())  # 8 canvases, batch 8
     assert "## Detection (COCO AP" in text and "Detection (COCO AP on the pasted" in text
-    assert ("[Transfer: fine-tuning with few labels and detection](transfer/report.md)"
+    assert sorted(r["init"] for r in res["segmentation"].values()) == ["MoCo", "random", "supervised"]
+    assert all(0 <= r["mIoU"] <= 100 and r["steps"] == 1 for r in res["segmentation"].values())
+    assert "## Segmentation (mIoU" in text and "Segmentation (mIoU on the pasted" in text
+    assert ("[Transfer: fine-tuning with few labels, detection and segmentation](transfer/report.md)"
             in (out.parent / "README.md").read_text())
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("checkpoint_last.pt")}
-    assert len(stamps) == 8  # MoCo, supervised, 3 fine-tunes, 3 detectors
+    assert len(stamps) == 11  # MoCo, supervised, 3 fine-tunes, 3 detectors, 3 segmenters
     reproduce("transfer", data, out, runs, "small", tiny(tmp_path), progress=False)
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("checkpoint_last.pt")} == stamps

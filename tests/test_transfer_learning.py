@@ -9,6 +9,8 @@ CPU, fp32, 2026-12-06), so that a mistake fails the test with room on both sides
   the optimiser 15.6% (chance 10%). Threshold 22%.
 - detection, 96 canvases of coloured squares, 10 epochs: 59.8 AP; untrained 0; images paired with another
   image's boxes 0.2; flips without their boxes 23.6; backbone out of the optimiser 31.9. Threshold 45.
+- keypoints (slow), the same canvases with each square's corners and centre, 10 epochs: keypoint AP 28.8 and
+  46.1 in two runs (OKS sigma 0.1); untrained 0. Threshold 15.
 """
 
 import os
@@ -77,3 +79,22 @@ def test_detection_learns_far_beyond_an_untrained_detector(tmp_path):
                  init="random", epochs=10, overrides=DETECT, progress=False)
     assert res.steps == 10 * (96 // 8)
     assert res.AP >= 45.0 and res.AP >= before + 40.0, (before, res.AP)
+
+
+@pytest.mark.slow
+def test_keypoint_rcnn_learns_keypoints_far_beyond_an_untrained_one(tmp_path):
+    objects = make_image_folder(tmp_path / "objects", classes=3, per_class=128, size=16)
+    p = tmp_path / "pasted"
+    make_pasted_set(objects, p, PastedSpec(96, 32, (64, 48), (1, 2), (12, 20), seed=0, keypoints=True),
+                    category_ids=[3, 7, 11])
+    over = [*DETECT, "train.eval_every=10", "detect.keypoint_head=[32,32,32,32]",
+            "detect.oks_sigmas=[0.1,0.1,0.1,0.1,0.1]"]
+    cfg = resolve("cifar10-cpu", overrides=over)
+    val = read_coco(p / "val.json", p / "val")
+    torch.manual_seed(0)
+    untrained = build_detector(detection_backbone(cfg, "random", "", None), 3, cfg.detect, cfg.detect.min_size,
+                               cfg.detect.max_size, *NORMALIZATIONS[cfg.data.normalize], keypoints=5)
+    before = DetectionMonitor(val, [3, 7, 11], 8, cfg, torch.device("cpu"), sigmas=[0.1] * 5).evaluate(untrained)
+    res = detect(None, p / "train.json", p / "train", p / "val.json", p / "val", out=tmp_path / "run",
+                 init="random", epochs=10, overrides=over, progress=False)
+    assert res.metrics["kp_AP"] >= 15.0 and res.metrics["kp_AP"] >= before["kp_AP"] + 12.0, (before, res.metrics)

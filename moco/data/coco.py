@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import statistics
 from collections import Counter
 from collections.abc import Iterator
@@ -49,6 +50,10 @@ class CocoSet:
     gt: dict[str, Any]  # the checked file (kept images and annotations, crowd included) for the COCO evaluator
     skipped: Counter[str] = field(default_factory=Counter)  # annotations left out, by reason
     crowd: int = 0  # crowd regions (in the ground truth, not trained on)
+    keypoints: list[torch.Tensor] | None = None  # per image (n, K, 3) x, y, visibility, when the categories
+    # name keypoints (COCO's person_keypoints files)
+    keypoint_names: list[str] = field(default_factory=list)  # the categories' "keypoints", in order
+    sigmas: list[float] | None = None  # the categories' per-keypoint OKS sigmas, when the file gives them
 
     @property
     def num_classes(self) -> int:
@@ -97,6 +102,49 @@ def _categories(path: Path, d: dict[str, Any]) -> list[dict[str, Any]]:
     if not cats:
         raise _refuse(path, "no categories")
     return [{"id": i, "name": cats[i]} for i in sorted(cats)]
+
+
+def _keypoint_names(path: Path, d: dict[str, Any]) -> tuple[list[str], list[float] | None]:
+    """The keypoints the categories name (every category that names any names the same ones), and their OKS
+    sigmas when the file gives them (a category's ``sigmas``, one per keypoint)."""
+    named = [c for c in d["categories"] if c.get("keypoints")]
+    if not named:
+        return [], None
+    names = named[0]["keypoints"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _refuse(path, f"category {named[0]['id']}'s 'keypoints' must be a list of names")
+    if any(c["keypoints"] != names for c in named):
+        raise _refuse(path, "the categories name different keypoints; a keypoint detector predicts one set")
+    sigmas = named[0].get("sigmas")
+    if sigmas is not None and (not isinstance(sigmas, list) or len(sigmas) != len(names)
+                               or not all(isinstance(v, (int, float)) and v > 0 for v in sigmas)):
+        raise _refuse(path, f"category {named[0]['id']}'s 'sigmas' must be {len(names)} positive numbers")
+    return list(names), [float(v) for v in sigmas] if sigmas else None
+
+
+def _keypoints(ann: dict[str, Any], k: int) -> list[list[float]] | None:
+    """An annotation's ``keypoints`` as k (x, y, visibility) triples; none given: k invisible ones; None when
+    malformed."""
+    kp = ann.get("keypoints")
+    if kp is None:
+        return [[0.0, 0.0, 0.0]] * k
+    if not isinstance(kp, list) or len(kp) != 3 * k or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in kp):
+        return None
+    return [[float(kp[3 * j]), float(kp[3 * j + 1]), float(kp[3 * j + 2])] for j in range(k)]
+
+
+def flip_permutation(names: list[str]) -> list[int]:
+    """Where each keypoint goes when its image is mirrored: its left/right twin by name (``left_eye`` <->
+    ``right_eye``, ``top_left`` <-> ``top_right``), itself when it has none."""
+    index = {n: i for i, n in enumerate(names)}
+
+    def twin(n: str) -> str:
+        return re.sub("left|right|Left|Right|LEFT|RIGHT", lambda m: {"left": "right", "right": "left", "Left": "Right",
+                                                                   "Right": "Left", "LEFT": "RIGHT",
+                                                                   "RIGHT": "LEFT"}[m.group(0)], n)
+
+    return [index.get(twin(n), i) for i, n in enumerate(names)]
 
 
 def _box(ann: dict[str, Any], h: int, w: int) -> tuple[list[float] | None, str]:
@@ -158,6 +206,17 @@ def _segmentations(path: Path, per_image: list[list[tuple[list[float], int, Any]
     return None
 
 
+def _ground_truth(ann: dict[str, Any], box: list[float], kp: list[list[float]] | None, new_id: int) -> dict[str, Any]:
+    """An annotation as the COCO evaluator gets it: renumbered (it keys on ids), its box clipped, its area (the
+    mask's when the file gives it), and with keypoints their count (COCOeval ignores objects with none visible)."""
+    x1, y1, x2, y2 = box
+    kept = {**ann, "id": new_id, "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(ann.get("area") or
+            (x2 - x1) * (y2 - y1)), "iscrowd": int(bool(ann.get("iscrowd")))}
+    if kp is not None:
+        kept["num_keypoints"] = sum(v > 0 for _, _, v in kp)
+    return kept
+
+
 def read_coco(ann_file: str | Path, images_dir: str | Path, strict: bool = False, warn: bool = True) -> CocoSet:
     """Read and check a COCO annotation file whose ``file_name`` s are under ``images_dir``."""
     path, root = Path(ann_file).expanduser(), Path(images_dir).expanduser()
@@ -175,25 +234,31 @@ def read_coco(ann_file: str | Path, images_dir: str | Path, strict: bool = False
         skipped[why] += 1
         first.setdefault(why, what)
 
+    kp_names, sigmas = _keypoint_names(path, d)
+    n_kp = len(kp_names)
     images = _image_entries(path, d)
     missing = {i for i, im in images.items() if not (root / im["file_name"]).is_file()}
     for i in sorted(missing):
         skip("image file missing", f"image {i} ({root / images[i]['file_name']})")
     per_image: dict[int, list[tuple[list[float], int, Any]]] = {i: [] for i in images if i not in missing}
+    kps: dict[int, list[list[list[float]]]] = {i: [] for i in per_image}
     kept_anns, crowd = [], 0
     for n, ann in enumerate(d.get("annotations", [])):
         box, why = _usable_box(ann, images, missing, index)
         if box is None:
             skip(why, f"annotation {ann.get('id', f'#{n}') if isinstance(ann, dict) else f'#{n}'}")
             continue
-        x1, y1, x2, y2 = box
-        area = float(ann.get("area") or (x2 - x1) * (y2 - y1))  # COCO's area is the mask's, when it has one
-        kept_anns.append({**ann, "id": len(kept_anns) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area,
-                          "iscrowd": int(bool(ann.get("iscrowd")))})  # ids renumbered: the evaluator keys on them
+        kp = _keypoints(ann, n_kp) if n_kp else None
+        if n_kp and kp is None:
+            skip("malformed keypoints", f"annotation {ann.get('id', f'#{n}')}")
+            continue
+        kept_anns.append(_ground_truth(ann, box, kp, len(kept_anns) + 1))
         if ann.get("iscrowd"):
             crowd += 1
             continue
         per_image[ann["image_id"]].append((box, index[ann["category_id"]], ann.get("segmentation")))
+        if kp is not None:
+            kps[ann["image_id"]].append(kp)
     order = sorted(per_image)
     segmentations = _segmentations(path, [per_image[i] for i in order], warn)
     if skipped and warn:
@@ -207,6 +272,8 @@ def read_coco(ann_file: str | Path, images_dir: str | Path, strict: bool = False
         [torch.tensor([b for b, _, _ in per_image[i]], dtype=torch.float32).view(-1, 4) for i in order],
         [torch.tensor([c for _, c, _ in per_image[i]], dtype=torch.int64) for i in order],
         segmentations, cats, gt, skipped, crowd,
+        [torch.tensor(kps[i], dtype=torch.float32).view(-1, n_kp, 3) for i in order] if n_kp else None,
+        kp_names, sigmas,
     )
 
 
@@ -232,8 +299,9 @@ class CocoImages(torch.utils.data.Dataset):
     With ``cache_mb`` of room for the whole set decoded (:meth:`CocoSet.decoded_mb`), each image is decoded once,
     on its first read, and then kept in memory (``cache``): read in this process, not in loader workers."""
 
-    def __init__(self, data: CocoSet, masks: bool, strict: bool, cache_mb: float = 0) -> None:
+    def __init__(self, data: CocoSet, masks: bool, strict: bool, cache_mb: float = 0, keypoints: bool = False) -> None:
         self.data, self.masks, self.strict = data, masks and data.segmentations is not None, strict
+        self.keypoints = keypoints and data.keypoints is not None
         self.lost: dict[int, str] = {}
         self.cache: dict[int, torch.Tensor] | None = {} if 0 < data.decoded_mb() <= cache_mb else None
 
@@ -258,6 +326,9 @@ class CocoImages(torch.utils.data.Dataset):
 
     def target(self, k: int) -> Target:
         t = {"boxes": self.data.boxes[k], "labels": self.data.labels[k]}
+        if self.keypoints:
+            assert self.data.keypoints is not None
+            t["keypoints"] = self.data.keypoints[k]
         if self.masks:
             assert self.data.segmentations is not None
             h, w = self.data.sizes[k]
@@ -270,12 +341,21 @@ class CocoImages(torch.utils.data.Dataset):
         return img, self.target(k), k, failed
 
 
-def flip_target(t: Target, width: int) -> Target:
-    """A target mirrored left to right, as its image flipped in a ``width``-px frame."""
+def flip_target(t: Target, width: int, keypoint_flip: list[int] | None = None) -> Target:
+    """A target mirrored left to right, as its image flipped in a ``width``-px frame; keypoints trade places with
+    their left/right twins (``keypoint_flip``, :func:`flip_permutation`), and invisible ones stay at (0, 0), as
+    COCO keeps them."""
     b = t["boxes"]
     out = {**t, "boxes": torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1) if len(b) else b}
     if "masks" in t:
         out["masks"] = t["masks"].flip(-1)
+    if "keypoints" in t:
+        kp = t["keypoints"].clone()
+        kp[..., 0] = width - kp[..., 0]
+        if keypoint_flip is not None:
+            kp = kp[:, keypoint_flip]
+        kp[kp[..., 2] == 0] = 0
+        out["keypoints"] = kp
     return out
 
 
@@ -294,10 +374,11 @@ class DetectionSource:
 
     def __init__(self, data: CocoSet, masks: bool, flip: float, workers: int, batch_size: int,
                  gen: torch.Generator, device: torch.device, dinfo: DistInfo = SINGLE_PROCESS,
-                 strict: bool = False, cache_mb: float = 0) -> None:
+                 strict: bool = False, cache_mb: float = 0, keypoints: bool = False) -> None:
         self.data, self.flip, self.batch_size = data, flip, batch_size
         self.gen, self.device, self.dinfo = gen, device, dinfo
-        self.dataset = CocoImages(data, masks, strict, cache_mb)
+        self.dataset = CocoImages(data, masks, strict, cache_mb, keypoints)
+        self.keypoint_flip = flip_permutation(data.keypoint_names) if keypoints else None
         self.workers = self.dataset.workers(workers)
         self.images, self.lost = data.images, self.dataset.lost
 
@@ -322,7 +403,7 @@ class DetectionSource:
             for (img, t, _, _), f in zip(items, flips.tolist()):
                 x = img.to(self.device, non_blocking=True).float().div_(255)
                 if f:
-                    x, t = x.flip(-1), flip_target(t, x.shape[-1])
+                    x, t = x.flip(-1), flip_target(t, x.shape[-1], self.keypoint_flip)
                 images.append(x)
                 targets.append({k: v.to(self.device, non_blocking=True) for k, v in t.items()})
             yield images, targets, torch.tensor([it[2] for it in items])

@@ -20,6 +20,8 @@ from PIL import Image
 from moco.core.errors import DataError
 from moco.data.folder import load_rgb, scan_images
 
+KEYPOINTS = ["top_left", "top_right", "bottom_right", "bottom_left", "centre"]
+"""The pasted squares' keypoints (a flip swaps the lefts and rights), each with an OKS sigma of 0.05."""
 PALETTE = [v for c in range(256) for v in ((c * 67) % 256, (c * 151) % 256, (c * 37) % 256)]
 """The class maps' colours (to look at them; the value is the class)."""
 
@@ -35,6 +37,7 @@ class PastedSpec:
     sides: tuple[int, int] = (24, 48)  # px, both ends included
     empty: float = 0.0  # the share of canvases left without objects
     segmentations: bool = False  # polygons (the pasted squares) for Mask R-CNN
+    keypoints: bool = False  # each square's four corners and centre (KEYPOINTS), visible, for Keypoint R-CNN
     seed: int = 0
 
 
@@ -90,6 +93,11 @@ def _split(rng: np.random.Generator, canvases: int, objects: list[int], spec: Pa
                    "area": side * side, "iscrowd": 0}
             if spec.segmentations:
                 ann["segmentation"] = [[x, y, x + side, y, x + side, y + side, x, y + side]]
+            if spec.keypoints:
+                c = side / 2
+                ann["keypoints"] = [v for px, py in ((x, y), (x + side, y), (x + side, y + side), (x, y + side),
+                                                     (x + c, y + c)) for v in (px, py, 2)]
+                ann["num_keypoints"] = len(KEYPOINTS)
             coco["annotations"].append(ann)
         file = f"{name}/{i:06d}.jpg"
         Image.fromarray(img).save(out / file, quality=95)
@@ -114,6 +122,9 @@ def make_pasted_set(folder: str | Path, out: str | Path, spec: PastedSpec = Past
     if len(ids) != len(images.classes):
         raise DataError(f"{len(ids)} category ids for {len(images.classes)} classes")
     categories = [{"id": c, "name": n} for c, n in zip(ids, images.classes)]
+    if spec.keypoints:
+        categories = [{**c, "keypoints": KEYPOINTS, "skeleton": [[1, 2], [2, 3], [3, 4], [4, 1]],
+                       "sigmas": [0.05] * len(KEYPOINTS)} for c in categories]
     rng = np.random.default_rng(spec.seed)
     order = rng.permutation(len(images)).tolist()
     cut = len(order) * spec.n_train // max(spec.n_train + spec.n_val, 1)

@@ -188,14 +188,9 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise DataError(f"{path}: cannot be read as an image ({e})") from None
 
 
-def pair_folders(images: str | Path, masks: str | Path, ignore: int = 255, num_classes: int = 0,
-                 class_map: ClassMap | None = None, listing: str | Path | None = None, image_suffix: str = "",
-                 mask_suffix: str = "", keep_mb: float = 0, classes: list[str] | None = None) -> SegSet:
-    """The images of ``images`` (only those ``listing`` names, by stem, when given: VOC's ImageSets files) with
-    the label maps of ``masks`` of the same sub-folder and stem (``*_suffix`` removed first). Every map is read
-    once here and checked (its size, its values); the classes are ``class_map``'s, ``num_classes``, or the
-    largest value found + 1. Maps are kept decoded when the set fits ``keep_mb``."""
-    root, mroot = Path(images).expanduser(), Path(masks).expanduser()
+def _pairs(root: Path, mroot: Path, listing: str | Path | None, image_suffix: str, mask_suffix: str,
+           ) -> tuple[list[str], list[Path]]:
+    """(image files under ``root``, their label maps) paired by sub-folder and stem, those ``listing`` names."""
     found = {_stem_key(p, image_suffix): p for p in _files(root, "images")}
     maps = {_stem_key(p, mask_suffix): p for p in _files(mroot, "label maps")}
     keys = sorted(found)
@@ -213,8 +208,18 @@ def pair_folders(images: str | Path, masks: str | Path, ignore: int = 255, num_c
         raise DataError(f"{len(unpaired)} of {len(keys)} image(s) of {root} have no label map in {mroot} (first: "
                         f"{found[unpaired[0]]}); maps pair with images by sub-folder and stem, or give a list "
                         "file of the images to use")
-    paths = [str(found[k]) for k in keys]
-    mask_paths = [mroot / maps[k] for k in keys]
+    return [str(found[k]) for k in keys], [mroot / maps[k] for k in keys]
+
+
+def pair_folders(images: str | Path, masks: str | Path, ignore: int = 255, num_classes: int = 0,
+                 class_map: ClassMap | None = None, listing: str | Path | None = None, image_suffix: str = "",
+                 mask_suffix: str = "", keep_mb: float = 0, classes: list[str] | None = None) -> SegSet:
+    """The images of ``images`` (only those ``listing`` names, by stem, when given: VOC's ImageSets files) with
+    the label maps of ``masks`` of the same sub-folder and stem (``*_suffix`` removed first). Every map is read
+    once here and checked (its size, its values); the classes are ``class_map``'s, ``num_classes``, or the
+    largest value found + 1. Maps are kept decoded when the set fits ``keep_mb``."""
+    root, mroot = Path(images).expanduser(), Path(masks).expanduser()
+    paths, mask_paths = _pairs(root, mroot, listing, image_suffix, mask_suffix)
     sizes = [_image_size(root / p) for p in paths]
     if class_map is not None:
         n, names = class_map.num_classes, class_map.names
@@ -224,7 +229,7 @@ def pair_folders(images: str | Path, masks: str | Path, ignore: int = 255, num_c
     keep = 0 < data.decoded_mb() <= keep_mb
     raws: dict[int, np.ndarray] = {}
     largest = 0
-    for k in range(len(keys)):
+    for k in range(len(paths)):
         raw = read_label_map(mask_paths[k])
         h, w = sizes[k]
         if raw.shape != (h, w):

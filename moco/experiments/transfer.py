@@ -8,9 +8,10 @@ time (the "supervised pre-training counterpart"). The second half (dog, frog, ho
 100% of its labels (the same images for every init), 2 seeds each, at an equal budget; the pretrained
 networks are also judged frozen (kNN, linear probe). The paper's own transfer task is detection: the downstream
 training images, pasted onto canvases (:mod:`moco.data.pasted`), make a small detection set on which Faster
-R-CNN is trained from the three initialisations at an equal budget and scored with COCO AP. Every run is an
-ordinary ``moco pretrain``, ``moco finetune`` or ``moco detect`` run under ``runs/``, skipped when finished and
-resumed when interrupted.
+R-CNN is trained from the three initialisations at an equal budget and scored with COCO AP, and DeepLabV3 on
+the canvases' class maps, scored with mIoU (:data:`DENSE`). Every run is an ordinary ``moco pretrain``,
+``moco finetune``, ``moco detect`` or ``moco segment`` run under ``runs/``, skipped when finished and resumed
+when interrupted.
 """
 
 from __future__ import annotations
@@ -57,17 +58,20 @@ class TransferBudget:
     detect_epochs: int = 12
     detect_set: PastedSpec = PastedSpec()  # the pasted detection set made from the downstream training images
     detect_overrides: tuple[str, ...] = ()  # over moco detect's recipe (128 RoIs, the CPU probe's, since #39)
+    segment_s: float = 240.0  # each segmentation run's time budget (on the pasted set's class maps); 0: epochs
+    segment_epochs: int = 30
+    segment_overrides: tuple[str, ...] = ()  # over moco segment's recipe
 
 
 TRANSFER_BUDGETS = {
     "small": TransferBudget("cifar10-cpu", [], 600.0, 60.0, 0, ("1%", "10%", "100%"), 2,
                             "MoCo with the `cifar10-cpu` recipe for 10 minutes on the pretext images, the supervised "
-                            "network for the same time, each fine-tune 60 s, each detection run 240 s (about 1.5 hours "
-                            "in all on 2 CPU cores)"),
+                            "network for the same time, each fine-tune 60 s, each detection and segmentation run "
+                            "240 s (about 2 hours in all on 2 CPU cores)"),
     "paper": TransferBudget("cifar10-demo", ["optim.epochs=200"], 0.0, 0.0, 100, ("1%", "10%", "100%"), 2,
                             "MoCo with the authors' CIFAR-10 demo recipe for 200 epochs on the pretext images, the "
                             "supervised network for the same time, each fine-tune 100 epochs, each detection run 12 "
-                            "epochs (GPUs)"),
+                            "epochs, each segmentation run 30 (GPUs)"),
 }
 
 
@@ -123,17 +127,60 @@ def _finetune(name: str, out: Path, data: Path, budget: TransferBudget, time_s: 
         data=data, out=out, overrides=_finetune_overrides(extra), progress=progress, resume=resume, **length, **kw))
 
 
-def _detect(name: str, out: Path, pasted: Path, budget: TransferBudget, extra: list[str], progress: bool,
-            **kw: Any) -> dict[str, Any] | None:
-    """A detection run on the pasted set, skipped when finished; None when it was interrupted."""
+def _detect(out: Path, pasted: Path, budget: TransferBudget, extra: list[str], **kw: Any) -> Any:
     from moco.tasks.detect import detect
 
     length = {"time_budget": budget.detect_s} if budget.detect_s else {"epochs": budget.detect_epochs}
-    files = {"train_ann": pasted / "train.json", "train_images": pasted / "train", "val_ann": pasted / "val.json",
-             "val_images": pasted / "val"}
-    return _once(name, out, lambda resume: detect(
-        **files, out=out, overrides=[*budget.detect_overrides, *_finetune_overrides(extra)], progress=progress,
-        resume=resume, **length, **kw))
+    return detect(train_ann=pasted / "train.json", train_images=pasted / "train", val_ann=pasted / "val.json",
+                  val_images=pasted / "val", out=out, overrides=[*budget.detect_overrides, *extra], **length, **kw)
+
+
+def _segment(out: Path, pasted: Path, budget: TransferBudget, extra: list[str], **kw: Any) -> Any:
+    from moco.tasks.segment import segment
+
+    length = {"time_budget": budget.segment_s} if budget.segment_s else {"epochs": budget.segment_epochs}
+    return segment(train_images=pasted / "train", train_masks=pasted / "train_maps", val_images=pasted / "val",
+                   val_masks=pasted / "val_maps", out=out, overrides=[*budget.segment_overrides, *extra], **length,
+                   **kw)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A dense transfer task on the pasted set: how it runs, where its runs go, what it reports."""
+
+    key: str  # results.json's section
+    prefix: str  # run folders: PREFIX-INIT-sSEED
+    what: str  # in the plan and the report
+    run: Any  # (out, pasted, budget, extra, **init, flags, progress, resume) -> the task's result
+    metrics: tuple[str, ...]  # the results kept; the first is the headline
+    scored: str  # the table's heading: what the scores are
+
+
+DENSE = (
+    Dense("detection", "det", "detection", _detect, ("AP", "AP50", "AP75"),
+          "COCO AP %, Faster R-CNN (`moco detect`), pycocotools' COCOeval"),
+    Dense("segmentation", "seg", "segmentation", _segment, ("mIoU", "pixel_acc"),
+          "mIoU and pixel accuracy %, DeepLabV3 (`moco segment`) on the canvases' class maps"),
+)
+"""The dense tasks the experiment trains from each init, in order."""
+
+
+def _dense_runs(task: Dense, work: Path, pasted: Path, b: TransferBudget, extra: list[str], progress: bool,
+                sources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """``task``'s runs for every init and seed on the pasted downstream set; None if interrupted."""
+    runs: dict[str, dict[str, Any]] = {}
+    for init in INITS:
+        for s in range(b.seeds):
+            folder = f"{task.prefix}-{init}-s{s}"
+            out = work / folder
+            r = _once(f"{init} init, {task.what}, seed {s}", out, lambda resume, out=out, init=init, s=s: task.run(
+                out, pasted, b, _finetune_overrides(extra), flags={"train.seed": s}, progress=progress,
+                resume=resume, **sources[init]))
+            if r is None:
+                return None
+            runs[folder] = {"init": init, "seed": s, **{k: r[k] for k in (*task.metrics, "steps", "epochs",
+                                                                          "images_per_sec", "train_seconds")}}
+    return runs
 
 
 def _probes(path: Path, nets: dict[str, Path], data: Path, subsets: dict[str, Path]) -> dict[str, Any]:
@@ -176,8 +223,8 @@ def _plan(b: TransferBudget) -> list[tuple[str, str]]:
     plan = [("MoCo on the pretext images (no labels)", "moco"), ("supervised on the pretext images", "supervised")]
     plan += [(f"{init} init, {lab} of the downstream labels, seed {s}", f"ft-{lab.rstrip('%')}pct-{init}-s{s}")
              for lab in b.labels for init in INITS for s in range(b.seeds)]
-    plan += [(f"{init} init, detection on the pasted downstream objects, seed {s}", f"det-{init}-s{s}")
-             for init in INITS for s in range(b.seeds)]
+    plan += [(f"{init} init, {t.what} on the pasted downstream objects, seed {s}", f"{t.prefix}-{init}-s{s}")
+             for t in DENSE for init in INITS for s in range(b.seeds)]
     return plan
 
 
@@ -197,22 +244,6 @@ def _finetunes(work: Path, down: Path, b: TransferBudget, extra: list[str], prog
                                "epochs": r["epochs"], "images": r["labels"]["images"],
                                "train_seconds": r["train_seconds"]}
     return fts
-
-
-def _detections(work: Path, pasted: Path, b: TransferBudget, extra: list[str], progress: bool,
-                sources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
-    """The detection runs of every init and seed on the pasted downstream set; None if interrupted."""
-    dets: dict[str, dict[str, Any]] = {}
-    for init in INITS:
-        for s in range(b.seeds):
-            folder = f"det-{init}-s{s}"
-            r = _detect(f"{init} init, detection, seed {s}", work / folder, pasted, b, extra, progress,
-                        flags={"train.seed": s}, **sources[init])
-            if r is None:
-                return None
-            dets[folder] = {"init": init, "seed": s, **{k: r[k] for k in ("AP", "AP50", "AP75", "steps", "epochs",
-                                                                        "images_per_sec", "train_seconds")}}
-    return dets
 
 
 def reproduce_transfer(data: Path, out: Path, runs: Path, budget: str = "small", extra: list[str] | None = None,
@@ -256,13 +287,16 @@ def reproduce_transfer(data: Path, out: Path, runs: Path, budget: str = "small",
     pasted = work / "pasted"
     if not (pasted / "val.json").is_file():  # written last: a set cut short by an interruption is made again
         make_pasted_set(down / "train", pasted, b.detect_set)
-    dets = _detections(work, pasted, b, extra, progress, sources)
-    if dets is None:
-        return None
+    dense = {}
+    for task in DENSE:
+        runs_of = _dense_runs(task, work, pasted, b, extra, progress, sources)
+        if runs_of is None:
+            return None
+        dense[task.key] = runs_of
     results = {"moco": {k: moco_res[k] for k in ("knn_top1", "train_time", "epochs")}, "moco_seconds": moco_s,
                "supervised": {"top1": sup["top1"], "seconds": sup_s, "epochs": sup["epochs"],
                               "train_seconds": sup["train_seconds"]},
-               "finetunes": fts, "probes": probes, "detection": dets, "labels": list(b.labels), "seeds": b.seeds,
+               "finetunes": fts, "probes": probes, **dense, "labels": list(b.labels), "seeds": b.seeds,
                "pretext_classes": scan_images(pre / "train").classes,
                "downstream_classes": scan_images(down / "train").classes}
     return write_transfer_report(results, out, data, runs, budget, extra)
@@ -318,25 +352,27 @@ def verdicts(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def _det(results: dict[str, Any], init: str, key: str = "AP") -> list[float]:
-    return [r[key] for r in results.get("detection", {}).values() if r["init"] == init]
+def _scores(results: dict[str, Any], task: Dense, init: str, key: str | None = None) -> list[float]:
+    return [r[key or task.metrics[0]] for r in results.get(task.key, {}).values() if r["init"] == init]
 
 
-def detection_verdicts(results: dict[str, Any]) -> list[str]:
-    """Sentences on the detection runs: MoCo against random init and against supervised, in COCO AP, against
-    the seed-to-seed spread."""
-    if not results.get("detection"):
+def dense_verdicts(results: dict[str, Any], task: Dense) -> list[str]:
+    """Sentences on ``task``'s runs: MoCo against random init and against supervised, in its headline score,
+    against the seed-to-seed spread."""
+    if not results.get(task.key):
         return []
-    ap = {i: _det(results, i) for i in INITS}
-    noise = max([max(c) - min(c) for c in ap.values() if len(c) > 1] or [0.0])
-    m, s, r = (statistics.mean(ap[i]) for i in INITS)
-    best = max(INITS, key=lambda i: statistics.mean(_det(results, i, "AP50")))
-    return [f"Detection (COCO AP on the pasted downstream objects): MoCo {m:.2f}, supervised {s:.2f}, random "
-            f"{r:.2f}; MoCo {m - r:+.2f} against random init ({ex.within(m - r, noise)} the seed-to-seed spread of "
-            f"{noise:.2f}) and {m - s:+.2f} against supervised ({ex.within(m - s, noise)} it). The paper's claim for "
-            "detection, MoCo at or above supervised pre-training: "
+    score = {i: _scores(results, task, i) for i in INITS}
+    noise = max([max(c) - min(c) for c in score.values() if len(c) > 1] or [0.0])
+    m, s, r = (statistics.mean(score[i]) for i in INITS)
+    second = task.metrics[1]
+    best = max(INITS, key=lambda i: statistics.mean(_scores(results, task, i, second)))
+    name = task.metrics[0] if task.metrics[0] != "AP" else "COCO AP"
+    return [f"{task.what.capitalize()} ({name} on the pasted downstream objects): MoCo {m:.2f}, supervised {s:.2f}, "
+            f"random {r:.2f}; MoCo {m - r:+.2f} against random init ({ex.within(m - r, noise)} the seed-to-seed "
+            f"spread of {noise:.2f}) and {m - s:+.2f} against supervised ({ex.within(m - s, noise)} it). The paper's "
+            f"claim for {task.what}, MoCo at or above supervised pre-training: "
             + ("holds here." if m - s >= -0.3 else "does not hold at this budget.")
-            + f" The best AP50 is {statistics.mean(_det(results, best, 'AP50')):.2f} ({best} init)."]
+            + f" The best {second} is {statistics.mean(_scores(results, task, best, second)):.2f} ({best} init)."]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -356,20 +392,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ex.save(fig, path)
 
 
-def _detection_table(results: dict[str, Any], b: TransferBudget) -> list[str]:
-    if not results.get("detection"):
+def _dense_table(results: dict[str, Any], b: TransferBudget, task: Dense) -> list[str]:
+    if not results.get(task.key):
         return []
-    spec = b.detect_set
-    rows = ["## Detection (COCO AP %, mean and each seed)", "",
-            f"Faster R-CNN (`moco detect`) on {spec.n_train} training and {spec.n_val} validation canvases of "
-            f"{spec.canvas[0]} x {spec.canvas[1]} px, each with {spec.objects[0]}-{spec.objects[1]} downstream "
-            f"training images of {spec.sides[0]}-{spec.sides[1]} px pasted on it, "
-            + (f"{b.detect_s:.0f} s" if b.detect_s else f"{b.detect_epochs} epochs") + " a run; pycocotools' COCOeval.",
-            "", "| init | AP | AP50 | AP75 |", "|---|---|---|---|"]
+    spec, seconds = b.detect_set, b.detect_s if task.key == "detection" else b.segment_s
+    epochs = b.detect_epochs if task.key == "detection" else b.segment_epochs
+    rows = [f"## {task.what.capitalize()} ({task.scored}; mean and each seed)", "",
+            f"On {spec.n_train} training and {spec.n_val} validation canvases of {spec.canvas[0]} x {spec.canvas[1]} "
+            f"px, each with {spec.objects[0]}-{spec.objects[1]} downstream training images of "
+            f"{spec.sides[0]}-{spec.sides[1]} px pasted on it, " + (f"{seconds:.0f} s" if seconds else
+                                                                  f"{epochs} epochs") + " a run.",
+            "", "| init | " + " | ".join(task.metrics) + " |", "|---|" + "---|" * len(task.metrics)]
     for init in INITS:
         cells = []
-        for key in ("AP", "AP50", "AP75"):
-            c = _det(results, init, key)
+        for key in task.metrics:
+            c = _scores(results, task, init, key)
             cells.append(f"**{statistics.mean(c):.2f}**" + (f" ({' / '.join(f'{x:.2f}' for x in c)})"
                                                              if len(c) > 1 else ""))
         rows.append(f"| {init} | " + " | ".join(cells) + " |")
@@ -412,11 +449,12 @@ def write_transfer_report(results: dict[str, Any], out: Path, data: Path, runs: 
     cmd += ["--budget", budget] if budget != "small" else []
     command = shlex.join(cmd + [x for s in extra for x in ("--set", s)])
     plot(results, out / "transfer.png")
-    says = verdicts(results) + detection_verdicts(results)
+    says = verdicts(results) + [v for t in DENSE for v in dense_verdicts(results, t)]
     table, probe = _finetune_table(results), _probe_table(results)
     one = next(iter(results["finetunes"].values()))
     lines = [
-        "# Transfer: fine-tuning with few labels and detection, from MoCo, supervised and random init", "",
+        "# Transfer: fine-tuning with few labels, detection and segmentation, from MoCo, supervised and random init",
+        "",
         "Produced by this command (do not edit by hand; rerun it):", "", "```", command, "```", "",
         f"Budget `{budget}`: {b.about}. Pretext classes (MoCo without labels, the supervised network with them): "
         f"{', '.join(results['pretext_classes'])}. Downstream classes: {', '.join(results['downstream_classes'])}. "
@@ -433,7 +471,7 @@ def write_transfer_report(results: dict[str, Any], out: Path, data: Path, runs: 
         "## The paper", "", CLAIM, "",
         "## Fine-tuned (test top-1 %, mean and each seed)", "", *table, "", "![transfer.png](transfer.png)", "",
         "## Frozen (test top-1 % on the downstream classes)", "", *probe, "",
-        *_detection_table(results, b),
+        *(row for t in DENSE for row in _dense_table(results, b, t)),
         "## Against the paper", "", *(f"- {v}" for v in says),
     ]
     if budget == "small":
@@ -444,9 +482,10 @@ def write_transfer_report(results: dict[str, Any], out: Path, data: Path, runs: 
     index = [f"| labels | {' | '.join(f'{i} init' for i in INITS)} |", "|---|---|---|---|"]
     index += [f"| {lab} | " + " | ".join(f"{statistics.mean(_cells(results, lab, i)):.2f}" for i in INITS) + " |"
               for lab in results["labels"]]
-    (out / "results.json").write_text(json.dumps({"experiment": "transfer", "title": "Transfer: fine-tuning with "
-                                                  "few labels and detection", "budget": budget, "command": command,
-                                                  "verdicts": says, "index_table": index, **results}, indent=2))
+    title = "Transfer: fine-tuning with few labels, detection and segmentation"
+    (out / "results.json").write_text(json.dumps({"experiment": "transfer", "title": title, "budget": budget,
+                                                  "command": command, "verdicts": says, "index_table": index,
+                                                  **results}, indent=2))
     write_index(out.parent)
     log.info("transfer: report written to %s", out / "report.md")
     return out / "report.md"

@@ -31,7 +31,7 @@ from moco.core.errors import ConfigError, DataError
 from moco.core.precision import autocast
 from moco.data.augment import NORMALIZATIONS
 from moco.data.coco import CocoImages, CocoSet, DetectionSource, eval_batches, read_coco
-from moco.evaluation.coco_ap import coco_ap, detections_to_coco
+from moco.evaluation.coco_ap import COCO_PERSON_SIGMAS, coco_ap, detections_to_coco
 from moco.models.vit import VITS
 from moco.training.checkpoint import TrainState
 from moco.training.harness import run_job, run_length
@@ -78,7 +78,7 @@ class DetectResult:
         d["out"] = str(self.out)
         m = d.pop("metrics")
         d.update({k: m[k] for k in ("APs", "APm", "APl") if k in m})
-        d.update({k: v for k, v in m.items() if k.startswith("mask_")})
+        d.update({k: v for k, v in m.items() if k.startswith(("mask_", "kp_"))})
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
@@ -179,9 +179,9 @@ DETECT = Task("detect", detection_step, {"box_acc1": "box acc"}, _causes, unused
 
 @dataclass
 class DetectionMonitor:
-    """Detection's end-of-epoch evaluation: COCO AP of the detector's boxes (and masks, when it predicts them)
-    on ``val``, by pycocotools, in batches of ``batch_size`` images; the detector's class i is
-    ``category_ids[i - 1]``."""
+    """Detection's end-of-epoch evaluation: COCO AP of the detector's boxes (and masks or keypoints, when it
+    predicts them; keypoints by OKS with ``sigmas``) on ``val``, by pycocotools, in batches of ``batch_size``
+    images; the detector's class i is ``category_ids[i - 1]``."""
 
     val: CocoSet
     category_ids: list[int]
@@ -189,6 +189,7 @@ class DetectionMonitor:
     cfg: Config
     device: torch.device
     masks: bool = False
+    sigmas: list[float] | None = None  # the keypoints' OKS sigmas, when the detector predicts keypoints
     cost_follows_model: bool = True  # an untrained detector boxes more, and is slower to score, than a trained one
     images: CocoImages | None = None  # the validation images, made on the first evaluation (and kept decoded from
     # then on when they fit detect.cache_mb)
@@ -218,12 +219,15 @@ class DetectionMonitor:
         rec: dict[str, Any] = coco_ap(self.val.gt, found, "bbox")
         if self.masks:
             rec.update({f"mask_{k}": v for k, v in coco_ap(self.val.gt, found, "segm").items()})
+        if self.sigmas is not None:
+            rec.update({f"kp_{k}": v for k, v in coco_ap(self.val.gt, found, "keypoints", self.sigmas).items()})
         rec["detections"] = len(found)
         return rec
 
     def describe(self, rec: dict[str, Any]) -> str:
         mask = f", mask AP {rec['mask_AP']:.2f}" if rec.get("mask_AP") is not None else ""
-        return f"  box AP {rec['AP']:.2f}, AP50 {rec['AP50']:.2f}{mask}"
+        kp = f", keypoint AP {rec['kp_AP']:.2f}" if rec.get("kp_AP") is not None else ""
+        return f"  box AP {rec['AP']:.2f}, AP50 {rec['AP50']:.2f}{mask}{kp}"
 
     def estimate_seconds(self, model: nn.Module) -> float:
         """A full evaluation's seconds, from one pass over three batches: the loader's start and the first batch
@@ -245,6 +249,20 @@ COCOEVAL_S_PER_BOX = 1.5e-5
 for 40,000 (a fixed part of 1.5 s, counted apart)."""
 
 
+def oks_sigmas(given: list[float], train: CocoSet) -> list[float]:
+    """The keypoints' OKS sigmas: ``detect.oks_sigmas``, else the annotation file's, else COCO's person sigmas
+    for 17 keypoints; refused in one line when none fits."""
+    k = len(train.keypoint_names)
+    sigmas = list(given) or train.sigmas or (list(COCO_PERSON_SIGMAS) if k == 17 else None)
+    if sigmas is None:
+        raise ConfigError(f"{train.ann_file}: keypoint AP needs an OKS sigma for each of the {k} keypoints "
+                          f"({', '.join(train.keypoint_names[:5])}...); give them with --set detect.oks_sigmas=[...] "
+                          "or as the category's 'sigmas'")
+    if len(sigmas) != k:
+        raise ConfigError(f"detect.oks_sigmas has {len(sigmas)} values for {k} keypoints")
+    return sigmas
+
+
 def set_up_detect(
     job: DetectJob, out: Path, dinfo: DistInfo, dist_device: torch.device | None, resume: str | None,
     overwrite: bool, progress: bool, max_steps: int | None, backbone: nn.Module | None,
@@ -259,23 +277,30 @@ def set_up_detect(
         raise DataError(f"{train.ann_file} has {len(train.ids)} usable image(s), fewer than one batch of {b}; "
                         "lower --batch-size")
     d = cfg.detect
-    masks = d.masks == "auto" and train.segmentations is not None
+    n_kp = len(train.keypoint_names) if d.keypoints == "auto" and train.keypoints is not None else 0
+    masks = d.masks == "auto" and train.segmentations is not None and not n_kp
+    if n_kp and train.segmentations is not None and d.masks == "auto":
+        log.warning("%s carries keypoints and segmentations: training Keypoint R-CNN (torchvision has no model of "
+                    "both); --set detect.keypoints=off trains Mask R-CNN", train.ann_file)
+    sigmas = oks_sigmas(d.oks_sigmas, train) if n_kp else None
     network = dense_network(cfg, job.kind, job.ckpt, backbone)
     if dinfo.enabled and device.type == "cuda" and cfg.finetune.bn == "train":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)  # the authors' SyncBN, across processes
     mean, std = NORMALIZATIONS[cfg.data.normalize]
     try:
         model = build_detector(network, train.num_classes, d, d.min_size, d.max_size, mean, std, masks,
-                               cfg.finetune.bn)
+                               cfg.finetune.bn, n_kp)
     except ValueError as e:
         raise ConfigError(f"moco detect: {e}") from None
     parts = training_parts(cfg, model, device, lambda m: m.param_groups(cfg.finetune.backbone_lr))
     gen = augmentation_generator(cfg)  # flips, the same on every rank
     source = DetectionSource(train, masks, d.flip, cfg.data.workers, b, gen, device, dinfo, cfg.data.strict,
-                             d.cache_mb)
+                             d.cache_mb, bool(n_kp))
     cat_ids = [c["id"] for c in train.categories]
-    monitor = DetectionMonitor(val, cat_ids, max(1, b // dinfo.world_size), cfg, device, masks) if val else None
+    monitor = DetectionMonitor(val, cat_ids, max(1, b // dinfo.world_size), cfg, device, masks,
+                               sigmas) if val else None
     extra = {"categories": train.categories, "init": job.kind, "source": job.ckpt, "masks": masks,
+             "keypoints": train.keypoint_names if n_kp else [],
              "data": {"train_ann": str(train.ann_file.resolve()), "train_images": str(train.images.root.resolve()),
                       "val_ann": str(job.val_ann.resolve()) if job.val_ann else None,
                       "val_images": str(job.val_images.resolve()) if job.val_images else None}}
@@ -339,7 +364,8 @@ def detect(
 
 def _log_start(run: Run, state: TrainState, job: DetectJob) -> None:
     cfg, t, d = run.cfg, job.train, run.cfg.detect
-    kind = "Mask R-CNN" if run.checkpoint_extra["masks"] else "Faster R-CNN"
+    kind = ("Keypoint R-CNN" if run.checkpoint_extra.get("keypoints") else
+            "Mask R-CNN" if run.checkpoint_extra["masks"] else "Faster R-CNN")
     log.info("detection: %s on %s (%s init%s), %d images with %d boxes of %d categories from %s, shorter side %s "
              "(longer at most %d): %s, backbone lr x %g, BatchNorm %s, %s on %s", kind, cfg.model.arch, job.kind,
              f" from {job.ckpt}" if job.ckpt else "", len(t.ids), t.n_boxes, t.num_classes, t.ann_file,

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
@@ -133,9 +134,10 @@ def anchor_sizes(strides: Sequence[int], scale: float) -> tuple[tuple[float, ...
 
 def build_detector(
     network: nn.Module, num_classes: int, d: DetectConfig, min_size: Sequence[int], max_size: int,
-    mean: Sequence[float], std: Sequence[float], masks: bool = False, bn: str = "train",
+    mean: Sequence[float], std: Sequence[float], masks: bool = False, bn: str = "train", keypoints: int = 0,
 ) -> Detector:
-    """Faster R-CNN (Mask R-CNN with ``masks``) for ``num_classes`` categories (plus the background) on
+    """Faster R-CNN (Mask R-CNN with ``masks``; Keypoint R-CNN for ``keypoints`` keypoints an object, with
+    ``d.keypoint_head``) for ``num_classes`` categories (plus the background) on
     ``network``'s ResNet stages ``d.levels`` (default: those of stride 2 or more), with an FPN of
     ``d.fpn_channels`` and a max-pooled extra level; images resized to a shorter side of ``min_size`` (one drawn
     per image when training, the last at test) and a longer side of at most ``max_size``, normalised with
@@ -158,8 +160,13 @@ def build_detector(
         box_batch_size_per_image=d.rois_per_image, rpn_batch_size_per_image=d.rpn_per_image,
         rpn_post_nms_top_n_train=d.rpn_post_nms,
     )
-    if masks:
-        det: FasterRCNN = MaskRCNN(body, mask_roi_pool=MultiScaleRoIAlign(names, 14, d.roi_sampling),
+    if keypoints:
+        det: FasterRCNN = KeypointRCNN(
+            body, keypoint_roi_pool=MultiScaleRoIAlign(names, 14, d.roi_sampling),
+            keypoint_head=KeypointRCNNHeads(width, list(d.keypoint_head)),
+            keypoint_predictor=KeypointRCNNPredictor(d.keypoint_head[-1], keypoints), **kw)
+    elif masks:
+        det = MaskRCNN(body, mask_roi_pool=MultiScaleRoIAlign(names, 14, d.roi_sampling),
                                    mask_head=MaskRCNNHeads(width, [width] * 4, 1),
                                    mask_predictor=MaskRCNNPredictor(width, width, num_classes + 1), **kw)
     else:
