@@ -1,8 +1,10 @@
 """Write the small detection set that `moco detect` is measured on: CIFAR-10 test images pasted at random
-sides (24-48 px) and places onto 128 x 96 canvases, 1-3 objects each, as COCO annotation files.
+sides (24-48 px) and places onto 128 x 96 canvases, 1-3 objects each, as COCO annotation files, with a class map
+per canvas (train_maps/, val_maps/: `moco segment`'s label maps) and, with --keypoints, each object's corners and
+centre.
 
     python benchmarks/make_detection_set.py [--source ../shared/datasets/cifar10/test] [--out benchmarks/runs/pasted]
-        [--train 2000] [--val 400] [--seed 0] [--segmentations]
+        [--train 2000] [--val 400] [--seed 0] [--segmentations] [--keypoints]
 
 Seeded: the same command writes the same set. Prints the brace of files to pass to `moco detect`.
 """
@@ -27,9 +29,12 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=400, help="validation canvases")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--segmentations", action="store_true", help="add polygons, for Mask R-CNN")
+    ap.add_argument("--keypoints", action="store_true", help="add each object's corners and centre, for Keypoint "
+                                                             "R-CNN")
     a = ap.parse_args()
     out = Path(a.out)
-    summary = make_pasted_set(a.source, out, PastedSpec(a.train, a.val, seed=a.seed, segmentations=a.segmentations))
+    summary = make_pasted_set(a.source, out, PastedSpec(a.train, a.val, seed=a.seed, segmentations=a.segmentations,
+                                                       keypoints=a.keypoints))
     print(json.dumps(summary))
     print(f"--train-ann {out}/train.json --train-images {out}/train --val-ann {out}/val.json --val-images {out}/val")
 

@@ -202,7 +202,7 @@ EPILOG_SEGMENT = """examples:
   python benchmarks/make_detection_set.py --out data/pasted   # canvases with class maps (train_maps/, val_maps/)
   moco segment --checkpoint runs/cifar10-cpu/checkpoint_last.pt --train-images data/pasted/train \\
       --train-masks data/pasted/train_maps --val-images data/pasted/val --val-masks data/pasted/val_maps \\
-      --time-budget 10m --out runs/segment
+      --classes data/pasted/classes.txt --time-budget 10m --out runs/segment
   moco segment --checkpoint CK ... --init random --out runs/segment-random     # the baseline
   moco segment --checkpoint moco_v2_800ep.pth.tar --nproc 8 \\
       --train-images VOC2012/JPEGImages --train-masks VOC2012/SegmentationClassAug \\

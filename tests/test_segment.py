@@ -262,6 +262,7 @@ def test_bad_input_gets_one_line(tmp_path, ck, pasted, capsys):
 
 
 def test_the_pasted_set_writes_a_class_map_per_canvas_matching_its_boxes(pasted):
+    assert seg.read_class_map(pasted / "classes.txt").names == ["background", "class0", "class1", "class2"]
     coco = json.loads((pasted / "train.json").read_text())
     index = {c["id"]: i + 1 for i, c in enumerate(coco["categories"])}
     for im in coco["images"][:6]:

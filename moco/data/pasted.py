@@ -111,7 +111,8 @@ def _split(rng: np.random.Generator, canvases: int, objects: list[int], spec: Pa
 
 def make_pasted_set(folder: str | Path, out: str | Path, spec: PastedSpec = PastedSpec(),
                     category_ids: list[int] | None = None) -> dict[str, Any]:
-    """Write ``out/train/*.jpg``, ``out/train.json``, ``out/train_maps/*.png`` and the same of ``val`` from the
+    """Write ``out/train/*.jpg``, ``out/train.json``, ``out/train_maps/*.png`` and the same of ``val``, and
+    ``out/classes.txt`` (the maps' class names, for ``moco segment --classes``), from the
     ImageFolder ``folder``; the categories are its classes, with ids ``category_ids`` (default 1..C). Returns
     the number of canvases and boxes of each split."""
     folder, out = Path(folder), Path(out)
@@ -128,6 +129,10 @@ def make_pasted_set(folder: str | Path, out: str | Path, spec: PastedSpec = Past
     rng = np.random.default_rng(spec.seed)
     order = rng.permutation(len(images)).tolist()
     cut = len(order) * spec.n_train // max(spec.n_train + spec.n_val, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "classes.txt").write_text("# label value, class, name: the class maps' (moco segment --classes)\n0 0 "
+                                     "background\n" + "".join(f"{i} {i} {c['name']}\n"
+                                                                for i, c in enumerate(categories, 1)))
     summary = {}
     for name, n, objs in (("train", spec.n_train, order[:cut]), ("val", spec.n_val, order[cut:])):
         coco = _split(rng, n, objs, spec, folder, images, out, name, categories)
