@@ -297,3 +297,44 @@ def test_a_map_set_refuses_a_list_naming_a_missing_image(tmp_path, pasted):
     (tmp_path / "list.txt").write_text("000001\n000004\n")
     assert seg.pair_folders(pasted / "train", pasted / "train_maps",
                             listing=tmp_path / "list.txt").paths == ["000001.jpg", "000004.jpg"]
+
+
+def test_each_process_takes_its_half_of_every_batch_with_the_same_views(pasted):
+    """With 2 processes each takes a disjoint half of every global batch, and its views (scale, crop, flip) are
+    the ones one process makes of those images: drawn by place in the epoch, not by process."""
+    from moco.core.distributed import DistInfo
+
+    data = seg.pair_folders(pasted / "train", pasted / "train_maps")
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+
+    def batches(rank, world):
+        src = seg.SegmentationSource(data, 40, (0.5, 2.0), 32, 0.5, 0, 4, torch.device("cpu"), DistInfo(rank, world))
+        return list(src.epoch(perm, 1, 0, seed=5))  # from step 1, as a resumed epoch
+
+    one, halves = batches(0, 1), [batches(r, 2) for r in (0, 1)]
+    assert len(one) == len(halves[0]) == 3
+    for (x, y, idx), (xa, ya, ia), (xb, yb, ib) in zip(one, *halves):
+        assert ia.tolist() + ib.tolist() == idx.tolist() and len(ia) == 2
+        assert torch.equal(torch.cat([xa, xb]), x) and torch.equal(torch.cat([ya, yb]), y)
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_segmenter(tmp_path, ck, pasted):
+    """`moco segment --nproc 2` on CPU (gloo): 4 steps of 4 images in two processes, rank 0 scores mIoU."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "moco", "segment", "--nproc", "2", "--checkpoint", str(ck),
+            *[x for k, v in maps(pasted).items() for x in (f"--{k.replace('_', '-')}", str(v))],
+            "--out", str(tmp_path / "two"), "--epochs", "1", "--no-progress", *[x for s in TINY for x in ("--set", s)]]
+    r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "MASTER_PORT": str(port)},
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["steps"] == 4 and res["mIoU"] is not None
+    assert load_checkpoint(tmp_path / "two" / "checkpoint_last.pt")["world_size"] == 2
