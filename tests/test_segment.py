@@ -338,3 +338,13 @@ def test_two_processes_train_a_segmenter(tmp_path, ck, pasted):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["steps"] == 4 and res["mIoU"] is not None
     assert load_checkpoint(tmp_path / "two" / "checkpoint_last.pt")["world_size"] == 2
+
+
+def test_a_segmenters_checkpoint_exports_its_trained_backbone(tmp_path, ck, pasted):
+    from moco.export import load_backbone
+
+    run_segment(ck, pasted, tmp_path / "s", epochs=1)
+    saved = load_checkpoint(tmp_path / "s" / "checkpoint_last.pt")["model"]
+    net = load_backbone(tmp_path / "s" / "checkpoint_last.pt")
+    assert all(torch.equal(v, saved[f"encoder_q.{k}"]) for k, v in net.state_dict().items())
+    assert not torch.equal(net.conv1.weight, load_checkpoint(ck)["model"]["encoder_q.conv1.weight"])  # trained
