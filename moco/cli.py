@@ -634,7 +634,9 @@ def _info(a: argparse.Namespace) -> int:
         print(f"segmenter   {sc.get('head')} head at output stride {ck.get('stride')}, {ck.get('init')} init"
               f"{' from ' + ck['source'] if ck.get('source') else ''}, {len(ck.get('classes') or [])} classes, "
               f"crops of {sc.get('crop_size')} px")
-    if ck.get("n_images"):
+    if ck.get("n_images") and ck.get("task") in ("detect", "segment"):  # images keep their sizes; their own views
+        print(f"data        {ck['n_images']} images")
+    elif ck.get("n_images"):
         print(f"data        {ck['n_images']} images, {cfg['data']['image_size']} px, {cfg['data']['augmentation']} aug")
     for k, v in (ck.get("metrics") or {}).items():
         if k != "type":

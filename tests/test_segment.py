@@ -340,10 +340,15 @@ def test_two_processes_train_a_segmenter(tmp_path, ck, pasted):
     assert load_checkpoint(tmp_path / "two" / "checkpoint_last.pt")["world_size"] == 2
 
 
-def test_a_segmenters_checkpoint_exports_its_trained_backbone(tmp_path, ck, pasted):
+def test_a_segmenters_checkpoint_exports_its_trained_backbone_and_moco_info_describes_it(tmp_path, ck, pasted,
+                                                                                        capsys):
     from moco.export import load_backbone
 
     run_segment(ck, pasted, tmp_path / "s", epochs=1)
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "s" / "checkpoint_last.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "segmenter   fcn head at output stride 8, checkpoint init" in out and "data        16 images\n" in out
     saved = load_checkpoint(tmp_path / "s" / "checkpoint_last.pt")["model"]
     net = load_backbone(tmp_path / "s" / "checkpoint_last.pt")
     assert all(torch.equal(v, saved[f"encoder_q.{k}"]) for k, v in net.state_dict().items())
