@@ -51,16 +51,21 @@ def main() -> None:
             r = detect_run(Path(a.runs) / name, a.checkpoint, data, init, seed, a.budget, extra)
             out["runs"][name] = {k: r.get(k) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "init", "epochs",
                                                        "steps", "images_per_sec", "train_seconds", "wall_outside_s",
-                                                       "precision")} | {"seed": seed}
-            print(f"{name}: AP {r['AP']:.2f}, AP50 {r['AP50']:.2f} ({r['steps']} steps, {r['images_per_sec']} img/s, "
-                  f"{r['wall_outside_s']} s)", flush=True)
-    print("\n| init | AP (by seed) | AP50 (by seed) | images/s |")
-    print("|---|---|---|---|")
+                                                       "precision")} | {"seed": seed} | {
+                k: v for k, v in r.items() if k.startswith(("kp_", "mask_"))}
+            kp = f", keypoint AP {r['kp_AP']:.2f}" if r.get("kp_AP") is not None else ""
+            print(f"{name}: AP {r['AP']:.2f}, AP50 {r['AP50']:.2f}{kp} ({r['steps']} steps, {r['images_per_sec']} "
+                  f"img/s, {r['wall_outside_s']} s)", flush=True)
+    keys = ("AP", "AP50", "kp_AP", "kp_AP50") if all(r.get("kp_AP") is not None for r in out["runs"].values()) else (
+        "AP", "AP50")
+    print("\n| init | " + " | ".join(f"{k} (by seed)" for k in keys) + " | images/s |")
+    print("|---|" + "---|" * (len(keys) + 1))
     for init in a.inits:
         rs = [out["runs"][f"{init}-s{s}"] for s in a.seeds]
         cell = {k: " / ".join(f"{r[k]:.2f}" for r in rs) + f" (mean {statistics.mean(r[k] for r in rs):.2f})"
-                for k in ("AP", "AP50")}
-        print(f"| {init} | {cell['AP']} | {cell['AP50']} | {statistics.mean(r['images_per_sec'] for r in rs):.2f} |")
+                for k in keys}
+        print(f"| {init} | " + " | ".join(cell[k] for k in keys)
+              + f" | {statistics.mean(r['images_per_sec'] for r in rs):.2f} |")
     write_results("detect_cpu", out, a.json)
 
 

@@ -563,3 +563,13 @@ def test_keypoint_annotations_train_keypoint_rcnn_and_score_keypoint_ap(tmp_path
                          [0.2] * 3, keypoints=5)
     assert isinstance(det.detector, KeypointRCNN)
     assert det.detector.roi_heads.keypoint_predictor.kps_score_lowres.out_channels == 5
+    # in channels_last (the CPU default), torchvision's keypoint loss can view the heatmaps flat (width 16: oneDNN
+    # aborts on the width-8 network's channels_last backward, as conftest says of 4 channels)
+    cfg = resolve("cifar10-cpu", overrides=["detect.keypoint_head=[64,64]"])
+    det = build_detector(dense_network(cfg, "random", "", None), 3, cfg.detect, [40], 67, [0.5] * 3, [0.2] * 3,
+                         keypoints=5).to(memory_format=torch.channels_last)
+    ds = CocoImages(read_coco(keypointed / "train.json", keypointed / "train"), False, False, keypoints=True)
+    items = [ds[i] for i in range(2, 6)]
+    loss, _ = det([im.float() / 255 for im, *_ in items], [t for _, t, *_ in items])
+    loss.backward()
+    assert torch.isfinite(loss)

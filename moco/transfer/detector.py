@@ -127,6 +127,14 @@ class Detector(Transfer):
                          [p for p in self.detector.parameters() if id(p) not in ids], backbone_lr)
 
 
+class KeypointPredictor(KeypointRCNNPredictor):
+    """torchvision's keypoint predictor with its heatmaps made contiguous: torchvision's keypoint loss views
+    them flat, which a channels_last network's output does not allow."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).contiguous()
+
+
 def anchor_sizes(strides: Sequence[int], scale: float) -> tuple[tuple[float, ...], ...]:
     """Two anchor sides per pyramid level: ``scale`` and ``scale`` x sqrt(2) strides."""
     return tuple((scale * s, round(scale * s * math.sqrt(2), 1)) for s in strides)
@@ -164,7 +172,7 @@ def build_detector(
         det: FasterRCNN = KeypointRCNN(
             body, keypoint_roi_pool=MultiScaleRoIAlign(names, 14, d.roi_sampling),
             keypoint_head=KeypointRCNNHeads(width, list(d.keypoint_head)),
-            keypoint_predictor=KeypointRCNNPredictor(d.keypoint_head[-1], keypoints), **kw)
+            keypoint_predictor=KeypointPredictor(d.keypoint_head[-1], keypoints), **kw)
     elif masks:
         det = MaskRCNN(body, mask_roi_pool=MultiScaleRoIAlign(names, 14, d.roi_sampling),
                                    mask_head=MaskRCNNHeads(width, [width] * 4, 1),
