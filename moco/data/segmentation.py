@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from moco.core.distributed import SINGLE_PROCESS, DistInfo
 from moco.core.errors import DataError
-from moco.data.coco import CocoSet, polygons_to_mask
+from moco.data.coco import CocoSet, _items, polygons_to_mask
 from moco.data.folder import _is_image_name, load_rgb
 from moco.data.pipelines import _slices, from_workers
 
@@ -404,15 +404,11 @@ class SegmentationSource:
                    y.to(self.device, non_blocking=True).long(), idx)
 
 
-def _one(items: list) -> list:
-    return items
-
-
 def whole_images(images: SegImages, batch_size: int, workers: int, device: torch.device,
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The set's whole images (not cropped), in batches of images of one size (read in order, a batch ends where
     the size changes), as (float (B, 3, H, W) in [0, 1], maps int64 (B, H, W))."""
-    loader = torch.utils.data.DataLoader(images, batch_size=1, num_workers=images.workers(workers), collate_fn=_one,
+    loader = torch.utils.data.DataLoader(images, batch_size=1, num_workers=images.workers(workers), collate_fn=_items,
                                          generator=torch.Generator())  # leaves the global generator alone
     held: list[tuple[torch.Tensor, torch.Tensor]] = []
     for (item,) in from_workers(loader):

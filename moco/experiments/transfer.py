@@ -122,26 +122,28 @@ def _finetune(name: str, out: Path, data: Path, budget: TransferBudget, time_s: 
     """A fine-tuning run, skipped when finished; None when it was interrupted."""
     from moco.tasks.finetune import finetune
 
-    length = {"time_budget": time_s} if time_s else {"epochs": budget.finetune_epochs}
+    length = _length(time_s, budget.finetune_epochs)
     return _once(name, out, lambda resume: finetune(  # resumed, the checkpoint supplies its init and labels
         data=data, out=out, overrides=_finetune_overrides(extra), progress=progress, resume=resume, **length, **kw))
+
+
+def _length(seconds: float, epochs: int) -> dict[str, Any]:
+    """A run's length: a time budget of ``seconds``, or ``epochs`` epochs when it is 0."""
+    return {"time_budget": seconds} if seconds else {"epochs": epochs}
 
 
 def _detect(out: Path, pasted: Path, budget: TransferBudget, extra: list[str], **kw: Any) -> Any:
     from moco.tasks.detect import detect
 
-    length = {"time_budget": budget.detect_s} if budget.detect_s else {"epochs": budget.detect_epochs}
     return detect(train_ann=pasted / "train.json", train_images=pasted / "train", val_ann=pasted / "val.json",
-                  val_images=pasted / "val", out=out, overrides=[*budget.detect_overrides, *extra], **length, **kw)
+                  val_images=pasted / "val", out=out, overrides=[*budget.detect_overrides, *extra], **kw)
 
 
 def _segment(out: Path, pasted: Path, budget: TransferBudget, extra: list[str], **kw: Any) -> Any:
     from moco.tasks.segment import segment
 
-    length = {"time_budget": budget.segment_s} if budget.segment_s else {"epochs": budget.segment_epochs}
     return segment(train_images=pasted / "train", train_masks=pasted / "train_maps", val_images=pasted / "val",
-                   val_masks=pasted / "val_maps", out=out, overrides=[*budget.segment_overrides, *extra], **length,
-                   **kw)
+                   val_masks=pasted / "val_maps", out=out, overrides=[*budget.segment_overrides, *extra], **kw)
 
 
 @dataclass(frozen=True)
@@ -151,15 +153,17 @@ class Dense:
     key: str  # results.json's section
     prefix: str  # run folders: PREFIX-INIT-sSEED
     what: str  # in the plan and the report
-    run: Any  # (out, pasted, budget, extra, **init, flags, progress, resume) -> the task's result
+    run: Any  # (out, pasted, budget, extra, **init, length, flags, progress, resume) -> the task's result
+    length: Any  # budget -> (seconds a run, epochs a run when seconds is 0)
     metrics: tuple[str, ...]  # the results kept; the first is the headline
     scored: str  # the table's heading: what the scores are
 
 
 DENSE = (
-    Dense("detection", "det", "detection", _detect, ("AP", "AP50", "AP75"),
+    Dense("detection", "det", "detection", _detect, lambda b: (b.detect_s, b.detect_epochs), ("AP", "AP50", "AP75"),
           "COCO AP %, Faster R-CNN (`moco detect`), pycocotools' COCOeval"),
-    Dense("segmentation", "seg", "segmentation", _segment, ("mIoU", "pixel_acc"),
+    Dense("segmentation", "seg", "segmentation", _segment, lambda b: (b.segment_s, b.segment_epochs),
+          ("mIoU", "pixel_acc"),
           "mIoU and pixel accuracy %, DeepLabV3 (`moco segment`) on the canvases' class maps"),
 )
 """The dense tasks the experiment trains from each init, in order."""
@@ -175,7 +179,7 @@ def _dense_runs(task: Dense, work: Path, pasted: Path, b: TransferBudget, extra:
             out = work / folder
             r = _once(f"{init} init, {task.what}, seed {s}", out, lambda resume, out=out, init=init, s=s: task.run(
                 out, pasted, b, _finetune_overrides(extra), flags={"train.seed": s}, progress=progress,
-                resume=resume, **sources[init]))
+                resume=resume, **_length(*task.length(b)), **sources[init]))
             if r is None:
                 return None
             runs[folder] = {"init": init, "seed": s, **{k: r[k] for k in (*task.metrics, "steps", "epochs",
@@ -395,8 +399,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def _dense_table(results: dict[str, Any], b: TransferBudget, task: Dense) -> list[str]:
     if not results.get(task.key):
         return []
-    spec, seconds = b.detect_set, b.detect_s if task.key == "detection" else b.segment_s
-    epochs = b.detect_epochs if task.key == "detection" else b.segment_epochs
+    spec, (seconds, epochs) = b.detect_set, task.length(b)
     rows = [f"## {task.what.capitalize()} ({task.scored}; mean and each seed)", "",
             f"On {spec.n_train} training and {spec.n_val} validation canvases of {spec.canvas[0]} x {spec.canvas[1]} "
             f"px, each with {spec.objects[0]}-{spec.objects[1]} downstream training images of "
