@@ -353,3 +353,14 @@ def test_a_segmenters_checkpoint_exports_its_trained_backbone_and_moco_info_desc
     net = load_backbone(tmp_path / "s" / "checkpoint_last.pt")
     assert all(torch.equal(v, saved[f"encoder_q.{k}"]) for k, v in net.state_dict().items())
     assert not torch.equal(net.conv1.weight, load_checkpoint(ck)["model"]["encoder_q.conv1.weight"])  # trained
+
+
+def test_whole_images_are_scored_uncropped_in_batches_of_one_size(tmp_path):
+    """Validation reads whole images in order; a batch ends at its size limit or where the size changes."""
+    for i, (h, w) in enumerate([(8, 10), (8, 10), (8, 10), (6, 12), (8, 10)]):
+        save_image(tmp_path / "im" / f"{i}.png", h, w)
+        save_map(tmp_path / "mk" / f"{i}.png", np.full((h, w), i % 2))
+    images = seg.SegImages(seg.pair_folders(tmp_path / "im", tmp_path / "mk"))
+    got = list(seg.whole_images(images, 2, 0, torch.device("cpu")))
+    assert [tuple(x.shape) for x, _ in got] == [(2, 3, 8, 10), (1, 3, 8, 10), (1, 3, 6, 12), (1, 3, 8, 10)]
+    assert [y[:, 0, 0].tolist() for _, y in got] == [[0, 1], [0], [1], [0]]  # each image with its own map
