@@ -573,3 +573,13 @@ def test_keypoint_annotations_train_keypoint_rcnn_and_score_keypoint_ap(tmp_path
     loss, _ = det([im.float() / 255 for im, *_ in items], [t for _, t, *_ in items])
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_keypoints_with_segmentations_train_keypoint_rcnn_without_masks(tmp_path, ck, caplog):
+    src = make_image_folder(tmp_path / "objects", classes=3, per_class=16, size=16)
+    make_pasted_set(src, tmp_path / "both", PastedSpec(16, 8, (48, 40), (1, 2), (10, 16), seed=0, keypoints=True,
+                                                       segmentations=True))
+    with caplog.at_level(logging.WARNING):
+        run_detect(ck, tmp_path / "both", tmp_path / "r", "detect.keypoint_head=[16]", epochs=1, max_steps=1)
+    saved = load_checkpoint(tmp_path / "r" / "checkpoint_last.pt")
+    assert saved["keypoints"] and saved["masks"] is False and "torchvision has no model of both" in caplog.text
