@@ -1,5 +1,5 @@
-"""The ``moco`` command: pretrain, finetune, detect, segment, knn, linear, embed, neighbors, export, shards, info,
-presets, reproduce.
+"""The ``moco`` command: pretrain, finetune, detect, segment, evaluate, knn, linear, embed, neighbors, export,
+shards, info, presets, reproduce.
 
 Errors in the user's input (config, data, checkpoints) end with one line on
 stderr and exit status 2 (config) or 1 (data, checkpoint, training), never a
@@ -241,6 +241,53 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    "fail on the first bad COCO annotation (label maps are always checked)", "the final mIoU")
 
 
+EPILOG_EVALUATE = """examples:
+  moco evaluate --checkpoint runs/cifar10-cpu/checkpoint_last.pt --data ../shared/datasets/cifar10 \\
+      --out runs/evaluate --time-budget 30m
+  moco evaluate --checkpoint runs/photos/checkpoint_last.pt --data ~/labelled --out runs/eval-photos \\
+      --labels 1% 5% 10% 50% 100% --seeds 3 --time-budget 2h
+  moco evaluate --checkpoint v1=runs/a/checkpoint_last.pt --checkpoint v2=runs/b/checkpoint_last.pt \\
+      --baseline supervised:runs/sup/checkpoint_last.pt --data ~/labelled --out runs/compare --each 5m
+  moco evaluate --out runs/evaluate --resume auto      # continue an interrupted evaluation
+  moco evaluate --out runs/evaluate --report-only      # rebuild the report from the runs there
+
+How many labels does pretraining save on your task? Each checkpoint's backbone is judged
+frozen (kNN, and the linear probe on all labels and each share) and fine-tuned at each share of
+the labels, against the same network from random init, 2 seeds each; every init and seed of a
+share learns from the same images (RUN/labels/). RUN/report.md opens with the answer: the share of
+the labels a pretrained init needs to reach random init's best accuracy, interpolated on the
+log-label axis. --time-budget is shared by the whole evaluation: measured up front, each fine-tune
+gets an equal share of the time left when it starts. Every run is an ordinary `moco finetune`
+run under RUN/runs/; --set values (optim.lr=0.05, finetune.bn=frozen) reach every fine-tune.
+"""
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    ev = _command(sub, "evaluate", "does pretraining pay off on my data? labels saved, frozen and fine-tuned",
+                  EPILOG_EVALUATE)
+    ev.add_argument("--checkpoint", action="append", metavar="[NAME=]PATH",
+                    help="a pretrained backbone to judge (repeat to compare several; NAME= names it in the report)")
+    ev.add_argument("--data", help="folder holding train/ and test/ ImageFolders, or shards (train-*, test-*.tar)")
+    ev.add_argument("--train", help="labelled ImageFolder, or shards with .cls, to learn from (instead of --data)")
+    ev.add_argument("--test", help="labelled ImageFolder, or shards with .cls, to score on (instead of --data)")
+    ev.add_argument("--out", help="the evaluation's folder (default: runs/evaluate)")
+    ev.add_argument("--labels", nargs="+", metavar="SHARE",
+                    help="the label shares: 1%% 10%% 100%% (default), or N images per class")
+    ev.add_argument("--seeds", type=int, help="fine-tunes of each init and share (default 2)")
+    ev.add_argument("--baseline", action="append", metavar="supervised:CKPT",
+                    help="also fine-tune (and probe) a network trained with labels, side by side")
+    ev.add_argument("--time-budget", metavar="DURATION", help="the whole evaluation's wall time (30m, 2h)")
+    ev.add_argument("--each", metavar="DURATION", help="each fine-tune's wall time instead (90s, 5m)")
+    ev.add_argument("--epochs", type=int, help="each fine-tune's epochs instead (default: the recipe's 30)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one setting of every fine-tune")
+    ev.add_argument("--no-frozen", action="store_true", help="skip the frozen protocols (kNN, linear probe)")
+    ev.add_argument("--resume", metavar="auto", help="continue the evaluation in --out: finished runs are skipped")
+    ev.add_argument("--overwrite", action="store_true", help="replace an evaluation already in --out")
+    ev.add_argument("--report-only", action="store_true", help="rebuild the report from the runs in --out")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars inside the runs")
+
+
 def _eval_args(sp: argparse.ArgumentParser) -> None:
     """The flags every command that evaluates a checkpoint shares."""
     sp.add_argument("--checkpoint", required=True,
@@ -381,7 +428,8 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moco", description="Momentum Contrast (MoCo) self-supervised pretraining.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_pretrain, _add_finetune, _add_detect, _add_segment, _add_evaluation, _add_files, _add_reproduce):
+    for add in (_add_pretrain, _add_finetune, _add_detect, _add_segment, _add_evaluate, _add_evaluation, _add_files,
+                _add_reproduce):
         add(sub)
     return p
 
@@ -478,6 +526,28 @@ def _segment(a: argparse.Namespace) -> int:
                            time_budget=parse_duration(a.time_budget) if a.time_budget else None, overrides=a.set,
                            config_file=a.config, flags=_transfer_flags(a), resume=a.resume, overwrite=a.overwrite,
                            progress=not a.no_progress, started=process_start()))
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    import shlex
+
+    from moco.experiments.evaluate import evaluate
+    from moco.training.budget import parse_duration, process_start
+
+    data = a.data
+    if not (a.resume or a.report_only or data or a.train):
+        data = default_data()
+        if data is None:
+            raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 "
+                              "exists")
+    res = evaluate(a.checkpoint, data, Path(a.out or "runs/evaluate"), train_dir=a.train, test_dir=a.test,
+                   labels=a.labels, seeds=a.seeds, baselines=a.baseline,
+                   time_budget=parse_duration(a.time_budget) if a.time_budget else None,
+                   each=parse_duration(a.each) if a.each else None, epochs=a.epochs, overrides=a.set,
+                   frozen=not a.no_frozen, resume=a.resume, overwrite=a.overwrite, report_only=a.report_only,
+                   progress=not a.no_progress, started=process_start(),
+                   command=shlex.join(["moco", "evaluate", *a.argv]))
+    return _result(res)
 
 
 def _eval_setup(a: argparse.Namespace, head: bool = False) -> tuple[Any, int, Any, Any, Callable[[str], Any]]:
@@ -684,7 +754,9 @@ def main(argv: list[str] | None = None) -> int:
         trains = ("pretrain", "finetune", "detect", "segment")
         if args.command in trains and args.nproc and "WORLD_SIZE" not in os.environ:
             return _launch(args.nproc, argv)
-        commands = {"pretrain": _pretrain, "finetune": _finetune, "detect": _detect, "segment": _segment, "knn": _knn,
+        args.argv = argv[1:]
+        commands = {"pretrain": _pretrain, "finetune": _finetune, "detect": _detect, "segment": _segment,
+                    "evaluate": _evaluate, "knn": _knn,
                     "linear": _linear,
                     "embed": _embed, "neighbors": _neighbors, "export": _export, "shards": _shards, "info": _info,
                     "reproduce": _reproduce,

@@ -122,6 +122,27 @@ def test_linear_protocol_keeps_backbone_and_learns(tmp_path, tiny_data):
     assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical, BN statistics included
 
 
+def test_probing_extracted_features_is_the_linear_protocol(tmp_path, tiny_data):
+    """`moco evaluate` probes each label share on one feature pass: the same classifier as linear_eval's."""
+    from moco.evaluation.knn import extract_features
+    from moco.evaluation.linear import probe_features
+
+    fake_checkpoint(tmp_path / "ck.pt", "model.width=8")
+    backbone = load_backbone(tmp_path / "ck.pt")
+    train = decode_images(scan_images(tiny_data / "train"), 16, workers=0, progress=False)
+    test = decode_images(scan_images(tiny_data / "test"), 16, workers=0, progress=False)
+    dev, lc = torch.device("cpu"), LinearConfig(epochs=3, lr=0.05, batch_size=8)
+    res, clf = linear_eval(backbone, train, test, 16, dev, lc, "fp32", progress=False)
+    f_train, f_test = (extract_features(backbone, x, 16, dev, "fp32", normalize=False) for x in (train, test))
+    y_train, y_test = torch.tensor(train.images.labels), torch.tensor(test.images.labels)
+    probed, same = probe_features(f_train, y_train, f_test, y_test, 2, lc)
+    assert (probed["top1"], probed["top5"], probed["n_train"]) == (res["top1"], res["top5"], res["n_train"])
+    assert all(torch.equal(a, b) for a, b in zip(clf.state_dict().values(), same.state_dict().values()))
+    _, other = probe_features(f_train, y_train, f_test, y_test, 2, LinearConfig(epochs=3, lr=0.05, batch_size=8,
+                                                                                seed=1))
+    assert not torch.equal(other.fc.weight, clf.fc.weight)  # the comparison tells two trainings apart
+
+
 def test_cached_augmented_views_are_fresh_augmentations_in_dataset_order(tmp_path, tiny_data):
     fake_checkpoint(tmp_path / "ck.pt", "model.width=8")
     backbone = load_backbone(tmp_path / "ck.pt").eval()

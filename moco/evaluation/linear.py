@@ -165,6 +165,46 @@ def _fit(clf: LinearClassifier, features: Callable[[int, torch.Tensor], torch.Te
             opt.step()
 
 
+def _classify(f_train: list[torch.Tensor], y_train: torch.Tensor, f_test: torch.Tensor, y_test: torch.Tensor,
+              num_classes: int, lc: LinearConfig, g: torch.Generator, device: torch.device, progress: bool,
+              encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              ) -> tuple[LinearClassifier, tuple[float, float]]:
+    """The classifier trained on the cached training features ``f_train`` (one tensor per cached view; none:
+    ``encode(indices)`` encodes each batch) and its (top-1, top-5) on ``f_test``."""
+    torch.manual_seed(lc.seed)
+    clf = LinearClassifier(f_test.shape[1], num_classes, lc.feature_norm).to(device)
+    clf.fc.weight.data.normal_(mean=0.0, std=0.01)  # the authors' initialisation
+    clf.fc.bias.data.zero_()
+
+    def features(epoch: int, idx: torch.Tensor) -> torch.Tensor:
+        if f_train:
+            return f_train[epoch % len(f_train)][idx].to(device)
+        assert encode is not None
+        return encode(idx)
+
+    _fit(clf, features, y_train, lc, g, device, progress)
+    clf.eval()  # the feature BatchNorm uses its running statistics from now on
+    with torch.no_grad():
+        return clf, _accuracy(clf(f_test.to(device)).cpu(), y_test)
+
+
+def probe_features(f_train: torch.Tensor, y_train: torch.Tensor, f_test: torch.Tensor, y_test: torch.Tensor,
+                   num_classes: int, lc: LinearConfig | None = None, device: torch.device | None = None,
+                   progress: bool = False) -> tuple[dict[str, float], LinearClassifier]:
+    """The linear protocol on features already extracted (centre crops, :func:`extract_features` with
+    ``normalize=False``): what :func:`linear_eval` does without augmentation, for callers that probe several
+    label subsets of one feature pass. Returns (top-1 and top-5 (%) and the run's settings, classifier)."""
+    lc = lc or LinearConfig()
+    if lc.augment:
+        raise ConfigError("probe_features trains on cached centre-crop features; augmentation needs linear_eval")
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(lc.seed)
+    clf, (top1, top5) = _classify([f_train], y_train, f_test, y_test, num_classes, lc, g,
+                                  device or torch.device("cpu"), progress)
+    return {"top1": top1, "top5": top5, "n_train": len(y_train), "n_test": len(y_test), "epochs": lc.epochs,
+            "lr": lc.lr, "feature_norm": lc.feature_norm, "seconds": time.perf_counter() - t0}, clf.cpu()
+
+
 def linear_eval(
     backbone: nn.Module, train: DecodedImages, test: DecodedImages, image_size: int, device: torch.device,
     lc: LinearConfig, precision: str = "bf16", progress: bool = True, norm: str = "imagenet",
@@ -187,22 +227,10 @@ def linear_eval(
                               norm=norm)
     g = torch.Generator().manual_seed(lc.seed)
     f_train = _train_features(backbone, train, image_size, device, precision, lc, g, norm, progress)
-    dim = f_test.shape[1]
-    torch.manual_seed(lc.seed)
-    clf = LinearClassifier(dim, num_classes, lc.feature_norm).to(device)
-    clf.fc.weight.data.normal_(mean=0.0, std=0.01)  # the authors' initialisation
-    clf.fc.bias.data.zero_()
-
-    def features(epoch: int, idx: torch.Tensor) -> torch.Tensor:
-        if f_train:
-            return f_train[epoch % len(f_train)][idx].to(device)
-        return _augmented_batch_features(backbone, train, idx, image_size, device, precision, g, norm)
-
-    _fit(clf, features, y_train, lc, g, device, progress)
-    n = len(y_train)
-    clf.eval()  # the feature BatchNorm uses its running statistics from now on
-    with torch.no_grad():
-        top1, top5 = _accuracy(clf(f_test.to(device)).cpu(), y_test)
+    clf, (top1, top5) = _classify(f_train, y_train, f_test, y_test, num_classes, lc, g, device, progress,
+                                  lambda idx: _augmented_batch_features(backbone, train, idx, image_size, device,
+                                                                        precision, g, norm))
+    n, dim = len(y_train), f_test.shape[1]
     after = backbone.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     if changed:  # the authors' sanity check: a frozen backbone must not move

@@ -1,17 +1,17 @@
 """Transfer, the paper's main claim in miniature: what pretraining is worth once fine-tuned on a new task.
 
-The classes of the data set (by name) are split in two halves. The first half (CIFAR-10: airplane,
-automobile, bird, cat, deer) is the *pretext* data: MoCo pretrains on its images without labels, and a
-supervised network of the same architecture trains on the same images with their labels for the same wall
-time (the "supervised pre-training counterpart"). The second half (dog, frog, horse, ship, truck) is the
-*downstream* task: each network, and the same architecture from random init, is fine-tuned with 1%, 10% and
-100% of its labels (the same images for every init), 2 seeds each, at an equal budget; the pretrained
-networks are also judged frozen (kNN, linear probe). The paper's own transfer task is detection: the downstream
-training images, pasted onto canvases (:mod:`moco.data.pasted`), make a small detection set on which Faster
-R-CNN is trained from the three initialisations at an equal budget and scored with COCO AP, and DeepLabV3 on
-the canvases' class maps, scored with mIoU (:data:`DENSE`). Every run is an ordinary ``moco pretrain``,
-``moco finetune``, ``moco detect`` or ``moco segment`` run under ``runs/``, skipped when finished and resumed
-when interrupted.
+The classes of the data set (by name) are split in two halves. The first half (CIFAR-10: airplane, automobile,
+bird, cat, deer) is the *pretext* data: MoCo pretrains on its images without labels, and a supervised network of
+the same architecture trains on the same images with their labels for the same wall time (the "supervised
+pre-training counterpart"). The second half (dog, frog, horse, ship, truck) is the *downstream* task, judged by
+``moco evaluate`` (:mod:`moco.experiments.evaluate`): each network, and the same architecture from random init,
+is fine-tuned with 1%, 10% and 100% of its labels (the same images for every init), 2 seeds each, at an equal
+budget; the pretrained networks are also judged frozen (kNN, linear probe). The paper's own transfer task is
+detection: the downstream training images, pasted onto canvases (:mod:`moco.data.pasted`), make a small
+detection set on which Faster R-CNN is trained from the three initialisations at an equal budget and scored with
+COCO AP, and DeepLabV3 on the canvases' class maps, scored with mIoU (:data:`DENSE`). Every run is an ordinary
+``moco pretrain``, ``moco finetune``, ``moco detect`` or ``moco segment`` run under ``runs/``, skipped when
+finished and resumed when interrupted.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from moco.data.folder import find_split, scan_images
 from moco.data.pasted import PastedSpec, make_pasted_set
 from moco.experiments import base as ex
 from moco.experiments.base import Setting
+from moco.experiments.evaluate import Spec, make_inits, plan_runs
 
 log = logging.getLogger("moco")
 INITS = ("MoCo", "supervised", "random")
@@ -187,67 +188,30 @@ def _dense_runs(task: Dense, work: Path, pasted: Path, b: TransferBudget, extra:
     return runs
 
 
-def _probes(path: Path, nets: dict[str, Path], data: Path, subsets: dict[str, Path]) -> dict[str, Any]:
-    """kNN and the linear probe (``moco linear``'s defaults) of each pretrained backbone on the downstream task:
-    the probe on the fine-tunes' label subsets and on all labels. Kept in ``path``."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    from moco.core.precision import resolve_precision
-    from moco.data.cache import decode_images
-    from moco.data.sides import cache_side
-    from moco.evaluation.knn import evaluate_knn
-    from moco.evaluation.linear import LinearConfig, linear_eval
-    from moco.export.backbone import load_backbone_and_config
-    from moco.transfer.labels import read_labels
-
-    dev = torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda")
-    precision = resolve_precision("auto", dev)
-    out: dict[str, Any] = {}
-    for name, ckpt in nets.items():
-        net, cfg = load_backbone_and_config(ckpt)
-        net = net.to(dev, memory_format=torch.channels_last)
-        size, norm = cfg.data.image_size, cfg.data.normalize
-        full = scan_images(data / "train")
-        train = decode_images(full, cache_side(size), progress=False)
-        test = decode_images(scan_images(data / "test"), cache_side(size), progress=False)
-        r = {"knn_top1": evaluate_knn(net, train, test, size, dev, precision, norm=norm)["top1"], "linear": {}}
-        for labels, txt in {**subsets, "100%": None}.items():
-            sub = train if txt is None else decode_images(read_labels(full, txt), cache_side(size), progress=False)
-            res, _ = linear_eval(net, sub, test, size, dev, LinearConfig(), precision, progress=False, norm=norm)
-            r["linear"][labels] = res["top1"]
-        out[name] = r
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(path)
-    return out
-
-
 def _plan(b: TransferBudget) -> list[tuple[str, str]]:
     """(what, its folder) of every run the experiment makes, in order."""
     plan = [("MoCo on the pretext images (no labels)", "moco"), ("supervised on the pretext images", "supervised")]
-    plan += [(f"{init} init, {lab} of the downstream labels, seed {s}", f"ft-{lab.rstrip('%')}pct-{init}-s{s}")
-             for lab in b.labels for init in INITS for s in range(b.seeds)]
+    spec = Spec(make_inits({"MoCo": "moco"}, {"supervised": "supervised:supervised"}), "", "", list(b.labels), b.seeds)
+    plan += [(f"{ft.what} (downstream)", f"evaluate/runs/{ft.folder}") for ft in plan_runs(spec)]
     plan += [(f"{init} init, {t.what} on the pasted downstream objects, seed {s}", f"{t.prefix}-{init}-s{s}")
              for t in DENSE for init in INITS for s in range(b.seeds)]
     return plan
 
 
-def _finetunes(work: Path, down: Path, b: TransferBudget, extra: list[str], progress: bool,
-               sources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
-    """The fine-tunes of every label share, init and seed on the downstream classes; None if interrupted."""
-    fts: dict[str, dict[str, Any]] = {}
-    for lab in b.labels:
-        for init in INITS:
-            for s in range(b.seeds):
-                folder = f"ft-{lab.rstrip('%')}pct-{init}-s{s}"
-                r = _finetune(f"{init} init, {lab}, seed {s}", work / folder, down, b, b.finetune_s, extra,
-                              progress, labels=lab, flags={"train.seed": s}, **sources[init])
-                if r is None:
-                    return None
-                fts[folder] = {"labels": lab, "init": init, "seed": s, "top1": r["top1"], "steps": r["steps"],
-                               "epochs": r["epochs"], "images": r["labels"]["images"],
-                               "train_seconds": r["train_seconds"]}
-    return fts
+def _downstream(work: Path, down: Path, b: TransferBudget, extra: list[str], progress: bool, moco_ckpt: Path,
+                sup_ckpt: Path) -> dict[str, Any] | None:
+    """The downstream half judged by ``moco evaluate`` (:mod:`moco.experiments.evaluate`) in ``work/evaluate``:
+    MoCo's backbone and the supervised network fine-tuned at each share of the labels against random init, and
+    probed frozen; its collected results (:func:`~moco.experiments.evaluate_report.collect`), None if
+    interrupted."""
+    from moco.experiments.evaluate import evaluate
+    from moco.experiments.evaluate_report import collect
+
+    length = {"each": b.finetune_s} if b.finetune_s else {"epochs": b.finetune_epochs}
+    res = evaluate({"MoCo": str(moco_ckpt)}, down, work / "evaluate", labels=b.labels, seeds=b.seeds,
+                   baselines={"supervised": f"supervised:{sup_ckpt}"}, overrides=_finetune_overrides(extra),
+                   resume="auto", progress=progress, **length)
+    return None if res.stopped else collect(work / "evaluate")
 
 
 def reproduce_transfer(data: Path, out: Path, runs: Path, budget: str = "small", extra: list[str] | None = None,
@@ -282,12 +246,12 @@ def reproduce_transfer(data: Path, out: Path, runs: Path, budget: str = "small",
     sources = {"MoCo": {"checkpoint": moco_ckpt, "init": "checkpoint"},
                "supervised": {"checkpoint": None, "init": f"supervised:{work / 'supervised' / 'checkpoint_last.pt'}"},
                "random": {"checkpoint": moco_ckpt, "init": "random"}}
-    fts = _finetunes(work, down, b, extra, progress, sources)
-    if fts is None:
+    judged = _downstream(work, down, b, extra, progress, moco_ckpt, work / "supervised" / "checkpoint_last.pt")
+    if judged is None:
         return None
-    subsets = {lab: work / f"ft-{lab.rstrip('%')}pct-MoCo-s0" / "labels.txt" for lab in b.labels if lab != "100%"}
-    probes = _probes(work / "probes.json", {"MoCo": moco_ckpt, "supervised": work / "supervised" /
-                                            "checkpoint_last.pt"}, down, subsets)
+    fts = {folder: {k: r[k] for k in ("labels", "init", "seed", "top1", "steps", "epochs", "images", "train_seconds")}
+           for folder, r in judged["finetunes"].items()}
+    probes = judged["frozen"]
     pasted = work / "pasted"
     if not (pasted / "val.json").is_file():  # written last: a set cut short by an interruption is made again
         make_pasted_set(down / "train", pasted, b.detect_set)
