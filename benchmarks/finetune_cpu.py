@@ -1,62 +1,20 @@
-"""Label efficiency on CIFAR-10: fine-tuning a pretrained backbone against the same network from random init,
-at 1%, 10% and 100% of the labels, at an equal budget, with 2 seeds; the linear probe on the same 1% and 10%
-subsets; and the speed of fine-tuning against a plain torchvision-style loop on the same network.
+"""The speed of fine-tuning: `moco finetune`'s step against a plain torchvision-style loop on the same network.
 
-    python benchmarks/finetune_cpu.py --checkpoint runs/cifar10-cpu/checkpoint_last.pt [--steps 300 | --budget 150s]
-        [--labels 1% 10% 100%] [--seeds 0 1] [--data ../shared/datasets/cifar10] [--speed-only] [--no-speed]
+    python benchmarks/finetune_cpu.py --checkpoint runs/cifar10-cpu/checkpoint_last.pt \
+        [--json benchmarks/results/finetune_speed_cpu.json]
 
-The budget is the same number of steps for every run (``--steps``: the recipe's epochs chosen to make at least
-that many; the result does not depend on the machine's load), or the same wall time (``--budget``, `moco
-finetune --time-budget`). Every fine-tune is `moco finetune` run as a subprocess (wall time from outside,
-start-up included) into benchmarks/runs/finetune/NAME, resumed or skipped when run again. The labels' draw is
-the same for both inits and every seed (finetune.labels_seed=0). Prints a table; writes
-benchmarks/results/finetune_cpu.json with the CPU's flags.
+Label efficiency (fine-tuning from the checkpoint and from random init at 1%, 10% and 100% of the labels, the
+linear probe on the same subsets) is `moco evaluate`'s now: `benchmarks/evaluate_cpu.py` runs it. Prints the
+images/s of both loops; writes the JSON with the CPU's flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
-from common import DATA, ROOT, run_once, write_results
-
-
-def epochs_for(steps: int, data: str, labels: str, batch: int = 256, min_steps: int = 20) -> int:
-    """The fewest epochs of `moco finetune`'s recipe that make at least ``steps`` steps at ``labels``."""
-    from moco.data.folder import scan_images
-    from moco.transfer.labels import balanced_subset, passes_per_epoch
-
-    n = len(balanced_subset(scan_images(Path(data) / "train"), labels))
-    spe = n * passes_per_epoch(n, batch, min_steps) // batch
-    return max(1, -(-steps // spe))
-
-
-def finetune_run(out: Path, ckpt: str, data: str, labels: str, init: str, seed: int, length: list[str]) -> dict:
-    """One `moco finetune` run (skipped when its results.json exists), with its wall time from outside."""
-    return run_once(out, ["finetune", "--checkpoint", ckpt, "--data", data, "--labels", labels, "--init", init,
-                          "--seed", str(seed), *length])
-
-
-def linear_on(ckpt: str, data: Path, labels_txt: Path) -> dict:
-    """`moco linear`'s protocol (defaults) on the images of a labels.txt, scored on the whole test set."""
-    from moco.core.precision import resolve_precision
-    from moco.data.cache import decode_images
-    from moco.data.folder import scan_images
-    from moco.data.sides import cache_side
-    from moco.evaluation.linear import LinearConfig, linear_eval
-    from moco.export.backbone import load_backbone_and_config
-    from moco.transfer.labels import read_labels
-
-    net, cfg = load_backbone_and_config(ckpt)
-    size = cfg.data.image_size
-    train = decode_images(read_labels(scan_images(data / "train"), labels_txt), cache_side(size), progress=False)
-    test = decode_images(scan_images(data / "test"), cache_side(size), progress=False)
-    precision = resolve_precision("auto", torch.device("cpu"))
-    res, _ = linear_eval(net.to(memory_format=torch.channels_last), train, test, size, torch.device("cpu"),
-                         LinearConfig(), precision, progress=False, norm=cfg.data.normalize)
-    return {"top1": res["top1"], "n_train": res["n_train"], "seconds": res["seconds"]}
+from common import ROOT, write_results
 
 
 def speed(ckpt: str, steps: int = 30, batch: int = 256) -> dict:
@@ -155,50 +113,11 @@ def speed(ckpt: str, steps: int = 30, batch: int = 256) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--steps", type=int, default=300, help="each fine-tune's length in steps (default)")
-    ap.add_argument("--budget", help="each fine-tune's --time-budget instead of --steps")
-    ap.add_argument("--labels", nargs="+", default=["1%", "10%", "100%"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--one-seed", nargs="*", default=[], metavar="LABELS",
-                    help="labels (e.g. 100%%) run with the first seed only, to save time")
-    ap.add_argument("--inits", nargs="+", default=["checkpoint", "random"])
-    ap.add_argument("--runs", default=str(ROOT / "runs" / "finetune"))
-    ap.add_argument("--speed-only", action="store_true")
-    ap.add_argument("--no-speed", action="store_true")
-    ap.add_argument("--json", default=str(ROOT / "results" / "finetune_cpu.json"))
+    ap.add_argument("--json", default=str(ROOT / "results" / "finetune_speed_cpu.json"))
     a = ap.parse_args()
-    out = {"checkpoint": a.checkpoint, "budget": a.budget or f"{a.steps} steps", "runs": {}, "linear": {}}
-    if not a.no_speed:
-        out["speed"] = speed(a.checkpoint)
-        print(f"speed: ours {out['speed']['ours_images_per_sec']} img/s, plain loop "
-              f"{out['speed']['plain_images_per_sec']} img/s ({out['speed']['ratio']}x, {out['speed']['precision']})")
-    if not a.speed_only:
-        runs = Path(a.runs)
-        for labels in a.labels:
-            for init in a.inits:
-                for seed in a.seeds[:1] if labels in a.one_seed else a.seeds:
-                    name = f"{labels.rstrip('%')}pct-{init}-s{seed}"
-                    length = (["--time-budget", a.budget] if a.budget else
-                              ["--epochs", str(epochs_for(a.steps, a.data, labels))])
-                    r = finetune_run(runs / name, a.checkpoint, a.data, labels, init, seed, length)
-                    out["runs"][name] = {k: r[k] for k in ("top1", "top5", "init", "epochs", "steps", "images_per_sec",
-                                                           "train_seconds", "wall_outside_s", "precision")}
-                    out["runs"][name].update({"labels": labels, "seed": seed, "images": r["labels"]["images"]})
-                    print(f"{name}: top-1 {r['top1']:.2f}% ({r['steps']} steps, {r['wall_outside_s']} s)", flush=True)
-            if labels != "100%":
-                lab = runs / f"{labels.rstrip('%')}pct-{a.inits[0]}-s{a.seeds[0]}" / "labels.txt"
-                out["linear"][labels] = linear_on(a.checkpoint, Path(a.data), lab)
-        print("\n| labels | " + " | ".join(f"{i} init (by seed)" for i in a.inits) + " | linear probe |")
-        print("|---|" + "---|" * (len(a.inits) + 1))
-        for labels in a.labels:
-            cells = []
-            for init in a.inits:
-                tops = [out["runs"][f"{labels.rstrip('%')}pct-{init}-s{s}"]["top1"] for s in a.seeds
-                        if f"{labels.rstrip('%')}pct-{init}-s{s}" in out["runs"]]
-                cells.append(" / ".join(f"{t:.2f}" for t in tops) + f" (mean {sum(tops) / len(tops):.2f})")
-            lin = out["linear"].get(labels)
-            print(f"| {labels} | " + " | ".join(cells) + (f" | {lin['top1']:.2f} |" if lin else " | - |"))
+    out = {"checkpoint": a.checkpoint, "speed": speed(a.checkpoint)}
+    print(f"speed: ours {out['speed']['ours_images_per_sec']} img/s, plain loop "
+          f"{out['speed']['plain_images_per_sec']} img/s ({out['speed']['ratio']}x, {out['speed']['precision']})")
     write_results("finetune_cpu", out, a.json)
 
 

@@ -24,6 +24,12 @@ or to detection, on COCO-format data (torchvision's Faster R-CNN, COCO AP by pyc
 or to semantic segmentation, on images with label maps (torchvision's DeepLabV3 head, mIoU)::
 
     result = moco.segment("runs/mine/checkpoint_last.pt", "images/", "maps/", "val/", "val_maps/", "runs/seg")
+
+and ask how many labels pretraining saves on your labelled set (frozen and fine-tuned at 1%, 10%, 100% of the
+labels against random init, in one time budget; ``runs/eval/report.md``)::
+
+    result = moco.evaluate("runs/mine/checkpoint_last.pt", "path/to/labelled", "runs/eval", time_budget=7200)
+    print(result.lines)
 """
 
 import logging
@@ -32,6 +38,7 @@ from moco.config import Config
 from moco.core.errors import escaped
 from moco.data.augment import two_views as augment
 from moco.evaluation.knn import knn_accuracy
+from moco.experiments.evaluate import EvaluateResult, evaluate
 from moco.export.backbone import load_backbone
 from moco.methods import ContrastiveMethod, EndToEnd, MemoryBank, MoCo, MoCoV3
 from moco.methods.moco import batch_shuffle, batch_unshuffle, info_nce, update_momentum
@@ -53,8 +60,8 @@ def _one_line(record: logging.LogRecord) -> bool:
 logging.getLogger("moco").addFilter(_one_line)
 
 __all__ = [
-    "Config", "ContrastiveMethod", "DetectResult", "Encoder", "EndToEnd", "FinetuneResult", "MemoryBank", "MoCo",
-    "MoCoV3",
-    "RunResult", "__version__", "augment", "batch_shuffle", "batch_unshuffle", "detect", "finetune", "info_nce",
-    "knn_accuracy", "load_backbone", "pretrain", "remove_classifier", "segment", "SegmentResult", "update_momentum",
+    "Config", "ContrastiveMethod", "DetectResult", "Encoder", "EndToEnd", "EvaluateResult", "FinetuneResult",
+    "MemoryBank", "MoCo", "MoCoV3", "RunResult", "SegmentResult", "__version__", "augment", "batch_shuffle",
+    "batch_unshuffle", "detect", "evaluate", "finetune", "info_nce", "knn_accuracy", "load_backbone", "pretrain",
+    "remove_classifier", "segment", "update_momentum",
 ]

@@ -37,7 +37,8 @@ class Break:
 
 TL = "tests/test_transfer_learning.py"
 FT, DT, ST = "tests/test_finetune.py", "tests/test_detect.py", "tests/test_stream.py"
-SG = "tests/test_segment.py"
+SG, EV = "tests/test_segment.py", "tests/test_evaluate.py"
+EV_RESUME = f"{EV}::test_a_resumed_evaluation_skips_finished_runs_continues_the_interrupted_one_and_rebuilds_its_report"
 BREAKS = [
     # 1. fine-tuning and detection learn
     Break("finetune: labels paired with the wrong images", "moco/data/pipelines.py",
@@ -215,6 +216,34 @@ BREAKS = [
     Break("keypoints: the sigmas do not reach pycocotools", "moco/evaluation/coco_ap.py",
           "np.array(sigmas or COCO_PERSON_SIGMAS)", "np.array(COCO_PERSON_SIGMAS[:5])",
           (f"{DT}::test_keypoint_ap_is_pycocotools_oks_with_the_sets_sigmas",)),
+    # 4. moco evaluate (issue #37)
+    Break("evaluate: labels saved interpolated on a linear label axis", "moco/experiments/savings.py",
+          "return math.exp(math.log(f0) + t * (math.log(f1) - math.log(f0))), False",
+          "return f0 + t * (f1 - f0), False",
+          (f"{EV}::test_labels_saved_interpolates_on_the_log_label_axis",)),
+    Break("evaluate: the target is random init's 100% even when lower", "moco/experiments/savings.py",
+          "target_share, target = max(rnd, key=lambda p: (p[1], p[0]))", "target_share, target = rnd[-1]",
+          (f"{EV}::test_labels_saved_says_when_the_curves_do_not_cross_or_it_is_noise",)),
+    Break("evaluate: random init learns from another share's labels", "moco/experiments/evaluate.py",
+          '"labels_file": files[ft.labels], **length}',
+          '"labels_file": files["100%" if ft.init.kind == "random" else ft.labels], **length}',
+          (EV_RESUME,)),
+    Break("evaluate: a finished fine-tune runs again", "moco/experiments/evaluate.py",
+          '    todo = [r for r in runs if not (out / "runs" / r.folder / "results.json").is_file()]',
+          "    todo = list(runs)", (EV_RESUME,)),
+    Break("evaluate: the interrupted fine-tune starts over", "moco/experiments/evaluate.py",
+          '    resume = "auto" if (out / "checkpoint_last.pt").is_file() else None', "    resume = None",
+          (EV_RESUME,)),
+    Break("evaluate: the probe learns from all labels at every share", "moco/experiments/evaluate.py",
+          "linear[lab] = probe_features(f_train[idx], y_train[idx]", "linear[lab] = probe_features(f_train, y_train",
+          (EV_RESUME,)),
+    Break("evaluate: a share ignores the report's reserve", "moco/experiments/evaluate.py",
+          "left = self.deadline - time.perf_counter() - REPORT_RESERVE_S - frozen_left_s",
+          "left = self.deadline - time.perf_counter() - frozen_left_s",
+          (f"{EV}::test_the_plan_shares_what_is_left_and_refuses_a_budget_too_small",)),
+    Break("evaluate: the report names the day it was rebuilt", "moco/experiments/evaluate_report.py",
+          "f\"{results['started']}.\")", "f\"{__import__('time').time()}.\")",
+          (EV_RESUME,)),
 ]
 
 

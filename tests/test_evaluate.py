@@ -199,15 +199,15 @@ def test_the_whole_evaluation_ends_within_its_budget_each_run_taking_its_share(l
         return real(**kw)
 
     monkeypatch.setattr(ft_module, "finetune", recorded)
-    t0, budget = time.perf_counter(), 75.0
-    res = evaluate(str(ck), data, tmp_path / "ev", labels=["50%", "100%"], seeds=1, time_budget=budget,
-                   overrides=TINY, progress=False, started=t0)
+    t0, budget = time.perf_counter(), 45.0
+    res = evaluate(str(ck), data, tmp_path / "ev", labels=["100%"], seeds=1, time_budget=budget, overrides=TINY,
+                   progress=False, started=t0)
     wall = time.perf_counter() - t0
     assert not res.stopped and wall <= budget
-    assert len(given) == 4
+    assert len(given) == 2
     for i, (start, seconds) in enumerate(given):  # an equal share of what was left when it started
-        assert seconds == pytest.approx((t0 + budget - start - REPORT_RESERVE_S) / (4 - i), abs=0.05)
-    assert 0.6 < given[-1][1] / given[0][1] < 1.6
+        assert seconds == pytest.approx((t0 + budget - start - REPORT_RESERVE_S) / (2 - i), abs=0.05)
+    assert 0.6 < given[1][1] / given[0][1] < 1.6
     ran = [json.loads((tmp_path / "ev" / "runs" / f / "results.json").read_text())["config"]["optim"]["time_budget"]
-           for f in ("ft-50pct-MoCo-s0", "ft-50pct-random-s0", "ft-100pct-MoCo-s0", "ft-100pct-random-s0")]
+           for f in ("ft-100pct-MoCo-s0", "ft-100pct-random-s0")]
     assert ran == pytest.approx([s for _, s in given], abs=0.01)  # the runs trained with the budgets given
