@@ -89,6 +89,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                     help="run N processes on this machine via torchrun (one per GPU, or gloo on CPU)")
     pt.add_argument("--no-knn", action="store_true", help="no kNN monitor, even with labelled test data")
     pt.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    pt.add_argument("--logger", action="append", choices=["mlflow", "wandb"],
+                    help="also log to an experiment tracker (repeatable): mlflow (MLFLOW_TRACKING_URI, else "
+                         "./mlflow.db) or wandb (offline without an API key); optional extras")
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -138,6 +141,9 @@ def _transfer_args(sp: argparse.ArgumentParser, command: str, epochs: str, batch
     sp.add_argument("--strict-data", action="store_true", help=strict)
     sp.add_argument("--nproc", type=int, metavar="N",
                     help="run N processes on this machine via torchrun (one per GPU, or gloo on CPU)")
+    sp.add_argument("--logger", action="append", choices=["mlflow", "wandb"],
+                    help="also log to an experiment tracker (repeatable): mlflow (MLFLOW_TRACKING_URI, else "
+                         "./mlflow.db) or wandb (offline without an API key); optional extras")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -361,12 +367,16 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
 
 def _add_files(sub: argparse._SubParsersAction) -> None:
     """export, shards, presets and info: commands that write or show files."""
-    ex = sub.add_parser("export", help="write the backbone as torchvision, Detectron2 or safetensors weights",
+    ex = sub.add_parser("export", help="write the backbone as torchvision, Detectron2, safetensors or ONNX",
                         epilog="examples:\n  moco export --checkpoint runs/r1/checkpoint_last.pt --format torchvision "
                                "--out r18.pth\n  moco export --checkpoint moco_v2_800ep.pth.tar --format detectron2 "
-                               "--out r50.pkl", formatter_class=argparse.RawDescriptionHelpFormatter)
+                               "--out r50.pkl\n  moco export --checkpoint runs/r1/checkpoint_last.pt --format onnx "
+                               "--out r18.onnx   # pip install 'momentum-contrast[onnx]'\n\n"
+                               "ONNX: images (float32, N x 3 x S x S, normalised as the run's metadata says) in,\n"
+                               "features out, any batch size; the file is checked against PyTorch in onnxruntime.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ex.add_argument("--checkpoint", required=True)
-    ex.add_argument("--format", required=True, choices=["torchvision", "detectron2", "safetensors"])
+    ex.add_argument("--format", required=True, choices=["torchvision", "detectron2", "safetensors", "onnx"])
     ex.add_argument("--out", required=True)
 
     ps = sub.add_parser("presets", help="list the shipped presets, or print one as a YAML file to copy",
@@ -645,7 +655,21 @@ def _export(a: argparse.Namespace) -> int:
     from moco.export.formats import export_backbone
 
     out = export_backbone(a.checkpoint, a.format, a.out)
-    print(f"wrote {out} ({a.format})")
+    if a.format != "onnx":
+        print(f"wrote {out} ({a.format})")
+        return 0
+    from moco.export.backbone import load_backbone_and_config
+    from moco.export.onnx import TOLERANCE, check_onnx
+
+    net, cfg = load_backbone_and_config(a.checkpoint)
+    check = check_onnx(out, net, cfg.data.image_size)
+    print(f"wrote {out} (onnx, images {cfg.data.image_size} px, batch axis dynamic); onnxruntime against PyTorch "
+          f"on batches of {' and '.join(map(str, check.batches))}: largest difference {check.max_abs_diff:.2e} "
+          f"({check.relative:.1e} of the features' scale)")
+    if not check.ok:
+        log.error("the ONNX file's features differ from PyTorch's by more than %.0e of their scale: do not deploy "
+                  "it; please report the checkpoint's architecture", TOLERANCE)
+        return 1
     return 0
 
 
@@ -755,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in trains and args.nproc and "WORLD_SIZE" not in os.environ:
             return _launch(args.nproc, argv)
         args.argv = argv[1:]
+        if getattr(args, "logger", None):  # --logger mlflow --logger wandb: the setting train.loggers
+            args.set.append(f"train.loggers=[{','.join(dict.fromkeys(args.logger))}]")
         commands = {"pretrain": _pretrain, "finetune": _finetune, "detect": _detect, "segment": _segment,
                     "evaluate": _evaluate, "knn": _knn,
                     "linear": _linear,

@@ -38,6 +38,10 @@ class Break:
 TL = "tests/test_transfer_learning.py"
 FT, DT, ST = "tests/test_finetune.py", "tests/test_detect.py", "tests/test_stream.py"
 SG, EV = "tests/test_segment.py", "tests/test_evaluate.py"
+TR = "tests/test_trackers.py"
+TR_ML = f"{TR}::test_mlflow_gets_config_records_and_results_and_a_resumed_run_continues_the_same_run"
+TR_WB = f"{TR}::test_wandb_logs_offline_without_a_key_and_a_resumed_run_keeps_its_id"
+ON, ON_SAME = "tests/test_onnx.py", "test_onnxruntime_gives_pytorchs_features_at_any_batch_size"
 EV_RESUME = f"{EV}::test_a_resumed_evaluation_skips_finished_runs_continues_the_interrupted_one_and_rebuilds_its_report"
 BREAKS = [
     # 1. fine-tuning and detection learn
@@ -244,6 +248,27 @@ BREAKS = [
     Break("evaluate: the report names the day it was rebuilt", "moco/experiments/evaluate_report.py",
           "f\"{results['started']}.\")", "f\"{__import__('time').time()}.\")",
           (EV_RESUME,)),
+    # 6. ONNX export (issue #38)
+    Break("onnx: the batch axis is fixed at the example's", "moco/export/onnx.py",
+          "dynamic_shapes=({0: batch},)", "dynamic_shapes=None", (f"{ON}::{ON_SAME}[resnet]",)),
+    Break("onnx: the check compares the wrong batch", "moco/export/onnx.py",
+          "worst = max(worst, (got - ref).abs().max().item())", "worst = max(worst, 0.0)",
+          (f"{ON}::test_the_check_catches_a_file_that_is_not_the_backbone",)),
+    Break("onnx: the metadata gives the std as the mean", "moco/export/formats.py",
+          '"moco.mean": ",".join(map(str, mean))', '"moco.mean": ",".join(map(str, std))',
+          (f"{ON}::{ON_SAME}[resnet]",)),
+    # 7. experiment trackers (issue #38)
+    Break("trackers: records never reach the trackers", "moco/training/logging.py",
+          "            t.log(record)", "            pass", (TR_ML, TR_WB)),
+    Break("trackers: a resumed run opens a new tracker run", "moco/training/trackers.py",
+          "tracker = TRACKERS[name][0](config, out, task, ids.get(name))",
+          "tracker = TRACKERS[name][0](config, out, task, None)", (TR_ML, TR_WB)),
+    Break("trackers: MLflow metrics all at step 0", "moco/training/trackers.py",
+          'self._metrics(values, int(record.get("step", 0)))', "self._metrics(values, 0)", (TR_ML,)),
+    Break("trackers: W&B rows at the wrong step", "moco/training/trackers.py",
+          'self.run.log(values, step=int(record.get("step", 0)))', "self.run.log(values)", (TR_WB,)),
+    Break("trackers: the final results are not logged", "moco/training/harness.py",
+          "            t.results(result_record(result), state.step)", "            pass", (TR_ML, TR_WB)),
 ]
 
 

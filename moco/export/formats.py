@@ -1,4 +1,4 @@
-"""Export a pretrained backbone: torchvision state dict, Detectron2 ``.pkl``, or safetensors.
+"""Export a pretrained backbone: torchvision state dict, Detectron2 ``.pkl``, safetensors, or ONNX.
 
 * ``torchvision``: the query backbone's state dict, no ``module.``/``encoder_q.`` prefix and no
   ``fc``; it loads with ``strict=True`` into ``torchvision.models.resnetXX()`` once that model's
@@ -7,6 +7,8 @@
   does (``stem.conv1``, ``res2``-``res5``, ``shortcut``, ``convN.norm``), as numpy arrays in a
   pickle with ``matching_heuristics``, for R50-C4/FPN transfer.
 * ``safetensors``: the torchvision state dict in the safetensors format.
+* ``onnx``: the backbone as a graph, images in and features out, with a dynamic batch axis
+  (:mod:`moco.export.onnx`; the optional extra ``momentum-contrast[onnx]``).
 
 ViT backbones (MoCo v3) export as a torchvision ``VisionTransformer`` state dict without ``heads``
 (``torchvision.models.vit_b_16()`` for ViT-Base/16 at 224 px, once ``heads = nn.Identity()``).
@@ -19,10 +21,12 @@ from pathlib import Path
 
 import torch
 
-from moco.export.backbone import load_backbone
+from moco.data.augment import NORMALIZATIONS
+from moco.export.backbone import load_backbone, load_backbone_and_config
+from moco.export.onnx import export_onnx
 from moco.models.generic import Encoder
 
-FORMATS = ("torchvision", "detectron2", "safetensors")
+FORMATS = ("torchvision", "detectron2", "safetensors", "onnx")
 
 
 def torchvision_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -53,6 +57,12 @@ def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     """Write the checkpoint's backbone to ``out`` in ``fmt``; returns the path written."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        net, cfg = load_backbone_and_config(checkpoint)
+        mean, std = NORMALIZATIONS[cfg.data.normalize]
+        return export_onnx(net, out, cfg.data.image_size, {
+            "moco.source": str(checkpoint), "moco.arch": cfg.model.arch, "moco.image_size": str(cfg.data.image_size),
+            "moco.mean": ",".join(map(str, mean)), "moco.std": ",".join(map(str, std))})
     state = torchvision_state_dict(checkpoint)
     vit = "class_token" in state
     if fmt == "detectron2" and "layer1.0.conv1.weight" not in state:
