@@ -94,6 +94,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile the encoders (slow first steps; pays off on long runs)
     log_every: int = 20  # steps between metrics.jsonl records
+    loggers: list[str] = field(default_factory=list)  # experiment trackers beside TensorBoard: mlflow, wandb
     checkpoint_every: int = 10  # epochs between kept checkpoint_{epoch:04d}.pt files
     eval_every: int = 1  # epochs between end-of-epoch evaluations (pretraining's kNN monitor, fine-tuning's test
     # top-1, detection's COCO AP), when there is something to evaluate on; 0 = only after the last epoch

@@ -21,6 +21,7 @@ from moco.training.budget import Plan, TimeBudget
 from moco.training.checkpoint import TrainState, latest_checkpoint, load_checkpoint, require_moco_checkpoint
 from moco.training.loop import train
 from moco.training.run import Run
+from moco.training.trackers import open_trackers, require_trackers, result_record
 
 log = logging.getLogger("moco")
 R = TypeVar("R")
@@ -37,12 +38,15 @@ def run_job(
     train to the end or a stop. Returns ``finish(run, state, stopped)``; the lock and the process group are
     released whatever happens."""
     check_global_batch(cfg.optim.batch_size)
+    require_trackers(cfg.train.loggers)
     dinfo, dist_device = init_distributed(cfg.train.device)
-    lock = None
+    lock, run, stopped = None, None, True
     try:
         lock = lock_run_folder(out) if dinfo.is_main else None
         run, state = set_up(dinfo, dist_device)
         set_up_budget(run, state, replay_plan, started)
+        if run.main:
+            run.trackers = open_trackers(cfg.train.loggers, cfg.to_dict(), out, run.task.name)
         if run.finished(state):
             if run.main:
                 log.info("run already finished (epoch %d, step %d)", state.epoch, state.step)
@@ -50,8 +54,14 @@ def run_job(
             if run.main:
                 announce(run, state)
             train(run, state)
-        return finish(run, state, not run.finished(state))
+        stopped = not run.finished(state)
+        result = finish(run, state, stopped)
+        for t in run.trackers:
+            t.results(result_record(result), state.step)
+        return result
     finally:
+        for t in run.trackers if run is not None else []:
+            t.close(stopped)
         if lock is not None:
             lock.release()
         cleanup()

@@ -1,4 +1,5 @@
-"""Run logging: ``metrics.jsonl``, TensorBoard events and a PNG of the curves.
+"""Run logging: ``metrics.jsonl``, TensorBoard events, experiment trackers (:mod:`moco.training.trackers`)
+and a PNG of the curves.
 
 TensorBoard is optional at run time: if the package is missing, metrics still go
 to ``metrics.jsonl`` and the plot.
@@ -11,14 +12,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from moco.training.trackers import Tracker
+
 log = logging.getLogger("moco")
 
 
 class MetricsLogger:
-    """Appends one JSON record per call to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+    """Appends one JSON record per call to ``metrics.jsonl`` and mirrors scalars to TensorBoard and to the
+    run's experiment trackers."""
 
-    def __init__(self, out: Path, tensorboard: bool = True) -> None:
+    def __init__(self, out: Path, tensorboard: bool = True, trackers: list[Tracker] | None = None) -> None:
         self.path = out / "metrics.jsonl"
+        self.trackers = trackers or []
         self.writer = None
         if tensorboard:
             try:
@@ -37,6 +42,8 @@ class MetricsLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step"):
                     self.writer.add_scalar(f"{kind}/{k}", v, record.get("step", 0))
             self.writer.flush()
+        for t in self.trackers:
+            t.log(record)
 
     def close(self) -> None:
         if self.writer is not None:

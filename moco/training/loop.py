@@ -298,7 +298,7 @@ def train(run: Run, state: TrainState) -> bool:
     """Train from where ``state`` stands to the end (``optim.epochs``, or a time budget's plan), or until a
     signal or ``max_steps``, with a checkpoint either way. Returns whether it stopped before the end."""
     net = stepper(run, state.model)
-    run.metrics = MetricsLogger(run.out) if run.main else None
+    run.metrics = MetricsLogger(run.out, trackers=run.trackers) if run.main else None
     run.stop.install()
     try:
         while not run.finished(state):

@@ -38,6 +38,7 @@ from moco.training.checkpoint import (
 )
 from moco.training.logging import MetricsLogger
 from moco.training.task import Monitor, Task
+from moco.training.trackers import Tracker
 
 log = logging.getLogger("moco")
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "curves.png")
@@ -91,6 +92,7 @@ class Run:
     # the classes, the labels used, the initialisation)
     stop: StopFlag = field(default_factory=StopFlag)
     metrics: MetricsLogger | None = None  # rank 0, while training
+    trackers: list[Tracker] = field(default_factory=list)  # rank 0: MLflow, W&B (train.loggers)
     budget: TimeBudget | None = None  # with optim.time_budget (not when replaying a plan): measures, re-plans
 
     @property
