@@ -1,4 +1,4 @@
-"""The ``moco`` command: pretrain, finetune, detect, segment, evaluate, knn, linear, embed, neighbors, export,
+"""The ``moco`` command: pretrain, finetune, detect, segment, evaluate, knn, linear, embed, map, neighbors, export,
 shards, info, presets, reproduce.
 
 Errors in the user's input (config, data, checkpoints) end with one line on
@@ -319,7 +319,7 @@ def _eval_parser(sub: argparse._SubParsersAction, name: str, about: str, example
 
 
 def _add_evaluation(sub: argparse._SubParsersAction) -> None:
-    """knn, linear, embed and neighbors: commands that judge or use a checkpoint's backbone."""
+    """knn, linear, embed, map and neighbors: commands that judge or use a checkpoint's backbone."""
     cifar = "--train ../shared/datasets/cifar10/train --test ../shared/datasets/cifar10/test"
     kn = _eval_parser(sub, "knn", "weighted kNN accuracy of a checkpoint's backbone", cifar,
                       "labelled ImageFolder, or shards with .cls: the memory",
@@ -356,6 +356,15 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     em.add_argument("--data", required=True, help="an image folder or WebDataset shards")
     em.add_argument("--out", required=True, help=".npz with features, paths (and labels for an ImageFolder)")
     em.add_argument("--normalize", action="store_true", help="L2-normalise the features")
+
+    mp = _eval_parser(sub, "map", "a 2-D map of the backbone's features (t-SNE), coloured by class, with thumbnails",
+                      "--data ../shared/datasets/cifar10/test --out map.png   # pip install 'momentum-contrast[map]'")
+    mp.add_argument("--data", required=True, help="an image folder (ImageFolder: coloured by class) or shards")
+    mp.add_argument("--out", required=True, help="PNG to write")
+    mp.add_argument("--max-images", type=int, default=5000, help="map a seeded draw of at most N images (5000)")
+    mp.add_argument("--thumbnails", type=int, default=6, metavar="GRID",
+                    help="thumbnails on a GRID x GRID lattice over the map, one per cell (default 6; 0: none)")
+    mp.add_argument("--seed", type=int, default=0, help="the draw of images and t-SNE's start")
 
     nb = _eval_parser(sub, "neighbors", "picture of each query image's nearest neighbours in a folder",
                       "--data ../shared/datasets/cifar10/test --query some.jpg --k 8 --out grid.png")
@@ -401,8 +410,9 @@ def _add_files(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image")
     sh.add_argument("--no-progress", action="store_true")
 
-    inf = sub.add_parser("info", help="what a checkpoint holds: config, epoch, step, metrics")
-    inf.add_argument("checkpoint")
+    inf = sub.add_parser("info", help="what a run or checkpoint holds: config, progress, metrics, run health")
+    inf.add_argument("checkpoint", metavar="RUN|CHECKPOINT",
+                     help="a run folder (its newest checkpoint) or a checkpoint")
     inf.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -635,6 +645,28 @@ def _embed(a: argparse.Namespace) -> int:
     return 0
 
 
+def _map(a: argparse.Namespace) -> int:
+    from moco.evaluation.feature_map import EXTRA, draw_map, feature_map
+    from moco.evaluation.knn import extract_features
+
+    if a.max_images < 5 or a.thumbnails < 0:
+        raise ConfigError(f"--max-images must be >= 5 and --thumbnails >= 0, got {a.max_images} and {a.thumbnails}")
+    try:
+        import openTSNE  # noqa: F401 - before any work: a missing extra is one line
+    except ImportError:
+        raise ConfigError(EXTRA) from None
+    backbone, size, device, cfg, decode = _eval_setup(a)
+    data = decode(a.data)
+    feats = extract_features(backbone, data, size, device, a.precision, norm=cfg.data.normalize,
+                             progress=not a.no_progress)
+    fmap = feature_map(feats, a.max_images, a.thumbnails, a.seed)
+    name = Path(a.checkpoint).parent.name or Path(a.checkpoint).stem
+    out = draw_map(fmap, data, a.out, f"{name}: {len(fmap.index)} images of {a.data} (t-SNE of the backbone's "
+                                      "features)")
+    print(f"wrote {out}: {len(fmap.index)} images, {len(fmap.thumbnails)} thumbnails")
+    return 0
+
+
 def _neighbors(a: argparse.Namespace) -> int:
     from moco.evaluation.retrieval import nearest, neighbors_grid, query_images
 
@@ -689,18 +721,27 @@ def _info(a: argparse.Namespace) -> int:
     from moco.core.checkpoint_files import load_checkpoint, require_moco_checkpoint
     from moco.methods import describe
 
-    ck = require_moco_checkpoint(load_checkpoint(a.checkpoint), a.checkpoint)
+    path = Path(a.checkpoint)
+    if path.is_dir():  # a run folder: its newest checkpoint
+        from moco.training.checkpoint import latest_checkpoint
+
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path} holds no checkpoint yet")
+        path = found
+    ck = require_moco_checkpoint(load_checkpoint(path), path)
     cfg = ck["config"]
+    health = _health_line(path.parent, ck) if ck.get("task", "pretrain") == "pretrain" else None
     info = {
-        "checkpoint": str(a.checkpoint), "format": ck["format"], "epoch": ck["epoch"],
+        "checkpoint": str(path), "format": ck["format"], "epoch": ck["epoch"],
         "epochs": cfg["optim"]["epochs"], "step": ck["step"], "epoch_step": ck.get("epoch_step", 0),
-        "n_images": ck.get("n_images"), "metrics": ck.get("metrics", {}), "config": cfg,
+        "n_images": ck.get("n_images"), "metrics": ck.get("metrics", {}), "health": health, "config": cfg,
     }
     if a.json:
         print(json.dumps(info, indent=2))
         return 0
     m = cfg["model"]
-    print(f"checkpoint  {a.checkpoint}")
+    print(f"checkpoint  {path}")
     state = f"epoch {ck['epoch']}/{cfg['optim']['epochs']}, step {ck['step']}"
     if ck.get("epoch_step"):
         state += f" (stopped {ck['epoch_step']} steps into epoch {ck['epoch'] + 1})"
@@ -732,10 +773,29 @@ def _info(a: argparse.Namespace) -> int:
         print(f"data        {ck['n_images']} images")
     elif ck.get("n_images"):
         print(f"data        {ck['n_images']} images, {cfg['data']['image_size']} px, {cfg['data']['augmentation']} aug")
+    if health is not None:
+        print(f"health      {health}")
     for k, v in (ck.get("metrics") or {}).items():
         if k != "type":
             print(f"  {k:14s} {v:.4f}" if isinstance(v, float) else f"  {k:14s} {v}")
     return 0
+
+
+def _health_line(run: Path, ck: dict[str, Any]) -> str | None:
+    """Run health read off the run folder's metrics.jsonl (all of it: a running run's latest records too)."""
+    from moco.config import from_dict
+    from moco.evaluation.health import diagnose, setting_for, summary
+    from moco.models.vit import VITS
+    from moco.training.logging import read_metrics
+
+    records = read_metrics(run / "metrics.jsonl")
+    if not records:
+        return None
+    done = ck["step"] - ck.get("epoch_step", 0)
+    steps_per_epoch = done // ck["epoch"] if ck["epoch"] else max(ck.get("epoch_step", 0), 1)
+    cfg = from_dict(ck["config"])
+    setting = setting_for(cfg, steps_per_epoch, ck.get("world_size", 1), batchnorm=cfg.model.arch not in VITS)
+    return summary(diagnose(records, setting), records)
 
 
 def _presets(a: argparse.Namespace) -> int:
@@ -782,11 +842,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "logger", None):  # --logger mlflow --logger wandb: the setting train.loggers
             args.set.append(f"train.loggers=[{','.join(dict.fromkeys(args.logger))}]")
         commands = {"pretrain": _pretrain, "finetune": _finetune, "detect": _detect, "segment": _segment,
-                    "evaluate": _evaluate, "knn": _knn,
-                    "linear": _linear,
-                    "embed": _embed, "neighbors": _neighbors, "export": _export, "shards": _shards, "info": _info,
-                    "reproduce": _reproduce,
-                    "presets": _presets}
+                    "evaluate": _evaluate, "knn": _knn, "linear": _linear, "embed": _embed, "map": _map,
+                    "neighbors": _neighbors, "export": _export, "shards": _shards, "info": _info,
+                    "reproduce": _reproduce, "presets": _presets}
         return commands[args.command](args)
     except ConfigError as e:
         print(f"moco: error: {escaped(str(e))}", file=sys.stderr)

@@ -38,6 +38,7 @@ class Break:
 TL = "tests/test_transfer_learning.py"
 FT, DT, ST = "tests/test_finetune.py", "tests/test_detect.py", "tests/test_stream.py"
 SG, EV = "tests/test_segment.py", "tests/test_evaluate.py"
+HE, MP, DC = "tests/test_health.py", "tests/test_map.py", "tests/test_docs.py"
 TR = "tests/test_trackers.py"
 TR_ML = f"{TR}::test_mlflow_gets_config_records_and_results_and_a_resumed_run_continues_the_same_run"
 TR_WB = f"{TR}::test_wandb_logs_offline_without_a_key_and_a_resumed_run_keeps_its_id"
@@ -269,6 +270,47 @@ BREAKS = [
           'self.run.log(values, step=int(record.get("step", 0)))', "self.run.log(values)", (TR_WB,)),
     Break("trackers: the final results are not logged", "moco/training/harness.py",
           "            t.results(result_record(result), state.step)", "            pass", (TR_ML, TR_WB)),
+    # 8. run health, the map, the manual (issue #38)
+    Break("health: chance is ln K, not ln(K + 1)", "moco/evaluation/health.py",
+          "return Setting(me.K + 1, steps_per_epoch", "return Setting(me.K, steps_per_epoch",
+          (f"{HE}::test_a_queue_older_than_the_key_encoder_remembers_is_stale",
+           f"{HE}::test_a_loss_at_chance_after_the_warm_up_is_not_learning")),
+    Break("health: judged during the warm-up", "moco/evaluation/health.py",
+          "if step >= s.warmup_steps + t.settle_steps and never_learnt:", "if never_learnt:",
+          (f"{HE}::test_a_loss_at_chance_after_the_warm_up_is_not_learning",)),
+    Break("health: a run that fell and came back is 'not learning'", "moco/evaluation/health.py",
+          "never_learnt = min(tr.lowest, loss) >= t.stuck * chance", "never_learnt = loss >= t.stuck * chance",
+          (f"{HE}::test_a_loss_climbing_back_towards_chance_or_a_falling_knn_is_collapse",)),
+    Break("health: cheating judged at any time", "moco/evaluation/health.py",
+          "if tr.accs and step <= t.cheat_epochs * s.steps_per_epoch and", "if tr.accs and",
+          (f"{HE}::test_a_pretext_task_solved_at_once_is_cheating_but_late_mastery_is_not",)),
+    Break("health: one fall of the kNN is collapse", "moco/evaluation/health.py",
+          "if all(d > t.knn_drop for d in drops):", "if any(d > t.knn_drop for d in drops):",
+          (f"{HE}::test_a_loss_climbing_back_towards_chance_or_a_falling_knn_is_collapse",)),
+    Break("health: a sign shown again and again", "moco/evaluation/health.py",
+          "            if name not in self.shown and all(s.name != name for s in new):",
+          "            if all(s.name != name for s in new):",
+          (f"{HE}::test_each_sign_is_shown_once_and_a_health_record_counts_as_shown",
+           f"{HE}::test_the_trainer_shows_a_sign_once_records_it_and_a_resumed_run_does_not_repeat_it")),
+    Break("health: a resumed run forgets what it showed", "moco/training/loop.py",
+          "        if int(rec.get(\"step\", 0)) <= state.step:\n            monitor.observe(rec)",
+          "        if False:\n            monitor.observe(rec)",
+          (f"{HE}::test_the_trainer_shows_a_sign_once_records_it_and_a_resumed_run_does_not_repeat_it",)),
+    Break("map: coordinates of other images", "moco/evaluation/feature_map.py",
+          "coords = embed_2d(features[torch.from_numpy(index)], seed)",
+          "coords = embed_2d(features[torch.from_numpy(index[::-1].copy())], seed)",
+          (f"{MP}::test_each_point_lies_among_its_own_class",)),
+    Break("map: thumbnails far from the cell centres", "moco/evaluation/feature_map.py",
+          "picked.append(inside[np.argmin(((coords[inside] - centre) ** 2).sum(1))])",
+          "picked.append(inside[np.argmax(((coords[inside] - centre) ** 2).sum(1))])",
+          (f"{MP}::test_thumbnails_are_the_points_nearest_each_occupied_cells_centre",)),
+    Break("map: every point one colour", "moco/evaluation/feature_map.py",
+          "colour = (lambda c: cmap(c % cmap.N)) if labels is not None",
+          "colour = (lambda c: cmap(0)) if labels is not None",
+          (f"{MP}::test_moco_map_writes_a_picture_coloured_by_class",)),
+    Break("docs: broken links pass the strict build", "mkdocs.yml",
+          "  links: {not_found: warn,", "  links: {not_found: info,",
+          (f"{DC}::test_a_broken_link_or_a_page_left_out_fails_the_build",)),
 ]
 
 

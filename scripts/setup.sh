@@ -8,4 +8,4 @@ PY=${PYTHON:-python3}
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,onnx,mlflow,wandb]'  # the tests cover the extras
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,onnx,mlflow,wandb,map]'  # the tests cover the extras

@@ -27,6 +27,7 @@ from moco.core.precision import memory_format
 from moco.data import sets
 from moco.data.folder import ImageList
 from moco.data.pipelines import BatchSource, decode_side
+from moco.evaluation.health import health_monitor
 from moco.evaluation.knn import KnnMonitor
 from moco.methods import build_moco, describe
 from moco.models.generic import custom_name
@@ -63,7 +64,7 @@ def pretrain_task(cfg: Config) -> Task:
                 {"pretext_acc1": "pretext acc"},
                 lambda c: f"learning rate too high (optim.lr={c.optim.lr}), temperature too low "
                           f"(method.T={c.method.T}) or low precision (train.precision={c.train.precision})",
-                before_step=set_momentum)
+                before_step=set_momentum, health=health_monitor)
 
 
 @dataclass

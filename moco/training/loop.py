@@ -93,8 +93,30 @@ def log_step(run: Run, state: TrainState, totals: EpochTotals, loss: torch.Tenso
     }
     if run.metrics is not None:
         run.metrics.write(rec)
+        check_health(run, rec)
     totals.t_log, totals.images_log = now, 0
     return rec
+
+
+def check_health(run: Run, rec: dict[str, Any]) -> None:
+    """The task's health monitor reads ``rec``; each new sign of trouble is logged once and recorded."""
+    if run.health is None or run.metrics is None:
+        return
+    for sign in run.health.observe(rec):
+        run.metrics.write({"type": "health", "step": sign.step, "epoch": rec.get("epoch"), "sign": sign.name,
+                           "message": sign.message})
+        log.warning("health: %s", sign.message)
+
+
+def open_health(run: Run, state: TrainState) -> Any:
+    """Rank 0's health monitor, having read the records of the run so far (a resumed run shows no sign twice)."""
+    if not run.main or run.task.health is None:
+        return None
+    monitor = run.task.health(run.cfg, run.steps_per_epoch, state.model, run.dinfo.world_size)
+    for rec in read_metrics(run.out / "metrics.jsonl"):
+        if int(rec.get("step", 0)) <= state.step:
+            monitor.observe(rec)
+    return monitor
 
 
 def epochs_label(run: Run, state: TrainState) -> str:
@@ -265,6 +287,7 @@ def end_of_epoch(run: Run, state: TrainState, totals: EpochTotals) -> dict[str, 
     state.history.append(rec)
     if run.metrics is not None:
         run.metrics.write(rec)
+        check_health(run, rec)
     run.save(state, end_of_epoch=True)
     if run.main:
         _log_epoch(run, state, rec, evaluated)
@@ -299,6 +322,7 @@ def train(run: Run, state: TrainState) -> bool:
     signal or ``max_steps``, with a checkpoint either way. Returns whether it stopped before the end."""
     net = stepper(run, state.model)
     run.metrics = MetricsLogger(run.out, trackers=run.trackers) if run.main else None
+    run.health = open_health(run, state)
     run.stop.install()
     try:
         while not run.finished(state):

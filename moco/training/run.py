@@ -93,6 +93,7 @@ class Run:
     stop: StopFlag = field(default_factory=StopFlag)
     metrics: MetricsLogger | None = None  # rank 0, while training
     trackers: list[Tracker] = field(default_factory=list)  # rank 0: MLflow, W&B (train.loggers)
+    health: Any = None  # rank 0, while training: the task's health monitor (Task.health)
     budget: TimeBudget | None = None  # with optim.time_budget (not when replaying a plan): measures, re-plans
 
     @property

@@ -35,7 +35,8 @@ class Task:
     ``stats`` names its statistics (metrics key -> the label of the log line, as a percentage). ``before_step``
     (model, config, schedule epoch) runs before every step: pretraining sets the key encoder's momentum there.
     ``causes`` says what to check when the loss stops being finite. ``unused_parameters``: some parameters may
-    get no gradient in a step (DDP must look for them)."""
+    get no gradient in a step (DDP must look for them). ``health`` builds the run's health monitor (rank 0): the
+    trainer shows each of its signs once and records it in metrics.jsonl."""
 
     name: str
     step: Step
@@ -43,6 +44,8 @@ class Task:
     causes: Callable[[Config], str]
     before_step: Callable[[nn.Module, Config, float], None] | None = None
     unused_parameters: bool = False
+    health: Callable[[Config, int, nn.Module, int], Any] | None = None  # (config, steps per epoch, the model,
+    # processes) -> a monitor whose ``observe(record)`` returns the signs a record shows, each once
 
 
 class Monitor(Protocol):
