@@ -721,14 +721,7 @@ def _info(a: argparse.Namespace) -> int:
     from moco.core.checkpoint_files import load_checkpoint, require_moco_checkpoint
     from moco.methods import describe
 
-    path = Path(a.checkpoint)
-    if path.is_dir():  # a run folder: its newest checkpoint
-        from moco.training.checkpoint import latest_checkpoint
-
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"{path} holds no checkpoint yet")
-        path = found
+    path = _run_checkpoint(Path(a.checkpoint))
     ck = require_moco_checkpoint(load_checkpoint(path), path)
     cfg = ck["config"]
     health = _health_line(path.parent, ck) if ck.get("task", "pretrain") == "pretrain" else None
@@ -779,6 +772,18 @@ def _info(a: argparse.Namespace) -> int:
         if k != "type":
             print(f"  {k:14s} {v:.4f}" if isinstance(v, float) else f"  {k:14s} {v}")
     return 0
+
+
+def _run_checkpoint(path: Path) -> Path:
+    """``path``, or for a run folder its newest checkpoint."""
+    if not path.is_dir():
+        return path
+    from moco.training.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"{path} holds no checkpoint yet")
+    return found
 
 
 def _health_line(run: Path, ck: dict[str, Any]) -> str | None:

@@ -138,7 +138,7 @@ def test_a_resumed_evaluation_skips_finished_runs_continues_the_interrupted_one_
     b = load_checkpoint(tmp_path / "ref" / "checkpoint_last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     res = json.loads((out / "results.json").read_text())
-    assert res["finetunes"]["ft-50pct-random-s0"]["top1"] == ref.top1
+    assert res["finetunes"]["ft-50pct-random-s0"]["top1"] == pytest.approx(ref.top1, abs=5e-5)  # kept to 4 places
     # every init of a share learnt from the images of its labels.txt, and the probe too
     for share, n in (("50pct", 18), ("100pct", 36)):
         listed = _image_lines(out / "labels" / f"{share}.txt")

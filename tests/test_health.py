@@ -138,3 +138,8 @@ def test_batchnorm_can_leak_where_the_key_batch_is_not_shuffled_across_groups():
     assert "shuffle BN is off" in leak("method.dictionary=end_to_end", "method.shuffle_bn=false")
     signs = diagnose(run([6.0] * 3), setting_for(tiny_config_of("model.bn_splits=1"), SPE))
     assert names(signs) == ["bn_leak"] and signs[0].step == 20 and "method.shuffle_bn=true" in signs[0].message
+
+
+def test_moco_info_on_a_folder_without_a_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"moco: error: {tmp_path} holds no checkpoint yet"
