@@ -5,7 +5,7 @@ import json
 import math
 
 from moco.cli import main
-from moco.evaluation.health import HealthMonitor, Setting, Thresholds, diagnose, setting_for
+from moco.evaluation.health import HealthMonitor, Setting, Thresholds, _stale, diagnose, setting_for
 from moco.tasks.pretrain import pretrain
 from moco.training.logging import read_metrics
 from tests.conftest import tiny_config
@@ -82,6 +82,9 @@ def test_a_queue_older_than_the_key_encoder_remembers_is_stale():
     assert names(signs) == ["stale_queue"] and signs[0].step == 20
     assert "16 steps old" in signs[0].message and "10 steps" in signs[0].message
     assert diagnose(run([6.0] * 3), MOCO) == []  # 16 steps old, memory 100
+    cpu = setting_for(tiny_config_of("optim.batch_size=256", "method.K=4096"), SPE)
+    assert (cpu.candidates, cpu.queue, cpu.batch, cpu.m) == (4097, 4096, 256, 0.99)  # the key and K negatives
+    assert cpu.chance_loss == math.log(4097) and _stale(cpu, Thresholds()) is None
     v3 = setting_for(tiny_config_of("method.dictionary=v3", "model.head=v3", "method.T=0.2"), SPE)
     assert v3.queue == 0 and v3.chance_loss == 4 * 0.2 * math.log(8)  # no queue; v3's loss is scaled by 4T
 
