@@ -142,7 +142,7 @@ def _train_features(backbone: nn.Module, train: DecodedImages, image_size: int, 
     return [augmented_features(backbone, train, image_size, device, precision, g, norm=norm) for _ in views]
 
 
-def _fit(clf: LinearClassifier, features: Callable[[int, torch.Tensor], torch.Tensor], y_train: torch.Tensor,
+def fit_classifier(clf: LinearClassifier, features: Callable[[int, torch.Tensor], torch.Tensor], y_train: torch.Tensor,
          lc: LinearConfig, g: torch.Generator, device: torch.device, progress: bool) -> None:
     """SGD on the classifier for ``lc.epochs`` epochs of shuffled batches (``features(epoch, indices)``), the lr
     following ``lc``'s schedule."""
@@ -182,7 +182,7 @@ def _classify(f_train: list[torch.Tensor], y_train: torch.Tensor, f_test: torch.
         assert encode is not None
         return encode(idx)
 
-    _fit(clf, features, y_train, lc, g, device, progress)
+    fit_classifier(clf, features, y_train, lc, g, device, progress)
     clf.eval()  # the feature BatchNorm uses its running statistics from now on
     with torch.no_grad():
         return clf, _accuracy(clf(f_test.to(device)).cpu(), y_test)

@@ -234,38 +234,37 @@ class Costs:
 
 
 def measure(cfg: Config, num_classes: int) -> Costs:
-    """Time the fine-tuned network (random weights, the run's batch, image size, precision and memory format)
-    for a few steps, a forward pass and a linear-probe step; the global random state is left as it was."""
-    from moco.core.precision import autocast, memory_format, pick_device, resolve_precision
-    from moco.evaluation.linear import LinearClassifier
+    """Time what the evaluation will run, on random data: the trainer's own fine-tuning step (``train_step`` on
+    the fine-tuning task's model and optimiser: the run's batch, image size, precision, memory format, BatchNorm
+    mode and lr groups), a forward pass in eval mode, and the linear probe's own fit; the global random state
+    is left as it was."""
+    from moco.core.precision import memory_format, pick_device, resolve_precision
+    from moco.evaluation.linear import LinearClassifier, LinearConfig, fit_classifier
+    from moco.tasks.finetune import finetune_task
+    from moco.training.loop import train_step
+    from moco.training.run import training_parts
+    from moco.training.task import StepModule
+    from moco.transfer.classifier import Classifier
     from moco.transfer.init import build_network
 
     device = pick_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     b, s = cfg.optim.batch_size, cfg.data.image_size
     with torch.random.fork_rng(devices=[]):
-        net = build_network(cfg, num_classes).to(device, memory_format=memory_format(cfg.train.channels_last))
-        x = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=memory_format(cfg.train.channels_last))
-        y = torch.randint(0, num_classes, (b,), device=device)
-        opt = torch.optim.SGD(net.parameters(), lr=1e-3)
-
-        def step() -> None:
-            with autocast(device, precision):
-                loss = torch.nn.functional.cross_entropy(net(x).float(), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        step_s = _timed(step, 2)
-        net.eval()
+        model = Classifier(build_network(cfg, num_classes), cfg.finetune.bn, cfg.finetune.label_smoothing)
+        model, opt, scaler = training_parts(cfg, model, device, lambda m: m.param_groups(cfg.finetune.backbone_lr))
+        net, gen = StepModule(model, finetune_task(cfg).step), torch.Generator().manual_seed(0)
+        batch = (torch.randn(b, 3, s, s, device=device), torch.randint(0, num_classes, (b,), device=device), None)
+        step_s = _timed(lambda: train_step(net, opt, scaler, batch, gen, precision, device)[0].item(), 2)
+        model.eval()
         with torch.no_grad():
-            image_s = _timed(lambda: net(x), 1) / b
-        clf = LinearClassifier(512, num_classes)
-        f = torch.randn(256, 512)
-        probe = torch.optim.SGD(clf.parameters(), lr=0.1)
-        t = torch.zeros(256, dtype=torch.long)
-        probe_s = _timed(lambda: (probe.zero_grad(), torch.nn.functional.cross_entropy(clf(f), t).backward(),
-                                  probe.step()), 10)
+            x = batch[0].contiguous(memory_format=memory_format(cfg.train.channels_last))
+            image_s = _timed(lambda: model.encoder_q(x), 1) / b
+        n, probe = 2560, LinearConfig(epochs=1)  # one epoch of 10 steps of the probe's own fit
+        feats, labels = torch.randn(n, 512), torch.randint(0, num_classes, (n,))
+        clf = LinearClassifier(512, num_classes, probe.feature_norm)
+        probe_s = _timed(lambda: fit_classifier(clf, lambda _, idx: feats[idx], labels, probe, gen,
+                                                torch.device("cpu"), False), 1) / (n // probe.batch_size)
     return Costs(step_s, image_s, probe_s)
 
 
