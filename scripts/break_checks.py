@@ -268,6 +268,8 @@ BREAKS = [
           'self._metrics(values, int(record.get("step", 0)))', "self._metrics(values, 0)", (TR_ML,)),
     Break("trackers: W&B rows at the wrong step", "moco/training/trackers.py",
           'self.run.log(values, step=int(record.get("step", 0)))', "self.run.log(values)", (TR_WB,)),
+    Break("trackers: TensorBoard gets no scalars", "moco/training/logging.py",
+          "                self.writer.add_scalar(k, v, record.get(\"step\", 0))", "                pass", (TR_ML,)),
     Break("trackers: the final results are not logged", "moco/training/harness.py",
           "            t.results(result_record(result), state.step)", "            pass", (TR_ML, TR_WB)),
     # 8. run health, the map, the manual (issue #38)

@@ -60,6 +60,12 @@ def test_mlflow_gets_config_records_and_results_and_a_resumed_run_continues_the_
         assert len(client.get_metric_history(run_id, name)) == len(by_step)
     final = result_scalars(result_record(res))
     assert final["result/metrics/knn_top1"] == res.metrics["knn_top1"] and final["result/step"] == 12
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(tmp_path / "run" / "tb"))
+    tb.Reload()  # TensorBoard gets the same records under the same names, both sessions
+    for name, by_step in expected.items():
+        assert {e.step: e.value for e in tb.Scalars(name)} == pytest.approx(by_step, rel=1e-6), name
     assert {k: run.data.metrics[k] for k in final} == pytest.approx(final)
 
 

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from moco.training.trackers import Tracker
+from moco.training.trackers import Tracker, scalars
 
 log = logging.getLogger("moco")
 
@@ -37,10 +37,8 @@ class MetricsLogger:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
-            kind = record.get("type", "step")
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step"):
-                    self.writer.add_scalar(f"{kind}/{k}", v, record.get("step", 0))
+            for k, v in scalars(record).items():
+                self.writer.add_scalar(k, v, record.get("step", 0))
             self.writer.flush()
         for t in self.trackers:
             t.log(record)

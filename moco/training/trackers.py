@@ -64,8 +64,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
-    """A metrics record's numbers under TensorBoard's names (``step/loss``, ``epoch/knn_top1``); ``step`` and
-    ``epoch`` are the axis, not metrics."""
+    """A metrics record's numbers as TensorBoard and every tracker name them (``step/loss``, ``epoch/knn_top1``);
+    ``step`` and ``epoch`` are the axis, not metrics."""
     kind = record.get("type", "step")
     return {f"{kind}/{k}": float(v) for k, v in record.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step")}
