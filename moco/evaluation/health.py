@@ -29,6 +29,7 @@ are measured: ``benchmarks/health_cpu.py`` induces each failure on CIFAR-10 and 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,25 +130,29 @@ def _stale(s: Setting, t: Thresholds) -> str | None:
 
 @dataclass
 class _Trace:
-    """What the rules need of the records so far."""
+    """What the rules need of the records so far: the last ``window`` losses and accuracies, the kNN of every
+    epoch, the lowest smoothed loss, the last lr."""
 
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    accs: list[tuple[int, float]] = field(default_factory=list)
-    knn: list[tuple[int, float]] = field(default_factory=list)
+    window: int
+    losses: deque[float] = field(init=False)
+    accs: deque[float] = field(init=False)
+    knn: list[float] = field(default_factory=list)
     lowest: float = math.inf
     last_lr: float | None = None
 
+    def __post_init__(self) -> None:
+        self.losses, self.accs = deque(maxlen=self.window), deque(maxlen=self.window)
 
-def _mean(xs: list[tuple[int, float]], n: int) -> float:
-    tail = [v for _, v in xs[-n:]]
-    return sum(tail) / len(tail)
+
+def _mean(xs: deque[float]) -> float:
+    return sum(xs) / len(xs)
 
 
 def _rules(tr: _Trace, rec: dict[str, Any], s: Setting, t: Thresholds) -> Iterable[tuple[str, str]]:
     """The signs ``rec`` shows, given what came before it (``tr``, already holding ``rec``)."""
     step, chance = int(rec.get("step", 0)), s.chance_loss
     if rec.get("type") == "step" and len(tr.losses) >= t.window:
-        loss = _mean(tr.losses, t.window)
+        loss = _mean(tr.losses)
         never_learnt = min(tr.lowest, loss) >= t.stuck * chance  # a loss that fell and came back is collapse
         if step >= s.warmup_steps + t.settle_steps and never_learnt:
             lr = tr.last_lr
@@ -158,9 +163,9 @@ def _rules(tr: _Trace, rec: dict[str, Any], s: Setting, t: Thresholds) -> Iterab
                    f"not learning: the loss is {loss:.2f} at step {step}, {loss / chance:.0%} of chance "
                    f"({scale}ln {s.candidates} = {chance:.2f}); {why}: check optim.lr (and its schedule), an "
                    f"augmentation too strong for the images (data.augmentation, data.crop_min_scale), or method.T")
-        if tr.accs and step <= t.cheat_epochs * s.steps_per_epoch and _mean(tr.accs, t.window) >= t.cheat_acc:
+        if tr.accs and step <= t.cheat_epochs * s.steps_per_epoch and _mean(tr.accs) >= t.cheat_acc:
             yield ("cheating",
-                   f"the pretext task is solved too easily: acc@1 {_mean(tr.accs, t.window):.0f}% among "
+                   f"the pretext task is solved too easily: acc@1 {_mean(tr.accs):.0f}% among "
                    f"{s.candidates} candidates at step {step}; the positive leaks (shuffle BN off with one "
                    f"BatchNorm group: set method.shuffle_bn=true or model.bn_splits=8 on one device) or the key "
                    f"encoder follows too closely (method.m={s.m}: use 0.99-0.999)")
@@ -170,12 +175,12 @@ def _rules(tr: _Trace, rec: dict[str, Any], s: Setting, t: Thresholds) -> Iterab
                    f"(chance {chance:.2f}); likely method.m too low (now {s.m}) or an lr too high (now "
                    f"{tr.last_lr:g}): lower optim.lr or raise method.m")
     if rec.get("type") == "epoch" and len(tr.knn) > t.knn_falls:
-        drops = [tr.knn[i][1] - tr.knn[i + 1][1] for i in range(len(tr.knn) - 1 - t.knn_falls, len(tr.knn) - 1)]
-        if all(d > t.knn_drop for d in drops):
-            first = tr.knn[-1 - t.knn_falls][1]
+        last = tr.knn[-1 - t.knn_falls:]
+        if all(a - b > t.knn_drop for a, b in zip(last, last[1:])):
+            first = last[0]
             yield ("collapse",
                    f"collapse: the kNN monitor fell {t.knn_falls} epochs in a row, from {first:.1f}% to "
-                   f"{tr.knn[-1][1]:.1f}% at epoch {rec.get('epoch')}; likely method.m too low (now {s.m}) or an "
+                   f"{last[-1]:.1f}% at epoch {rec.get('epoch')}; likely method.m too low (now {s.m}) or an "
                    f"lr too high")
 
 
@@ -184,7 +189,7 @@ class HealthMonitor:
 
     def __init__(self, setting: Setting, thresholds: Thresholds | None = None) -> None:
         self.setting, self.t = setting, thresholds or Thresholds()
-        self.trace = _Trace()
+        self.trace = _Trace(self.t.window)
         self.shown: set[str] = set()
 
     def observe(self, rec: dict[str, Any]) -> list[Sign]:
@@ -201,17 +206,17 @@ class HealthMonitor:
                                              "with model.bn_splits=8 on one device (or several processes)"))
         tr = self.trace
         if kind == "step" and "loss" in rec:
-            tr.losses.append((step, float(rec["loss"])))
+            tr.losses.append(float(rec["loss"]))
             if "pretext_acc1" in rec:
-                tr.accs.append((step, float(rec["pretext_acc1"])))
+                tr.accs.append(float(rec["pretext_acc1"]))
             tr.last_lr = rec.get("lr", tr.last_lr)
         if kind == "epoch" and rec.get("knn_top1") is not None:
-            tr.knn.append((int(rec.get("epoch", 0)), float(rec["knn_top1"])))
+            tr.knn.append(float(rec["knn_top1"]))
         for name, msg in _rules(tr, rec, self.setting, self.t):
             if name not in self.shown and all(s.name != name for s in new):
                 new.append(Sign(name, step, msg))
         if kind == "step" and len(tr.losses) >= self.t.window:  # the lowest smoothed loss, after the rules
-            tr.lowest = min(tr.lowest, _mean(tr.losses, self.t.window))
+            tr.lowest = min(tr.lowest, _mean(tr.losses))
         self.shown.update(s.name for s in new)
         return new
 
