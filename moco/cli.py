@@ -684,23 +684,19 @@ def _neighbors(a: argparse.Namespace) -> int:
 
 
 def _export(a: argparse.Namespace) -> int:
-    from moco.export.formats import export_backbone
+    from moco.export.formats import export_backbone, export_onnx_backbone
+    from moco.export.onnx import TOLERANCE
 
-    out = export_backbone(a.checkpoint, a.format, a.out)
     if a.format != "onnx":
-        print(f"wrote {out} ({a.format})")
+        print(f"wrote {export_backbone(a.checkpoint, a.format, a.out)} ({a.format})")
         return 0
-    from moco.export.backbone import load_backbone_and_config
-    from moco.export.onnx import TOLERANCE, check_onnx
-
-    net, cfg = load_backbone_and_config(a.checkpoint)
-    check = check_onnx(out, net, cfg.data.image_size)
-    print(f"wrote {out} (onnx, images {cfg.data.image_size} px, batch axis dynamic); onnxruntime against PyTorch "
+    out, check, size = export_onnx_backbone(a.checkpoint, a.out)
+    print(f"wrote {out} (onnx, images {size} px, batch axis dynamic); onnxruntime against PyTorch "
           f"on batches of {' and '.join(map(str, check.batches))}: largest difference {check.max_abs_diff:.2e} "
           f"({check.relative:.1e} of the features' scale)")
     if not check.ok:
-        log.error("the ONNX file's features differ from PyTorch's by more than %.0e of their scale: do not deploy "
-                  "it; please report the checkpoint's architecture", TOLERANCE)
+        print(f"moco: error: {out}: the features differ from PyTorch's by more than {TOLERANCE:.0e} of their scale: "
+              "do not deploy it; please report the checkpoint's architecture", file=sys.stderr)
         return 1
     return 0
 

@@ -62,3 +62,17 @@ def test_a_missing_extra_is_one_line_that_names_it(tmp_path, capsys, monkeypatch
     assert "pip install 'momentum-contrast[onnx]'" in err and "onnxruntime is not installed" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "n.onnx").exists()
+
+
+def test_a_file_that_fails_its_check_is_refused(tmp_path, capsys, monkeypatch):
+    from moco.export import formats
+    from moco.export.formats import export_backbone
+    from moco.export.onnx import OnnxCheck
+
+    ck = tmp_path / "ck.pt"
+    fake_checkpoint(ck)
+    monkeypatch.setattr(formats, "check_onnx", lambda *a, **k: OnnxCheck(0.5, 0.1, (1, 3)))  # a wrong graph
+    with pytest.raises(ValueError, match="differ from PyTorch's by 1.0e-01 of their scale"):
+        export_backbone(ck, "onnx", tmp_path / "a.onnx")
+    assert main(["export", "--checkpoint", str(ck), "--format", "onnx", "--out", str(tmp_path / "b.onnx")]) == 1
+    assert "do not deploy it" in capsys.readouterr().err

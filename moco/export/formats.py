@@ -23,7 +23,7 @@ import torch
 
 from moco.data.augment import NORMALIZATIONS
 from moco.export.backbone import load_backbone, load_backbone_and_config
-from moco.export.onnx import export_onnx
+from moco.export.onnx import OnnxCheck, check_onnx, export_onnx
 from moco.models.generic import Encoder
 
 FORMATS = ("torchvision", "detectron2", "safetensors", "onnx")
@@ -53,16 +53,29 @@ def detectron2_state_dict(state: dict[str, torch.Tensor]) -> dict:
     return {"model": model, "__author__": "MOCO", "matching_heuristics": True}
 
 
+def export_onnx_backbone(checkpoint: str | Path, out: str | Path) -> tuple[Path, OnnxCheck, int]:
+    """The checkpoint's backbone as ONNX, with the inputs it expects in its metadata, run in onnxruntime against
+    PyTorch: (the path written, the check, the image side)."""
+    net, cfg = load_backbone_and_config(checkpoint)
+    mean, std = NORMALIZATIONS[cfg.data.normalize]
+    size = cfg.data.image_size
+    path = export_onnx(net, out, size, {
+        "moco.source": str(checkpoint), "moco.arch": cfg.model.arch, "moco.image_size": str(size),
+        "moco.mean": ",".join(map(str, mean)), "moco.std": ",".join(map(str, std))})
+    return path, check_onnx(path, net, size), size
+
+
 def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
-    """Write the checkpoint's backbone to ``out`` in ``fmt``; returns the path written."""
+    """Write the checkpoint's backbone to ``out`` in ``fmt``; returns the path written (ONNX: checked as
+    :func:`export_onnx_backbone` does, a mismatch refused)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
-        net, cfg = load_backbone_and_config(checkpoint)
-        mean, std = NORMALIZATIONS[cfg.data.normalize]
-        return export_onnx(net, out, cfg.data.image_size, {
-            "moco.source": str(checkpoint), "moco.arch": cfg.model.arch, "moco.image_size": str(cfg.data.image_size),
-            "moco.mean": ",".join(map(str, mean)), "moco.std": ",".join(map(str, std))})
+        path, check, _ = export_onnx_backbone(checkpoint, out)
+        if not check.ok:
+            raise ValueError(f"{path}: onnxruntime's features differ from PyTorch's by {check.relative:.1e} of their "
+                             "scale; do not deploy it")
+        return path
     state = torchvision_state_dict(checkpoint)
     vit = "class_token" in state
     if fmt == "detectron2" and "layer1.0.conv1.weight" not in state:
