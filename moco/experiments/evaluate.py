@@ -434,19 +434,17 @@ def frozen_protocols(init: Init, spec: Spec, data: Data, cfg: Config, files: dic
 
 def run_finetune(ft: FineTune, out: Path, spec: Spec, files: dict[str, Path], length: dict[str, Any],
                  progress: bool) -> dict[str, Any] | None:
-    """``ft`` as a ``moco finetune`` run in ``out``: its results.json when finished (skipped), else run, or
-    resumed from its checkpoint (which knows its init, labels and length); None when it was interrupted."""
+    """``ft`` as a ``moco finetune`` run in ``out`` (one not finished: :func:`_run_all` skips the others), run or
+    resumed from its checkpoint (which knows its init, labels and length): its results.json, or None when it
+    was interrupted."""
     from moco.tasks.finetune import finetune
 
-    done = out / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
     resume = "auto" if (out / "checkpoint_last.pt").is_file() else None
     kw = {} if resume else {**ft.init.finetune_args(), "labels_file": files[ft.labels], **length}
     res = finetune(train_dir=spec.train, test_dir=spec.test, out=out, overrides=[*FINETUNE_SETTINGS, *spec.overrides],
                    flags={"train.seed": ft.seed}, progress=progress, resume=resume, started=time.perf_counter(),
                    **kw)
-    return None if res.stopped else json.loads(done.read_text())
+    return None if res.stopped else json.loads((out / "results.json").read_text())
 
 
 @dataclass
