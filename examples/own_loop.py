@@ -26,7 +26,8 @@ dataset = torchvision.datasets.ImageFolder(args.data, transform=to_uint8)
 loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
 
 backbone = moco.remove_classifier(torchvision.models.get_model(args.arch, weights=None))  # features, no classes
-model = moco.MoCo.from_backbone(backbone, dim=128, K=4096, m=0.99, T=0.1, image_size=args.size)
+model = moco.MoCo.from_backbone(backbone, dim=128, K=4096, m=0.99, T=0.1, image_size=args.size,
+                                bn_splits=max(1, min(8, args.batch_size // 16)))  # SplitBN: groups of 16+
 optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.06, momentum=0.9,
                             weight_decay=5e-4)
 

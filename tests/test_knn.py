@@ -48,3 +48,12 @@ def test_top5_counts_the_true_class_among_the_five_best_voted():
     assert res["top1"] == 0.0 and res["top5"] == 100.0
     far = F.normalize(centers[(te_y + 4) % 8] + 0.01 * torch.randn(8, 32, generator=g), dim=1)
     assert knn_accuracy(tr, tr_y, far, te_y, 8, k=20, t=0.1)["top5"] < 100.0  # its own class out of the top 5
+
+
+def test_knn_accuracy_normalises_raw_features_itself():
+    """load_backbone's features are not unit vectors: a row scaled by 50 must not outvote the others."""
+    g = torch.Generator().manual_seed(3)
+    tr, te = F.normalize(torch.randn(60, 8, generator=g), dim=1), F.normalize(torch.randn(20, 8, generator=g), dim=1)
+    tr_y, te_y = torch.randint(0, 3, (60,), generator=g), torch.randint(0, 3, (20,), generator=g)
+    scale = torch.rand(60, 1, generator=g) * 50 + 0.1
+    assert knn_accuracy(tr * scale, tr_y, te * 7.0, te_y, 3, k=10) == knn_accuracy(tr, tr_y, te, te_y, 3, k=10)

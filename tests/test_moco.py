@@ -164,3 +164,19 @@ def test_split_batchnorm_with_one_split_is_plain_bn():
     x = torch.randn(6, 3, 4, 4)
     a, b = SplitBatchNorm(3, num_splits=1), nn.BatchNorm2d(3)
     assert torch.allclose(a(x), b(x))
+
+
+def test_from_backbone_splits_batchnorm_for_shuffle_bn_on_one_device():
+    import torchvision
+
+    from moco import MoCo, remove_classifier
+    from moco.models.resnet import SplitBatchNorm
+
+    def split_layers(model):
+        return [m for m in model.modules() if isinstance(m, SplitBatchNorm)]
+
+    net = MoCo.from_backbone(remove_classifier(torchvision.models.resnet18()), K=64, image_size=32, bn_splits=4)
+    assert split_layers(net.encoder_q) and len(split_layers(net.encoder_k)) == len(split_layers(net.encoder_q))
+    assert all(m.num_splits == 4 for m in split_layers(net.encoder_q))
+    plain = MoCo.from_backbone(remove_classifier(torchvision.models.resnet18()), K=64, image_size=32)
+    assert not split_layers(plain.encoder_q)

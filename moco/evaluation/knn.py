@@ -99,11 +99,25 @@ def knn_predict(
     return torch.cat(scores)
 
 
+def _unit(feats: torch.Tensor) -> torch.Tensor:
+    """``feats`` with unit rows: as they are when they already are (so results do not move by a rounding)."""
+    norms = feats.float().norm(dim=1)
+    if feats.shape[0] == 0 or (norms - 1).abs().max() < 1e-3:
+        return feats
+    return F.normalize(feats, dim=1)
+
+
 def knn_accuracy(
     train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, test_labels: torch.Tensor,
     num_classes: int, k: int = 200, t: float = 0.1,
 ) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) of the weighted kNN classifier."""
+    """Top-1 / top-5 accuracy (%) of the weighted kNN classifier (InstDisc's: each of the ``k`` nearest train
+    features votes for its label with weight exp(cosine similarity / ``t``)).
+
+    The similarity is a dot product, so the features must be L2-normalised; features that are not (the raw
+    output of ``moco.load_backbone``, say) are normalised here first. ``train_labels`` and ``test_labels`` are
+    class indices in [0, ``num_classes``)."""
+    train_feats, test_feats = _unit(train_feats), _unit(test_feats)
     scores = knn_predict(test_feats, train_feats, train_labels, num_classes, k, t)
     top = scores.topk(min(5, num_classes), dim=1).indices
     correct = top == test_labels.view(-1, 1)

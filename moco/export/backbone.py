@@ -132,6 +132,14 @@ def load_encoder_and_config(path: str | Path, backbone: nn.Module | None = None)
 
 
 def load_backbone(path: str | Path, backbone: nn.Module | None = None) -> nn.Module:
-    """``moco.load_backbone(path)``: the pretrained backbone, ready for ``forward_features`` or fine-tuning.
-    Pass ``backbone`` (a fresh instance of the same network) for a backbone that was given to ``pretrain``."""
+    """``moco.load_backbone(path)``: the pretrained query backbone (``encoder_q`` without its projection head:
+    ``fc`` is Identity), with plain BatchNorm (pretraining's SplitBatchNorm folded back), on the CPU, in **eval
+    mode** (call ``.train()`` to fine-tune). ``backbone(images)`` takes images normalised as the run's
+    ``data.normalize`` says (ImageNet's mean and std by default), at the run's ``data.image_size``, and returns
+    the pooled features (512-d for ResNet-18 at width 64, 2048-d for ResNet-50), **not L2-normalised**: normalise
+    them for cosine similarity (``moco.knn_accuracy`` does so itself).
+
+    ``path``: a momentum-contrast checkpoint (a pretraining, fine-tuning, detection or segmentation run's: the
+    backbone it trained), the authors' ``checkpoint_XXXX.pth.tar``, or a torchvision ResNet state dict. Pass
+    ``backbone`` (a fresh instance of the same network) for a backbone that was given to ``pretrain``."""
     return load_backbone_and_config(path, backbone)[0]

@@ -22,7 +22,7 @@ from torch import nn
 
 from moco.core.distributed import concat_all_gather, world_size
 from moco.methods.encoder import build_head
-from moco.models.generic import Encoder, infer_feature_dim
+from moco.models.generic import Encoder, infer_feature_dim, split_batchnorm
 from moco.schema import Config
 
 
@@ -161,12 +161,19 @@ class MoCo(nn.Module):
     @classmethod
     def from_backbone(
         cls, backbone: nn.Module, dim: int = 128, mlp: bool = True, feature_dim: int | None = None,
-        image_size: int = 224, **kw: Any,
+        image_size: int = 224, bn_splits: int = 1, **kw: Any,
     ) -> MoCo:
         """MoCo around any ``backbone`` that maps images to features (or feature maps, which are pooled):
         a projection head to ``dim`` (v2's MLP, or v1's linear layer with ``mlp=False``) is added, and the
         backbone's width is ``feature_dim`` or found by one forward pass at ``image_size``. ``kw``: K, m, T,
-        symmetric, shuffle_bn."""
+        symmetric, shuffle_bn.
+
+        ``bn_splits``: on one device, give 8 (the CIFAR demo's SplitBatchNorm): every ``BatchNorm2d`` of the
+        backbone then normalises each eighth of the batch on its own statistics, and shuffle BN (the key batch
+        shuffled across the groups) stops the positive key from leaking through the batch statistics (paper,
+        3.3). With 1 (plain BN) on one device the shuffle changes nothing and the model can cheat; under
+        torchrun keep 1: the key batch is shuffled across processes instead."""
+        backbone = split_batchnorm(backbone, bn_splits)
         width = feature_dim or infer_feature_dim(backbone, image_size)
         return cls(Encoder(backbone, build_head(width, dim, mlp)), dim, **kw)
 
