@@ -32,6 +32,13 @@ EPILOG_PRETRAIN = """examples:
   moco pretrain --out runs/cpu --resume auto            # continue an interrupted run
   moco pretrain --preset imagenet-v2 --print-config     # show the resolved config and exit
 
+Without --preset or --config the recipe is chosen for --data and this machine: the
+images' median size and number (64 file headers read) and each candidate network's
+measured speed (a second each) against --time-budget (an hour without one). CIFAR-sized
+images get cifar10-cpu; photos MoCo v2's recipe at the largest view and ResNet the budget
+can teach. The choice is printed with its reasons, kept in RUN/recipe.json and shown by
+`moco info`; --set overrides any of it; --print-config shows it without training.
+
 --data may be an ImageFolder (class sub-folders), a folder holding train/ and test/
 (the test split then drives the kNN monitor), or any tree of images. Without
 --data: $MOCO_DATA, ./data/cifar10, then ../shared/datasets/cifar10.
@@ -58,9 +65,10 @@ def _command(sub: argparse._SubParsersAction, name: str, about: str, epilog: str
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     pt = _command(sub, "pretrain", "pretrain a backbone on a folder of images", EPILOG_PRETRAIN)
     pt.add_argument("--data", help="image folder to pretrain on (see below)")
-    pt.add_argument("--out", help="run directory (default: runs/PRESET)")
+    pt.add_argument("--out", help="run directory (default: runs/PRESET, or runs/pretrain)")
     pt.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
-                    help=f"recipe to start from: {', '.join(PRESETS)} (default: cifar10-cpu; see `moco presets`)")
+                    help=f"recipe to start from: {', '.join(PRESETS)} (default: one chosen for --data and this "
+                         "machine, see below; `moco presets` lists them)")
     pt.add_argument("--config", help="YAML file of settings, e.g. {method: {K: 4096}}")
     pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one setting, e.g. --set method.m=0.99 (repeatable)")
@@ -410,9 +418,15 @@ def _add_files(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image")
     sh.add_argument("--no-progress", action="store_true")
 
-    inf = sub.add_parser("info", help="what a run or checkpoint holds: config, progress, metrics, run health")
-    inf.add_argument("checkpoint", metavar="RUN|CHECKPOINT",
+    inf = sub.add_parser("info", help="what a run or checkpoint holds: config, progress, metrics, run health; "
+                         "or what this installation can do (--system)",
+                         epilog="examples:\n  moco info runs/photos\n  moco info runs/photos/checkpoint_last.pt "
+                                "--json\n  moco info --system   # torch, CUDA and GPUs, bf16, cores, extras",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    inf.add_argument("checkpoint", metavar="RUN|CHECKPOINT", nargs="?",
                      help="a run folder (its newest checkpoint) or a checkpoint")
+    inf.add_argument("--system", action="store_true",
+                     help="the versions, the CPU (bf16, cores, memory), CUDA and its GPUs, and the extras installed")
     inf.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -475,7 +489,7 @@ def _result(res: Any) -> int:
 
 
 def _pretrain(a: argparse.Namespace) -> int:
-    from moco.config import dump_yaml
+    from moco.config import check_budget, check_overrides, dump_yaml
     from moco.tasks.pretrain import pretrain, pretrain_config
     from moco.training.budget import parse_duration, process_start
 
@@ -489,20 +503,62 @@ def _pretrain(a: argparse.Namespace) -> int:
         "train.seed": a.seed, "data.max_images": a.max_images, "train.device": a.device,
         "data.strict": True if a.strict_data else None, "data.samples_per_epoch": a.samples_per_epoch,
     }
-    preset = a.preset or ("cifar10-cpu" if not a.config else None)
-    out = Path(a.out) if a.out else Path("runs") / (preset or "run")
-    cfg, resumed = pretrain_config(preset, a.config, flags, a.set, out, a.resume)
+    out = Path(a.out) if a.out else Path("runs") / (a.preset or "pretrain")
+    data = a.data or default_data()  # a folder, or WebDataset shards (a pattern, a URL: kept as text)
+    preset = a.preset
+    if a.replay_plan and not a.preset and not a.config:  # the replayed run's own settings: bit for bit
+        a.config = str(_replayed_config(Path(a.replay_plan)))
+    check_overrides(a.set)  # a misspelt --set is refused before the data is read to choose a recipe
+    check_budget(flags["optim.time_budget"] or 0)
+    recipe = _recipe_for(a, data, out)
+    if not preset and not a.config:
+        preset = recipe.preset if recipe else "cifar10-cpu"
+    cfg, _ = pretrain_config(preset, a.config, flags, a.set, out, a.resume,
+                                   recipe.settings if recipe else None)
     if a.print_config:
+        if recipe is not None:
+            print("\n".join(f"# {line}" for line in recipe.lines()))
         print(dump_yaml(cfg), end="")
         return 0
-    data = a.data or default_data()  # a folder, or WebDataset shards (a pattern, a URL: kept as text)
     if data is None:
         raise ConfigError("no --data given and none of $MOCO_DATA, ./data/cifar10, ../shared/datasets/cifar10 exists")
-    chose_size = a.preset or a.config or resumed or any(
-        s.split("=", 1)[0].strip() in ("data.image_size", "data.train_size") for s in a.set)
     return _result(pretrain(cfg, data, out, resume=a.resume, overwrite=a.overwrite, knn_train=a.knn_train,
                             knn_test=a.knn_test, progress=not a.no_progress, knn=not a.no_knn,
-                            replay_plan=a.replay_plan, started=process_start(), size_hint=not chose_size))
+                            replay_plan=a.replay_plan, started=process_start(), recipe=recipe))
+
+
+RECIPE_ENV = "MOCO_RECIPE"  # the recipe `moco pretrain --nproc N` chose once, handed to its N processes (JSON)
+
+
+def _recipe_for(a: argparse.Namespace, data: str | Path | None, out: Path) -> Any:
+    """The recipe chosen for ``--data`` on this machine (:func:`moco.tasks.recipe.auto_recipe`), or None when a
+    preset, a config file, a replay or a resume decides, or there is no data. Chosen once for ``--nproc``: the
+    launcher's choice reaches its processes in ``$MOCO_RECIPE``."""
+    from moco.presets.auto import Recipe
+    from moco.tasks.pretrain import resumes
+    from moco.training.budget import parse_duration
+
+    if a.preset or a.config or a.replay_plan or data is None or resumes(out, a.resume):
+        return None
+    if os.environ.get(RECIPE_ENV):
+        return Recipe(**{k: v for k, v in json.loads(os.environ[RECIPE_ENV]).items()})
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("under torchrun give --preset or --config: each process would measure the machine and "
+                          "could choose another recipe (`moco pretrain --nproc N` chooses once for all of them)")
+    from moco.tasks.recipe import auto_recipe
+
+    budget = parse_duration(a.time_budget) if a.time_budget else None
+    batch = a.batch_size or next((int(v) for k, _, v in (s.partition("=") for s in a.set or [])
+                                  if k.strip() == "optim.batch_size"), None)
+    return auto_recipe(data, budget, a.device or "auto", a.nproc or 1, a.max_images or 0, batch=batch)
+
+
+def _replayed_config(path: Path) -> Path:
+    """The config.yaml of the run ``--replay-plan`` names (its folder, or the folder of its checkpoint)."""
+    found = (path if path.is_dir() else path.parent) / "config.yaml"
+    if not found.is_file():
+        raise ConfigError(f"--replay-plan {path}: no config.yaml beside it; give the run's settings with --config")
+    return found
 
 
 def _finetune(a: argparse.Namespace) -> int:
@@ -717,6 +773,14 @@ def _info(a: argparse.Namespace) -> int:
     from moco.core.checkpoint_files import load_checkpoint, require_moco_checkpoint
     from moco.methods import describe
 
+    if a.system:
+        from moco.core.system import system_lines, system_report
+
+        report = system_report()
+        print(json.dumps(report, indent=2) if a.json else "\n".join(system_lines(report)))
+        return 0
+    if a.checkpoint is None:
+        raise ConfigError("moco info needs a run folder or a checkpoint (or --system)")
     path = _run_checkpoint(Path(a.checkpoint))
     ck = require_moco_checkpoint(load_checkpoint(path), path)
     cfg = ck["config"]
@@ -725,6 +789,7 @@ def _info(a: argparse.Namespace) -> int:
         "checkpoint": str(path), "format": ck["format"], "epoch": ck["epoch"],
         "epochs": cfg["optim"]["epochs"], "step": ck["step"], "epoch_step": ck.get("epoch_step", 0),
         "n_images": ck.get("n_images"), "metrics": ck.get("metrics", {}), "health": health, "config": cfg,
+        "recipe": _recipe_record(path.parent),
     }
     if a.json:
         print(json.dumps(info, indent=2))
@@ -742,6 +807,25 @@ def _info(a: argparse.Namespace) -> int:
     print(f"method      {c.dictionary}: {describe(full, ck.get('n_images') or 0)}, T={c.T}"
           f"{', symmetric' * c.symmetric}{', no shuffle BN' * (not c.shuffle_bn)}")
     print(f"optim       batch {cfg['optim']['batch_size']}, lr {cfg['optim']['lr']}, {cfg['optim']['schedule']}")
+    _task_lines(ck, cfg)
+    if ck.get("n_images") and ck.get("task") in ("detect", "segment"):  # images keep their sizes; their own views
+        print(f"data        {ck['n_images']} images")
+    elif ck.get("n_images"):
+        print(f"data        {ck['n_images']} images, {cfg['data']['image_size']} px, {cfg['data']['augmentation']} aug")
+    if info["recipe"]:
+        print(f"recipe      chosen for the data: {info['recipe'].get('summary', '')}")
+        for key, why in (info["recipe"].get("reasons") or {}).items():
+            print(f"              {key}: {why}")
+    if health is not None:
+        print(f"health      {health}")
+    for k, v in (ck.get("metrics") or {}).items():
+        if k != "type":
+            print(f"  {k:14s} {v:.4f}" if isinstance(v, float) else f"  {k:14s} {v}")
+    return 0
+
+
+def _task_lines(ck: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """``moco info``'s line for a transfer run: what it fine-tuned, detected or segmented, from what."""
     if ck.get("task") == "finetune":
         lab = ck.get("labels", {})
         print(f"fine-tuned  {ck.get('init')} init{' from ' + ck['source'] if ck.get('source') else ''}, "
@@ -758,16 +842,16 @@ def _info(a: argparse.Namespace) -> int:
         print(f"segmenter   {sc.get('head')} head at output stride {ck.get('stride')}, {ck.get('init')} init"
               f"{' from ' + ck['source'] if ck.get('source') else ''}, {len(ck.get('classes') or [])} classes, "
               f"crops of {sc.get('crop_size')} px")
-    if ck.get("n_images") and ck.get("task") in ("detect", "segment"):  # images keep their sizes; their own views
-        print(f"data        {ck['n_images']} images")
-    elif ck.get("n_images"):
-        print(f"data        {ck['n_images']} images, {cfg['data']['image_size']} px, {cfg['data']['augmentation']} aug")
-    if health is not None:
-        print(f"health      {health}")
-    for k, v in (ck.get("metrics") or {}).items():
-        if k != "type":
-            print(f"  {k:14s} {v:.4f}" if isinstance(v, float) else f"  {k:14s} {v}")
-    return 0
+
+
+def _recipe_record(run: Path) -> dict[str, Any] | None:
+    """The recipe ``moco pretrain`` chose for the run in ``run`` (its recipe.json), or None: a preset's run, or a
+    file that does not read as one."""
+    try:
+        rec = json.loads((run / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def _run_checkpoint(path: Path) -> Path:
@@ -838,6 +922,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trains = ("pretrain", "finetune", "detect", "segment")
         if args.command in trains and args.nproc and "WORLD_SIZE" not in os.environ:
+            if args.command == "pretrain":  # the recipe chosen once, here, for every process
+                recipe = _recipe_for(args, args.data or default_data(), Path(args.out or "runs/run"))
+                if recipe is not None:
+                    from moco.tasks.recipe import recipe_record
+
+                    os.environ[RECIPE_ENV] = json.dumps(recipe_record(recipe))
             return _launch(args.nproc, argv)
         args.argv = argv[1:]
         if getattr(args, "logger", None):  # --logger mlflow --logger wandb: the setting train.loggers

@@ -46,10 +46,16 @@ MIN_BUDGET_S = 10.0  # the shortest time budget accepted: below it not even one 
 __all__ = [
     "PRESETS", "Config", "ConfigError", "DataConfig", "DetectConfig", "FinetuneConfig", "MethodConfig", "ModelConfig",
     "OptimConfig", "SegmentConfig", "TrainConfig",
-    "all_keys", "dump_yaml", "from_dict", "load_yaml", "merge_dict", "resolve", "set_value", "validate",
+    "all_keys", "check_budget", "check_overrides", "dump_yaml", "from_dict", "load_yaml", "merge_dict", "resolve", "set_value",
+    "validate",
 ]
 class Config(schema.Config):
-    """A run's settings (sections model, method, data, optim, train; see :mod:`moco.schema`)."""
+    """A run's settings, one dataclass per section: ``model`` (the backbone and head), ``method`` (the contrastive
+    method: dictionary, K, m, T), ``data`` (views, augmentation, pipeline), ``optim`` (length, batch, lr,
+    schedule, time budget), ``train`` (seed, device, precision, logging, the kNN monitor), ``finetune`` (what
+    transfer starts from and its labels), ``detect`` and ``segment`` (the dense tasks). Every setting, its default
+    and its meaning: docs/settings.md (generated from :mod:`moco.schema`). ``cfg.to_dict()`` is what config.yaml
+    holds; :meth:`from_preset` starts from a shipped recipe."""
 
     @classmethod
     def from_preset(cls, name: str, overrides: dict[str, Any] | list[str] | None = None) -> Config:
@@ -200,11 +206,13 @@ def resolve(
     overrides: list[str] | None = None,
     base: Config | None = None,
     sections: tuple[str, ...] = (),
+    recipe: dict[str, Any] | None = None,
 ) -> Config:
     """Build the run's config from preset, YAML file, flags and ``key=value`` overrides, then validate the shared
     sections and the task's own ``sections`` (default: all; :func:`validate`).
 
-    ``base`` (e.g. a resumed checkpoint's config) replaces the defaults and the preset.
+    ``base`` (e.g. a resumed checkpoint's config) replaces the defaults and the preset. ``recipe`` (settings
+    ``{"section.key": value}`` chosen for the data, :mod:`moco.presets.auto`) goes on the preset, under the file.
     """
     cfg = base if base is not None else Config()
     if preset and base is None:
@@ -213,6 +221,8 @@ def resolve(
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(f"unknown preset {preset!r}{hint}; presets: {', '.join(PRESETS)}")
         merge_dict(cfg, PRESETS[preset], f"preset {preset}")
+    for key, value in (recipe or {}).items():
+        set_value(cfg, key, value)
     if config_file:
         merge_dict(cfg, load_yaml(config_file), config_file)
     for key, value in (flags or {}).items():
@@ -225,6 +235,17 @@ def resolve(
         set_value(cfg, key.strip(), value.strip())
     validate(cfg, *sections)
     return cfg
+
+
+def check_overrides(overrides: list[str] | None) -> None:
+    """Each ``--set key=value`` names a setting and gives it a value of its type (ranges are :func:`validate`'s):
+    refused in one line before any work, such as reading the data to choose a recipe."""
+    scratch = Config()
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        set_value(scratch, key.strip(), value.strip(), warn=False)
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -345,9 +366,14 @@ def _validate_optim(cfg: Config) -> None:
     _check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
     _check(0 <= o.warmup_epochs < o.epochs, f"optim.warmup_epochs must be in [0, epochs), got {o.warmup_epochs}")
-    _check(o.time_budget == 0 or o.time_budget >= MIN_BUDGET_S,
+    check_budget(o.time_budget)
+
+
+def check_budget(seconds: float) -> None:
+    """A time budget is 0 (off) or at least :data:`MIN_BUDGET_S`."""
+    _check(seconds == 0 or seconds >= MIN_BUDGET_S,
            f"optim.time_budget must be 0 (off) or at least {MIN_BUDGET_S:.0f} s, time for start-up, one step, the "
-           f"checkpoint and the kNN; got {o.time_budget:g} s")
+           f"checkpoint and the kNN; got {seconds:g} s")
 
 
 def _validate_train(t: TrainConfig) -> None:

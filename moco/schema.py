@@ -20,7 +20,7 @@ class ModelConfig:
     width: int = 64  # ResNets: channels of the first stage; 64 is torchvision's
     cifar_stem: bool = False  # ResNets: 3x3 stride-1 conv1 and no max-pool (CIFAR demo)
     head: str = "linear"  # linear (v1), mlp (v2) or v3 (MLP with BN: 2 layers for ResNets, 3 for ViTs)
-    dim: int = 128
+    dim: int = 128  # the embedding q and k live in (the paper's 128)
     mlp_dim: int = 0  # hidden width of the MLP heads; 0 = the backbone's feature dim (v2), 4096 (v3)
     bn_splits: int = 1  # SplitBatchNorm groups for single-device shuffle BN; 1 = plain BN
     patch_size: int = 16  # ViTs
@@ -29,11 +29,15 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    K: int = 65536
-    m: float = 0.999
-    T: float = 0.07
-    symmetric: bool = False
-    shuffle_bn: bool = True
+    K: int = 65536  # queue size: negatives per query (the paper's 65,536 on ImageNet; keep it well under the data
+    # set's size: the CIFAR demo keeps 4,096 for 50,000 images)
+    m: float = 0.999  # key encoder momentum: theta_k <- m theta_k + (1 - m) theta_q (the paper's 0.999; 0.99 for
+    # runs of thousands of steps, the CIFAR demo's)
+    T: float = 0.07  # InfoNCE temperature (v1's 0.07; v2's 0.2)
+    symmetric: bool = False  # both views act as the query once, both key sets enqueued (the demo's option; about
+    # 1.6x a step's cost)
+    shuffle_bn: bool = True  # shuffle the key batch across BatchNorm groups or processes, so that BN statistics
+    # cannot leak the positive (paper, 3.3); off only to show the leak
     dictionary: str = "moco"  # moco (queue + momentum encoder), end_to_end (the batch), memory_bank (Wu et al.),
     # or v3 (MoCo v3: momentum encoder, the batch's keys, predictor, symmetric loss)
     m_schedule: str = "constant"  # constant, or cosine from m up to 1 (v3)
@@ -42,7 +46,7 @@ class MethodConfig:
 
 @dataclass
 class DataConfig:
-    image_size: int = 224
+    image_size: int = 224  # side of the views the network sees: training views (unless train_size) and evaluation
     train_size: int = 0  # side of the training views (0 = image_size); evaluation always uses image_size
     ramp_size: int = 0  # progressive resizing: training views start at this side (0 = off) and grow
     ramp_epochs: list[int] = field(default_factory=lambda: [0, 0])  # ... linearly from epoch [0] to [1] up to
@@ -56,7 +60,7 @@ class DataConfig:
     # device: workers read files, the training device decodes JPEGs (nvJPEG on CUDA) and augments the batch
     cache_size: int = 0  # side of cached images; 0 = image_size for <=64 px, else 1.15 * image_size
     cache_dir: str = ""  # default: $MOCO_CACHE or ~/.cache/momentum-contrast
-    workers: int = 2
+    workers: int = 2  # decoding processes (DataLoader workers; the cached pipeline decodes with them once)
     max_images: int = 0  # 0 = all; else a deterministic subset
     strict: bool = False  # fail on the first unreadable image instead of skipping it
     samples_per_epoch: int = 0  # WebDataset shards: samples that make an epoch (0: count the local shards; a
@@ -71,15 +75,16 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 0.03
-    momentum: float = 0.9
+    epochs: int = 200  # length in epochs (with optim.time_budget: the schedules' length, fitted to the steps)
+    batch_size: int = 256  # images per step, all processes together (the paper's 256)
+    lr: float = 0.03  # base learning rate (the paper's 0.03 at batch 256; scale it with the batch)
+    momentum: float = 0.9  # SGD momentum (the paper's)
     nesterov: bool = False  # SGD: Nesterov momentum (the fine-tuning recipe)
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # the paper's 1e-4 on ImageNet; the CIFAR demo's 5e-4 for small data
     schedule: str = "step"  # step, cosine, or poly ((1 - progress) ** 0.9: DeepLab's, segmentation's)
-    milestones: list[int] = field(default_factory=lambda: [120, 160])
-    warmup_epochs: float = 0.0
+    milestones: list[int] = field(default_factory=lambda: [120, 160])  # step schedule: lr x 0.1 at these epochs
+    # (the paper's 120 and 160 of 200)
+    warmup_epochs: float = 0.0  # linear lr warm-up from 0 over this many epochs (v3's 40; large batches)
     optimizer: str = "sgd"  # sgd, lars or adamw
     scale_lr: bool = False  # lr = optim.lr x batch_size / 256 (the v3 recipes)
     time_budget: float = 0.0  # seconds of wall time to train for (start-up and final kNN included) instead of
@@ -88,18 +93,18 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = 0  # seeds the network's init, the augmentation and the data order: the same seed, the same run
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: str = "auto"  # auto (bf16 where the device runs it natively, else fp32), bf16, fp16 (CUDA) or fp32
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC tensors: faster convolutions on CPUs with oneDNN and on tensor-core GPUs
     compile: bool = False  # torch.compile the encoders (slow first steps; pays off on long runs)
     log_every: int = 20  # steps between metrics.jsonl records
     loggers: list[str] = field(default_factory=list)  # experiment trackers beside TensorBoard: mlflow, wandb
     checkpoint_every: int = 10  # epochs between kept checkpoint_{epoch:04d}.pt files
     eval_every: int = 1  # epochs between end-of-epoch evaluations (pretraining's kNN monitor, fine-tuning's test
     # top-1, detection's COCO AP), when there is something to evaluate on; 0 = only after the last epoch
-    knn_k: int = 200
-    knn_t: float = 0.1
+    knn_k: int = 200  # the kNN monitor's neighbours (InstDisc's 200)
+    knn_t: float = 0.1  # the kNN monitor's vote temperature: each neighbour weighs exp(similarity / knn_t)
     knn_features: list[str] = field(default_factory=lambda: ["backbone"])  # what the monitor scores: backbone
     # and/or head (the projection head's output, as the CIFAR-10 demo); the first is knn_top1, others knn_head_top1
 
@@ -118,7 +123,7 @@ class FinetuneConfig:
     backbone_lr: float = 1.0  # the backbone's lr as a fraction of optim.lr (the new classifier's)
     bn: str = "train"  # train: BatchNorm normalises with batch statistics and learns (paper, 4.2); frozen: the
     # pretrained running statistics and affine parameters are kept (eval-mode BN)
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # cross-entropy label smoothing of the new classifier (0: none)
     min_epoch_steps: int = 20  # an epoch passes over a small labelled set as often as it takes to make this
     # many steps, so checkpoints and evaluations keep a sensible rhythm at 1% of labels
 

@@ -39,7 +39,7 @@ TL = "tests/test_transfer_learning.py"
 FT, DT, ST = "tests/test_finetune.py", "tests/test_detect.py", "tests/test_stream.py"
 SG, EV = "tests/test_segment.py", "tests/test_evaluate.py"
 HE, MP, DC = "tests/test_health.py", "tests/test_map.py", "tests/test_docs.py"
-TR = "tests/test_trackers.py"
+TR, RC = "tests/test_trackers.py", "tests/test_recipe.py"
 TR_ML = f"{TR}::test_mlflow_gets_config_records_and_results_and_a_resumed_run_continues_the_same_run"
 TR_WB = f"{TR}::test_wandb_logs_offline_without_a_key_and_a_resumed_run_keeps_its_id"
 ON, ON_SAME = "tests/test_onnx.py", "test_onnxruntime_gives_pytorchs_features_at_any_batch_size"
@@ -314,6 +314,41 @@ BREAKS = [
           "colour = (lambda c: cmap(c % cmap.N)) if labels is not None",
           "colour = (lambda c: cmap(0)) if labels is not None",
           (f"{MP}::test_moco_map_writes_a_picture_coloured_by_class",)),
+    # 5. the recipe chosen for the data (issue #48)
+    Break("recipe: the queue ignores the data set's size", "moco/presets/auto.py",
+          "k = max(keys_per_step, min(ceiling, pow2_floor(n_images / 4)))", "k = max(keys_per_step, ceiling)",
+          (f"{RC}::test_a_small_folder_of_small_images_gets_a_queue_and_batch_that_fit",
+           f"{RC}::test_photos_get_the_largest_rung_the_budget_teaches")),
+    Break("recipe: the ladder climbs past the budget", "moco/presets/auto.py",
+          "if cand is not fits[0] and r_s * OVERHEAD * seconds < need:", "if False:",
+          (f"{RC}::test_photos_get_the_largest_rung_the_budget_teaches",
+           f"{RC}::test_a_short_budget_takes_the_32px_recipe_and_says_so")),
+    Break("recipe: views larger than the images", "moco/presets/auto.py",
+          "fits = [r for r in LADDER if not data.median_side or r.view <= data.median_side] or [LADDER[0]]",
+          "fits = list(LADDER)", (f"{RC}::test_views_never_exceed_the_images",)),
+    Break("recipe: one BN group on one device", "moco/presets/auto.py",
+          "g = max(1, min(8, batch // 16))", "g = 1",
+          (f"{RC}::test_photos_get_the_largest_rung_the_budget_teaches",
+           f"{RC}::test_a_small_folder_of_small_images_gets_a_queue_and_batch_that_fit")),
+    Break("recipe: the batch ignores the memory", "moco/presets/auto.py",
+          "b = max(2, min(MAX_BATCH, by_data, by_memory))", "b = max(2, min(MAX_BATCH, by_data))",
+          (f"{RC}::test_the_batch_fits_the_memory_and_the_lr_follows_it",)),
+    Break("recipe: a user's --set not marked", "moco/tasks/pretrain.py",
+          'mine = f" [you set {cfg[section][name]}]"', 'mine = ""',
+          (f"{RC}::test_the_cli_prints_records_and_lets_every_choice_be_overridden",)),
+    Break("from_backbone: bn_splits ignored", "moco/methods/moco.py",
+          "        backbone = split_batchnorm(backbone, bn_splits)\n", "",
+          ("tests/test_moco.py::test_from_backbone_splits_batchnorm_for_shuffle_bn_on_one_device",)),
+    Break("knn_accuracy: raw features not normalised", "moco/evaluation/knn.py",
+          "    train_feats, test_feats = _unit(train_feats), _unit(test_feats)\n", "",
+          ("tests/test_knn.py::test_knn_accuracy_normalises_raw_features_itself",)),
+    Break("docs: a schema field without a comment", "moco/schema.py",
+          "    dim: int = 128  # the embedding q and k live in (the paper's 128)", "    dim: int = 128",
+          (f"{DC}::test_the_settings_reference_is_the_schema",)),
+    Break("detect: camera photos at their full size", "moco/tasks/detect.py",
+          'd.min_size = [max(16, capped(train.median_short_side(), DETECT_SHORT, "detection trains and tests",',
+          'd.min_size = [max(16, capped(train.median_short_side(), 10**6, "detection trains and tests",',
+          (f"{DT}::test_camera_photos_train_at_torchvisions_ceiling_and_a_step_that_cannot_fit_is_refused",)),
     Break("docs: broken links pass the strict build", "mkdocs.yml",
           "  links: {not_found: warn,", "  links: {not_found: info,",
           (f"{DC}::test_a_broken_link_or_a_page_left_out_fails_the_build",)),

@@ -27,7 +27,7 @@ from tests.conftest import make_image_folder, tiny_config
 
 TINY = ["--set", "model.width=4", "--set", "train.precision=bf16",
         "--set", "model.bn_splits=2", "--set", "data.image_size=16", "--set",
-        "method.K=40", "--batch-size", "8", "--epochs", "1", "--workers", "0", "--no-progress"]
+        "method.K=8", "--batch-size", "8", "--epochs", "1", "--workers", "0", "--no-progress"]
 
 
 def _images(folder, n, start=0):

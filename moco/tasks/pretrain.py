@@ -9,8 +9,8 @@ finish the current step and write ``checkpoint_last.pt``; ``resume="auto"`` cont
 from __future__ import annotations
 
 import copy
+import json
 import logging
-import statistics
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -25,14 +25,15 @@ from moco.core.distributed import DistInfo
 from moco.core.errors import ConfigError, DataError
 from moco.core.precision import memory_format
 from moco.data import sets
-from moco.data.folder import ImageList
 from moco.data.pipelines import BatchSource, decode_side
 from moco.evaluation.health import health_monitor
 from moco.evaluation.knn import KnnMonitor
 from moco.methods import build_moco, describe
 from moco.models.generic import custom_name
+from moco.presets.auto import Recipe, chosen_value, pow2_floor
 from moco.schedules import momentum_at
 from moco.schema import Config
+from moco.tasks.recipe import RECIPE_FILE, recipe_record
 from moco.training.checkpoint import TrainState, checkpoint_to_resume
 from moco.training.harness import run_job, run_length
 from moco.training.run import Run, augmentation_generator, open_run, start_state, training_parts
@@ -69,7 +70,10 @@ def pretrain_task(cfg: Config) -> Task:
 
 @dataclass
 class RunResult:
-    """How a call to :func:`pretrain` ended."""
+    """How a call to :func:`pretrain` ended: ``out`` (the run folder: config.yaml, metrics.jsonl, checkpoints,
+    recipe.json when the recipe was chosen), ``epoch`` (completed epochs), ``step`` (global steps), ``stopped``
+    (ended by a signal or ``max_steps`` before ``optim.epochs``: resume it) and ``metrics`` (the last completed
+    epoch's record: loss, pretext_acc1, lr, images_per_sec, knn_top1 when the monitor ran; {} if none)."""
 
     out: Path
     epoch: int  # completed epochs
@@ -128,14 +132,21 @@ def knn_monitor(
 
 
 def pretrain_config(preset: str | None, config_file: str | None, flags: dict[str, Any],
-                    overrides: list[str] | None, out: Path, resume: str | None) -> tuple[Config, bool]:
+                    overrides: list[str] | None, out: Path, resume: str | None,
+                    recipe: dict[str, Any] | None = None) -> tuple[Config, bool]:
     """(the config a pretraining run trains with, whether it resumes one): a resumed run's own (its checkpoint's
-    config, with the config file, ``flags`` and ``--set`` ``overrides`` on top), else ``preset``'s with them."""
+    config, with the config file, ``flags`` and ``--set`` ``overrides`` on top), else ``preset``'s with the
+    ``recipe`` chosen for the data (:mod:`moco.presets.auto`) and them."""
     previous = checkpoint_to_resume(out, resume, "pretrain")
     if previous is not None:
         return resolve(None, config_file, flags, overrides, base=from_dict(previous["config"]),
                        sections=SECTIONS), True
-    return resolve(preset, config_file, flags, overrides, sections=SECTIONS), False
+    return resolve(preset, config_file, flags, overrides, sections=SECTIONS, recipe=recipe), False
+
+
+def resumes(out: Path, resume: str | None) -> bool:
+    """Whether a pretraining run in ``out`` would continue from a checkpoint (``resume`` given and one found)."""
+    return checkpoint_to_resume(out, resume, "pretrain") is not None
 
 
 def pretrain(
@@ -152,7 +163,7 @@ def pretrain(
     backbone: torch.nn.Module | None = None,
     replay_plan: str | Path | None = None,
     started: float | None = None,
-    size_hint: bool = False,
+    recipe: Recipe | None = None,
 ) -> RunResult:
     """Pretrain MoCo on the images under ``data``, writing the run to ``out``.
 
@@ -167,8 +178,8 @@ def pretrain(
     final checkpoint and kNN included (:mod:`moco.training.budget`). ``replay_plan`` (a budgeted run's folder
     or checkpoint) follows that run's recorded plan without the clock: the same run, bit for bit. The budget
     counts from ``started`` (a :func:`time.perf_counter` time; default: the call), so a command can count
-    its own start-up as well. ``size_hint`` (the CLI, when no preset or image size was chosen) says in one line
-    when the images are much larger than the training views, and what to change.
+    its own start-up as well. ``recipe`` (the choice :func:`moco.tasks.recipe.auto_recipe` made, which ``cfg``
+    holds) is printed with its reasons and kept in the run folder as recipe.json (``moco info`` shows it).
     """
     started = time.perf_counter() if started is None else started
     out = Path(out)
@@ -184,9 +195,10 @@ def pretrain(
                       max_steps=max_steps, backbone=backbone)
 
     def announce(run: Run, state: TrainState) -> None:
+        if recipe is not None:
+            _record_recipe(run, recipe)
         _log_start(run, state)
-        if size_hint and not run.source.streams:  # a stream is not read ahead for it
-            _hint_larger_images(run)
+        _warn_queue(run)
 
     def finish(run: Run, state: TrainState, stopped: bool) -> RunResult:
         return RunResult(run.out, state.epoch, state.step, stopped, state.last)
@@ -202,36 +214,32 @@ def _log_start(run: Run, state: TrainState) -> None:
              d.view_size, d.augmentation, d.image_size)
 
 
-LARGER = 4  # images this many times the training side (median) get the size hint
+def _warn_queue(run: Run) -> None:
+    """One line when MoCo's queue holds half the data set or more: each image's own keys from earlier visits
+    are then among its negatives."""
+    k, n = run.cfg.method.K, run.n_images
+    if run.cfg.method.dictionary == "moco" and n and k >= n / 2:
+        log.warning("method.K=%d keys for %d images: each image's own older keys sit in the queue as its "
+                    "negatives; --set method.K=%d (a quarter of the images, as a recipe chosen for the data takes)",
+                    k, n, max(run.cfg.optim.batch_size, pow2_floor(n / 4)))
 
 
-def median_side(images: ImageList, sample: int = 64) -> int:
-    """The median shorter side of up to ``sample`` images spread over the list (read from their headers)."""
-    from PIL import Image
-
-    step = max(1, len(images) // sample)
-    sides = []
-    for p in images.paths[::step][:sample]:
-        try:
-            with Image.open(images.root / p) as im:
-                sides.append(min(im.size))
-        except Exception:  # noqa: BLE001 - an unreadable file says nothing about the others' size
-            continue
-    return int(statistics.median(sides)) if sides else 0
-
-
-def _hint_larger_images(run: Run) -> None:
-    """One line when the images are far larger than the training views: what the model misses, the preset or
-    setting to change, and what it costs per image."""
-    side, view = median_side(run.source.images), run.cfg.data.view_size
-    if side < LARGER * view:
-        return
-    log.warning("your images are about %d px a side (median), %d times the %d-px training views: the model does "
-                "not see their detail. For photos use --preset imagenet-v2 (224-px views) or --set "
-                "data.image_size=N; 224 px costs about %d times the compute per image of %d px", side, side // view,
-                view, round((224 / view) ** 2), view)
-
-
+def _record_recipe(run: Run, recipe: Recipe) -> None:
+    """The chosen recipe in the log, each setting with its reason (a value the user set instead is named), and
+    in RUN/recipe.json."""
+    cfg = run.cfg.to_dict()
+    log.info("recipe chosen for the data and this machine (any setting can be changed with --set):")
+    for key, why in recipe.reasons.items():
+        section, _, name = key.partition(".")
+        mine = ""
+        if name and name in cfg.get(section, {}) and cfg[section][name] != chosen_value(recipe, key):
+            mine = f" [you set {cfg[section][name]}]"
+        log.info("  %s: %s%s", key, why, mine)
+    log.info("  (%s)", recipe.summary)
+    (run.out / RECIPE_FILE).write_text(json.dumps(recipe_record(recipe), indent=2) + "\n")
+    config = run.out / "config.yaml"  # its values say what ran; the comments on top, why
+    head = "".join(f"# {line.strip()}\n" for line in ["recipe chosen for the data (recipe.json)", *recipe.lines()])
+    config.write_text(head + config.read_text())
 
 
 def set_up(

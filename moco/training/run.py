@@ -41,7 +41,7 @@ from moco.training.task import Monitor, Task
 from moco.training.trackers import Tracker
 
 log = logging.getLogger("moco")
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "curves.png")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "curves.png", "recipe.json")
 
 
 @dataclass

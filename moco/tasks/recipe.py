@@ -1,0 +1,163 @@
+"""What :func:`moco.presets.auto.choose` needs, read off the data and the machine: the images' count and median
+size (file headers only, no decode), the device, its memory and precision, and each ladder rung's speed
+measured with a few training steps of its network on random images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moco.core.precision import autocast, pick_device, resolve_precision
+from moco.data import sets
+from moco.data.folder import ImageList
+from moco.models.resnet import build_resnet
+from moco.presets.auto import DataSummary, Machine, Recipe, Rung, choose
+
+log = logging.getLogger("moco")
+SAMPLE = 64  # image headers read for the median size
+RECIPE_FILE = "recipe.json"  # a run folder's record of the chosen recipe and its reasons
+
+
+def median_side(images: ImageList, sample: int = SAMPLE) -> int:
+    """The median shorter side of up to ``sample`` images spread over the list (read from their headers)."""
+    from PIL import Image
+
+    step = max(1, len(images) // sample)
+    sides = []
+    for p in images.paths[::step][:sample]:
+        try:
+            with Image.open(images.root / p) as im:
+                sides.append(min(im.size))
+        except Exception:  # noqa: BLE001 - an unreadable file says nothing about the others' size
+            continue
+    return int(statistics.median(sides)) if sides else 0
+
+
+def _shard_sides(shards: list[str], sample: int = SAMPLE) -> list[int]:
+    """Shorter sides of the first ``sample`` images of the first local shard (headers only)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from moco.data.shards.read import IMAGE_FIELDS
+    from moco.data.shards.spec import is_remote
+
+    local = [s for s in shards if not is_remote(s)]
+    sides: list[int] = []
+    if not local:
+        return sides
+    try:
+        with tarfile.open(local[0], "r:") as tf:
+            for ti in tf:
+                if ti.isreg() and ti.name.rsplit(".", 1)[-1].lower() in IMAGE_FIELDS:
+                    f = tf.extractfile(ti)
+                    try:
+                        with Image.open(io.BytesIO(f.read() if f else b"")) as im:
+                            sides.append(min(im.size))
+                    except Exception:  # noqa: BLE001 - an unreadable sample says nothing about the others
+                        pass
+                    if len(sides) >= sample:
+                        break
+    except (tarfile.TarError, OSError):
+        pass
+    return sides
+
+
+def summarize(train: sets.Data, max_images: int = 0) -> DataSummary:
+    """The training set's image count (``max_images`` of them when set) and median shorter side."""
+    if sets.is_stream(train):
+        from moco.data.shards.read import shard_counts
+
+        assert isinstance(train, list)
+        try:
+            n = sum(shard_counts(train, None))
+        except Exception:  # noqa: BLE001 - a stream that cannot be counted: sized as a large set
+            n = 1_000_000
+        sides = _shard_sides(train)
+        side = int(statistics.median(sides)) if sides else 0
+    else:
+        images = sets.listing(train, warn=False)
+        n, side = len(images), median_side(images)
+    return DataSummary(min(n, max_images) if max_images else n, side)
+
+
+def this_machine(device_name: str = "auto", processes: int = 1) -> Machine:
+    """The training device (``train.device``), its memory, the cores, and whether 16-bit runs natively."""
+    device = pick_device(device_name)
+    half = resolve_precision("auto", device) != "fp32"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return Machine("cuda", props.name, props.total_memory / 2**30, cores, half, processes)
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        mem = 16.0
+    name = f"{cores}-core CPU ({torch.backends.cpu.get_cpu_capability()}, {'bf16' if half else 'fp32'})"
+    return Machine("cpu", name, mem, cores, half, processes)
+
+
+def probe_speed(device_name: str = "auto", batch: int = 32, seconds: float = 0.5) -> Callable[[Rung], float]:
+    """A function measuring a rung's training speed (images/s) here: its ResNet in channels_last, in the
+    device's precision, a query forward and backward plus a key forward per step, on random images, timed over
+    at least two steps after one to warm up. It draws from its own generator (the global one is untouched)."""
+    device = pick_device(device_name)
+    precision = resolve_precision("auto", device)
+    seen: dict[Rung, float] = {}
+
+    def speed(rung: Rung) -> float:
+        if rung in seen:
+            return seen[rung]
+        state = torch.random.get_rng_state()
+        try:
+            model = build_resnet(rung.arch, rung.width, rung.cifar_stem, num_classes=128)
+            model = model.to(device, memory_format=torch.channels_last)
+        finally:
+            torch.random.set_rng_state(state)  # the run's own seeding is untouched by the probe
+        g = torch.Generator().manual_seed(0)
+        b = batch if rung.view < 224 else batch // 2
+        x = torch.randn(b, 3, rung.view, rung.view, generator=g).to(device, memory_format=torch.channels_last)
+
+        def step() -> None:
+            with autocast(device, precision):
+                model(x).float().sum().backward()
+                with torch.no_grad():
+                    model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        step()
+        t, n = time.perf_counter(), 0
+        while n < 2 or time.perf_counter() - t < seconds:
+            step()
+            n += 1
+        seen[rung] = b * n / (time.perf_counter() - t)
+        return seen[rung]
+
+    return speed
+
+
+def auto_recipe(data: str | Path, budget_s: float | None, device_name: str = "auto", processes: int = 1,
+                max_images: int = 0, speed: Callable[[Rung], float] | None = None,
+                batch: int | None = None) -> Recipe:
+    """The recipe chosen for ``--data`` on this machine within ``budget_s`` (:func:`moco.presets.auto.choose`);
+    ``speed`` (default: measured here, :func:`probe_speed`) gives a rung's images/s; ``batch`` is the user's."""
+    train, _ = sets.split(data)
+    summary = summarize(train, max_images)
+    machine = this_machine(device_name, processes)
+    return choose(summary, machine, budget_s, speed or probe_speed(device_name), batch)
+
+
+def recipe_record(recipe: Recipe) -> dict[str, Any]:
+    """What a run folder's recipe.json holds: the preset, the chosen settings and their reasons."""
+    return {"preset": recipe.preset, "summary": recipe.summary, "settings": recipe.settings,
+            "reasons": recipe.reasons}
