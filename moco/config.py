@@ -46,8 +46,8 @@ MIN_BUDGET_S = 10.0  # the shortest time budget accepted: below it not even one 
 __all__ = [
     "PRESETS", "Config", "ConfigError", "DataConfig", "DetectConfig", "FinetuneConfig", "MethodConfig", "ModelConfig",
     "OptimConfig", "SegmentConfig", "TrainConfig",
-    "all_keys", "check_budget", "check_overrides", "dump_yaml", "from_dict", "load_yaml", "merge_dict", "resolve", "set_value",
-    "validate",
+    "all_keys", "check_budget", "check_overrides", "dump_yaml", "from_dict", "load_yaml", "merge_dict", "resolve",
+    "set_value", "validate",
 ]
 class Config(schema.Config):
     """A run's settings, one dataclass per section: ``model`` (the backbone and head), ``method`` (the contrastive
