@@ -440,7 +440,7 @@ def test_a_set_that_fits_in_memory_is_decoded_once_and_trains_bit_for_bit_the_sa
 
     reads: list[str] = []
     real = coco.load_rgb
-    monkeypatch.setattr(coco, "load_rgb", lambda p: reads.append(Path(p).parent.name) or real(p))
+    monkeypatch.setattr(coco, "load_rgb", lambda p, **kw: reads.append(Path(p).parent.name) or real(p, **kw))
     run_detect(ck, pasted, tmp_path / "kept", "train.eval_every=1", epochs=2)  # 16 images of 48 x 40: 0.09 MB
     assert reads.count("train") == 16 and reads.count("val") == 8  # two epochs, two evaluations: each decoded once
     reads.clear()
@@ -583,3 +583,95 @@ def test_keypoints_with_segmentations_train_keypoint_rcnn_without_masks(tmp_path
         run_detect(ck, tmp_path / "both", tmp_path / "r", "detect.keypoint_head=[16]", epochs=1, max_steps=1)
     saved = load_checkpoint(tmp_path / "r" / "checkpoint_last.pt")
     assert saved["keypoints"] and saved["masks"] is False and "torchvision has no model of both" in caplog.text
+
+
+def test_camera_photos_train_at_torchvisions_ceiling_and_a_step_that_cannot_fit_is_refused(tmp_path, caplog,
+                                                                                          monkeypatch):
+    from PIL import Image
+
+    from moco.tasks import detect as detect_task
+    from moco.transfer import sizes
+
+    (tmp_path / "im").mkdir()
+    imgs = []
+    for i in range(3):
+        Image.new("RGB", (4000, 3000), (30 * i, 90, 60)).save(tmp_path / "im" / f"{i}.jpg")
+        imgs.append({"id": i + 1, "file_name": f"{i}.jpg", "width": 4000, "height": 3000})
+    anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [100, 100, 900, 700]} for i in range(3)]
+    train = read_coco(write_coco(tmp_path / "a.json", imgs, anns, [{"id": 1, "name": "thing"}]), tmp_path / "im")
+    cfg = resolve("cifar10-cpu")
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        assert detect_task._sizes(cfg, train)  # the data gave the size
+    assert cfg.detect.min_size == [800] and cfg.detect.max_size == 1333  # not 3000 / 5000
+    assert any("median shorter side is 3000 px" in r.getMessage() and "800 px" in r.getMessage()
+               for r in caplog.records)
+    set_by_user = resolve("cifar10-cpu", overrides=["detect.min_size=[640]"])
+    assert not detect_task._sizes(set_by_user, train) and set_by_user.detect.min_size == [640]
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(sizes, "device_memory_gb", lambda device: 100.0)
+    detect_task._fit_memory(cfg, cpu, 8, derived=True)
+    assert cfg.detect.min_size == [800]  # it fits: unchanged
+    r50 = resolve("imagenet-v2")
+    detect_task._sizes(r50, train)
+    need = sizes.step_memory_gb("resnet50", 64, 800 * 1333, 8, False, sizes.DETECT_FACTOR)
+    monkeypatch.setattr(sizes, "device_memory_gb", lambda device: need / 2)  # half of what 800 px needs
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        detect_task._fit_memory(r50, cpu, 8, derived=True)
+    side = r50.detect.min_size[0]
+    assert side % 32 == 0 and side < 800 * (0.8 / 2) ** 0.5 + 32 and r50.detect.max_size == round(side * 1333 / 800)
+    assert any("to fit the memory" in r.getMessage() for r in caplog.records)
+    user = resolve("imagenet-v2", overrides=["detect.min_size=[800]"])
+    detect_task._sizes(user, train)
+    with pytest.raises(ConfigError, match=r"lower --batch-size \(now 256\) or detect.min_size \(now \[800\]\)"):
+        detect_task._fit_memory(user, cpu, 8, derived=False)
+
+
+def test_camera_jpegs_decode_at_the_detectors_size_with_their_targets_and_predictions_scaled(tmp_path):
+    """A 4000 x 3000 JPEG for a detector at 800/1333 px is decoded at half its size (PIL's draft: 1/4 would be
+    smaller than the detector's 1067 x 800), its boxes, keypoints and masks follow, and a prediction on it goes
+    back to the file's own coordinates."""
+    from PIL import Image
+
+    from moco.data.coco import CocoImages, draft_side, in_own_size, reduction
+
+    (tmp_path / "im").mkdir()
+    Image.new("RGB", (4000, 3000), (200, 90, 60)).save(tmp_path / "im" / "0.jpg")
+    poly = [[1000, 600, 3000, 600, 3000, 2200, 1000, 2200]]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1000, 600, 2000, 1600], "segmentation": poly,
+             "area": 3.2e6, "iscrowd": 0}]
+    ann = write_coco(tmp_path / "a.json", [{"id": 1, "file_name": "0.jpg", "width": 4000, "height": 3000}], anns,
+                     [{"id": 1, "name": "thing"}])
+    data = read_coco(ann, tmp_path / "im")
+    assert draft_side(3000, 4000, 800, 1333) == 1067 and draft_side(600, 800, 800, 1333) is None
+    img, t, _, _ = CocoImages(data, True, False, sizes=(800, 1333))[0]
+    assert tuple(img.shape) == (3, 1500, 2000) and reduction(1500, 2000, 3000, 4000) == (0.5, 0.5)
+    assert t["boxes"].tolist() == [[500.0, 300.0, 1500.0, 1100.0]] and tuple(t["masks"].shape) == (1, 1500, 2000)
+    assert t["masks"][0, 700, 1000] == 1 and t["masks"][0, 200, 1000] == 0
+    whole, tw, _, _ = CocoImages(data, True, False)[0]  # no detector sizes: decoded whole, as annotated
+    assert tuple(whole.shape) == (3, 3000, 4000) and tw["boxes"].tolist() == [[1000.0, 600.0, 3000.0, 2200.0]]
+    pred = {"boxes": torch.tensor([[500.0, 300.0, 1500.0, 1100.0]]), "labels": torch.tensor([1]),
+            "scores": torch.tensor([0.9]), "masks": t["masks"][None].float(),
+            "keypoints": torch.tensor([[[600.0, 400.0, 1.0]]])}
+    back = in_own_size(pred, img, (3000, 4000))
+    assert back["boxes"].tolist() == [[1000.0, 600.0, 3000.0, 2200.0]]
+    assert back["keypoints"][0, 0].tolist() == [1200.0, 800.0, 1.0]
+    assert tuple(back["masks"].shape) == (1, 1, 3000, 4000) and back["masks"][0, 0, 1400, 2000] == 1
+    assert in_own_size(pred, whole, (3000, 4000)) is pred  # decoded whole: nothing to undo
+
+
+def test_camera_photos_train_two_images_a_step_unless_the_batch_is_given(caplog):
+    from moco.tasks import detect as detect_task
+
+    cfg = resolve("cifar10-cpu", overrides=["optim.batch_size=8", "optim.lr=0.02", "detect.min_size=[800]"])
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        detect_task._camera_batch(cfg)
+    assert cfg.optim.batch_size == 2 and cfg.optim.lr == pytest.approx(0.005)  # linear scaling
+    assert "torchvision's 2 per device at 800 px" in caplog.text
+    small = resolve("cifar10-cpu", overrides=["optim.batch_size=8", "detect.min_size=[96]"])
+    detect_task._camera_batch(small)
+    assert small.optim.batch_size == 8  # pasted canvases keep the recipe's batch
+    assert detect_task._batch_given({"optim.batch_size": 4}, None, None)
+    assert detect_task._batch_given({}, ["optim.batch_size = 4"], None)
+    assert not detect_task._batch_given({"optim.batch_size": None}, ["optim.lr=0.1"], None)

@@ -364,3 +364,29 @@ def test_whole_images_are_scored_uncropped_in_batches_of_one_size(tmp_path):
     got = list(seg.whole_images(images, 2, 0, torch.device("cpu")))
     assert [tuple(x.shape) for x, _ in got] == [(2, 3, 8, 10), (1, 3, 8, 10), (1, 3, 6, 12), (1, 3, 8, 10)]
     assert [y[:, 0, 0].tolist() for _, y in got] == [[0, 1], [0], [1], [0]]  # each image with its own map
+
+
+def test_camera_photos_get_torchvisions_base_and_crop_and_a_step_that_cannot_fit_is_refused(tmp_path, caplog,
+                                                                                            monkeypatch):
+    import logging
+
+    from moco.config import resolve
+    from moco.core.errors import ConfigError
+    from moco.data.segmentation import SegSet
+    from moco.tasks import segment as segment_task
+    from moco.transfer import sizes
+
+    photos = SegSet(Path(tmp_path), ["a.jpg"] * 3, [(3000, 4000)] * 3, 2, ["bg", "thing"], 255)
+    cfg = resolve("cifar10-cpu")
+    with caplog.at_level(logging.WARNING, logger="moco"):
+        segment_task._sizes(cfg, photos)
+    assert (cfg.segment.base_size, cfg.segment.crop_size) == (520, 480)  # not 3000 x 3000 crops
+    assert any("median shorter side is 3000 px" in r.getMessage() for r in caplog.records)
+    small = SegSet(Path(tmp_path), ["a.png"] * 3, [(96, 128)] * 3, 2, ["bg", "thing"], 255)
+    cfg = resolve("cifar10-cpu")
+    segment_task._sizes(cfg, small)
+    assert (cfg.segment.base_size, cfg.segment.crop_size) == (96, 96)  # small images: their own size
+    monkeypatch.setattr(sizes, "device_memory_gb", lambda device: 0.5)
+    with pytest.raises(ConfigError, match=r"lower --batch-size \(now 8\) or segment.crop_size \(now 480\)"):
+        sizes.check_fits(sizes.step_memory_gb("resnet50", 64, 480**2, 8, False, sizes.SEGMENT_FACTOR),
+                         torch.device("cpu"), "--batch-size (now 8) or segment.crop_size (now 480)")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from moco.core.distributed import SINGLE_PROCESS, DistInfo, rank_slice
 from moco.core.errors import DataError
@@ -296,12 +297,19 @@ class CocoImages(torch.utils.data.Dataset):
     readable one (and passed over from then on, as the folder pipelines do). The target holds ``boxes``,
     ``labels`` and, with ``masks``, the boxes' masks.
 
+    With ``sizes`` (the detector's largest shorter side and its longer side's cap), a JPEG larger than the detector
+    will use is decoded at a reduced scale (PIL's draft mode: 1/2, 1/4 or 1/8, never below what the detector
+    resizes it to), and its target is scaled with it: :func:`reduction` gives an image's factors, which
+    :func:`restore` undoes on a prediction.
+
     With ``cache_mb`` of room for the whole set decoded (:meth:`CocoSet.decoded_mb`), each image is decoded once,
     on its first read, and then kept in memory (``cache``): read in this process, not in loader workers."""
 
-    def __init__(self, data: CocoSet, masks: bool, strict: bool, cache_mb: float = 0, keypoints: bool = False) -> None:
+    def __init__(self, data: CocoSet, masks: bool, strict: bool, cache_mb: float = 0, keypoints: bool = False,
+                 sizes: tuple[int, int] = (0, 0)) -> None:
         self.data, self.masks, self.strict = data, masks and data.segmentations is not None, strict
         self.keypoints = keypoints and data.keypoints is not None
+        self.sizes = sizes
         self.lost: dict[int, str] = {}
         self.cache: dict[int, torch.Tensor] | None = {} if 0 < data.decoded_mb() <= cache_mb else None
 
@@ -315,9 +323,9 @@ class CocoImages(torch.utils.data.Dataset):
     def _read(self, path: Path, k: int) -> torch.Tensor:
         if self.cache is not None and k in self.cache:
             return self.cache[k]
-        img = load_rgb(path)
         h, w = self.data.sizes[k]
-        if img.size != (w, h):
+        img = load_rgb(path, draft_size=draft_side(h, w, *self.sizes))
+        if img.size != (w, h) and reduction(img.size[1], img.size[0], h, w) is None:
             raise ValueError(f"it is {img.size[0]}x{img.size[1]}, the annotations say {w}x{h}")
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         if self.cache is not None:
@@ -338,7 +346,66 @@ class CocoImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Target, int, list[tuple[int, str]]]:
         img, k, failed = first_readable(self.data.images, i, self._read, self.lost, self.strict, indexed=True)
-        return img, self.target(k), k, failed
+        t = self.target(k)
+        h, w = self.data.sizes[k]
+        factors = reduction(img.shape[1], img.shape[2], h, w)
+        return img, (t if factors in (None, (1.0, 1.0)) else scale_target(t, *factors, img.shape[1:])), k, failed
+
+
+def draft_side(h: int, w: int, short: int, long: int) -> int | None:
+    """The side both of a decoded ``h`` x ``w`` image's sides must keep so that the detector, which resizes it to a
+    shorter side of ``short`` and a longer side of at most ``long``, loses nothing: None (decode whole) when no
+    sizes are given or the image is not larger."""
+    if not short:
+        return None
+    r = min(short / min(h, w), (long or float("inf")) / max(h, w))
+    return math.ceil(r * max(h, w)) if r < 0.5 else None
+
+
+def reduction(dh: int, dw: int, h: int, w: int) -> tuple[float, float] | None:
+    """(y, x) factors of an image decoded at ``dh`` x ``dw`` from one of ``h`` x ``w``, when that is a JPEG scale
+    reduction (1, 1/2, 1/4 or 1/8, sides rounded up); None when it is another size."""
+    for f in (1, 2, 4, 8):
+        if (dh, dw) == (-(-h // f), -(-w // f)):
+            return dh / h, dw / w
+    return None
+
+
+def scale_target(t: Target, fy: float, fx: float, size: tuple[int, int]) -> Target:
+    """A target for its image decoded at (``fy``, ``fx``) of its size (``size``: the decoded (H, W))."""
+    out = {**t, "boxes": t["boxes"] * torch.tensor([fx, fy, fx, fy])}
+    if "keypoints" in t:
+        kp = t["keypoints"].clone()
+        kp[..., 0] *= fx
+        kp[..., 1] *= fy
+        out["keypoints"] = kp
+    if "masks" in t:
+        m = t["masks"]
+        out["masks"] = F.interpolate(m[None].float(), size=tuple(size), mode="nearest")[0].to(m.dtype) if len(m) \
+            else m.new_zeros((0, *size))
+    return out
+
+
+def in_own_size(out: dict[str, torch.Tensor], image: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """A prediction on ``image`` in the coordinates of the image file it was decoded from (``size``: (H, W))."""
+    factors = reduction(image.shape[-2], image.shape[-1], *size)
+    return out if factors in (None, (1.0, 1.0)) else restore(out, *factors, size)
+
+
+def restore(out: dict[str, torch.Tensor], fy: float, fx: float, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """A detector's prediction on an image decoded at (``fy``, ``fx``) of its size, in the image's own
+    coordinates (``size``: its (H, W)); masks are thresholded at 0.5 as they are resized, one at a time."""
+    res = {**out, "boxes": out["boxes"] / out["boxes"].new_tensor([fx, fy, fx, fy])}
+    if "keypoints" in out:
+        kp = out["keypoints"].clone()
+        kp[..., 0] /= fx
+        kp[..., 1] /= fy
+        res["keypoints"] = kp
+    if "masks" in out:
+        res["masks"] = torch.stack([F.interpolate(m[None].float(), size=tuple(size), mode="bilinear")[0] > 0.5
+                                    for m in out["masks"]]).to(torch.uint8) if len(out["masks"]) else \
+            out["masks"].new_zeros((0, 1, *size), dtype=torch.uint8)
+    return res
 
 
 def flip_target(t: Target, width: int, keypoint_flip: list[int] | None = None) -> Target:
@@ -374,10 +441,11 @@ class DetectionSource:
 
     def __init__(self, data: CocoSet, masks: bool, flip: float, workers: int, batch_size: int,
                  gen: torch.Generator, device: torch.device, dinfo: DistInfo = SINGLE_PROCESS,
-                 strict: bool = False, cache_mb: float = 0, keypoints: bool = False) -> None:
+                 strict: bool = False, cache_mb: float = 0, keypoints: bool = False,
+                 sizes: tuple[int, int] = (0, 0)) -> None:
         self.data, self.flip, self.batch_size = data, flip, batch_size
         self.gen, self.device, self.dinfo = gen, device, dinfo
-        self.dataset = CocoImages(data, masks, strict, cache_mb, keypoints)
+        self.dataset = CocoImages(data, masks, strict, cache_mb, keypoints, sizes)
         self.keypoint_flip = flip_permutation(data.keypoint_names) if keypoints else None
         self.workers = self.dataset.workers(workers)
         self.images, self.lost = data.images, self.dataset.lost

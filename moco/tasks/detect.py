@@ -30,7 +30,7 @@ from moco.core.distributed import DistInfo
 from moco.core.errors import ConfigError, DataError
 from moco.core.precision import autocast
 from moco.data.augment import NORMALIZATIONS
-from moco.data.coco import CocoImages, CocoSet, DetectionSource, eval_batches, read_coco
+from moco.data.coco import CocoImages, CocoSet, DetectionSource, eval_batches, in_own_size, read_coco
 from moco.evaluation.coco_ap import COCO_PERSON_SIGMAS, coco_ap, detections_to_coco
 from moco.models.vit import VITS
 from moco.training.checkpoint import TrainState
@@ -40,6 +40,15 @@ from moco.training.task import Stats, Task
 from moco.transfer.common import Recipe, job_config, length_flags, run_record, transfer_config, write_results
 from moco.transfer.detector import build_detector
 from moco.transfer.init import dense_network
+from moco.transfer.sizes import (
+    DETECT_FACTOR,
+    DETECT_LONG,
+    DETECT_SHORT,
+    capped,
+    check_fits,
+    fitted_side,
+    step_memory_gb,
+)
 
 log = logging.getLogger("moco")
 
@@ -93,6 +102,7 @@ class DetectJob:
     train: CocoSet
     val_ann: Path | None
     val_images: Path | None
+    sized_by_data: bool = False  # detect.min_size was left to the data: lowered to fit the memory if need be
 
 
 def detect_config(source: Config, kind: str, ckpt: str, flags: dict[str, Any] | None = None,
@@ -102,14 +112,70 @@ def detect_config(source: Config, kind: str, ckpt: str, flags: dict[str, Any] | 
     return transfer_config(source, kind, ckpt, DETECTION, flags, overrides, config_file)
 
 
-def _sizes(cfg: Config, train: CocoSet) -> None:
-    """Fill in ``detect.min_size`` (the training images' median shorter side) and ``detect.max_size`` (1333/800
-    of the largest min_size) when they are left to the data, so that config.yaml records what ran."""
+def _sizes(cfg: Config, train: CocoSet) -> bool:
+    """Fill in ``detect.min_size`` (the training images' median shorter side, at most torchvision's 800 px) and
+    ``detect.max_size`` (1333/800 of the largest min_size) when they are left to the data, so that config.yaml
+    records what ran. Returns whether the data gave min_size."""
     d = cfg.detect
-    if not d.min_size:
-        d.min_size = [max(16, train.median_short_side())]
+    derived = not d.min_size
+    if derived:
+        d.min_size = [max(16, capped(train.median_short_side(), DETECT_SHORT, "detection trains and tests",
+                                     "detect.min_size"))]
     if not d.max_size:
-        d.max_size = round(max(d.min_size) * 1333 / 800)
+        d.max_size = round(max(d.min_size) * DETECT_LONG / DETECT_SHORT)
+    return derived
+
+
+CAMERA_IMAGES = 2
+"""Images a process trains on per step at torchvision's 800-px ceiling (its references' 2 per GPU): the recipe's
+batch is sized for small canvases; at 800 x 1333 px a step of 8 took 12.6 GB in fp32 on a CPU."""
+
+
+def _batch_given(flags: dict[str, Any], overrides: list[str] | None, config_file: str | None) -> bool:
+    """Whether the user chose the batch (a flag, a --set, or a config file, which may)."""
+    return bool(flags.get("optim.batch_size") or config_file or
+                any(o.split("=", 1)[0].strip() == "optim.batch_size" for o in overrides or []))
+
+
+def _camera_batch(cfg: Config) -> None:
+    """At the 800-px ceiling (camera photos) train :data:`CAMERA_IMAGES` images a process per step, the lr scaled
+    with the batch (linear scaling), said in one line."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    b, o = CAMERA_IMAGES * world, cfg.optim
+    if max(cfg.detect.min_size) < DETECT_SHORT or o.batch_size <= b:
+        return
+    log.warning("camera-sized photos: %d image(s) a step (torchvision's %d per device at 800 px), lr %g -> %g; "
+                "--batch-size to choose", b, CAMERA_IMAGES, o.lr, o.lr * b / o.batch_size)
+    o.lr, o.batch_size = o.lr * b / o.batch_size, b
+
+
+def decode_sizes(cfg: Config) -> tuple[int, int]:
+    """The largest shorter side and the longer side's cap the detector resizes to: JPEGs larger than that are
+    decoded at a reduced scale (:class:`moco.data.coco.CocoImages`)."""
+    return (max(cfg.detect.min_size), cfg.detect.max_size) if cfg.detect.min_size else (0, 0)
+
+
+def _fit_memory(cfg: Config, device: torch.device, per_process: int, derived: bool) -> None:
+    """Estimate a step's memory at the detector's largest input before the first step: a size the data gave is
+    lowered until it fits (one line), a size the user set that cannot fit is refused (what to lower)."""
+    d, m = cfg.detect, cfg.model
+    half = cfg.train.precision in ("bf16", "fp16")
+    side = max(d.min_size)
+
+    def need(s: int) -> float:
+        return step_memory_gb(m.arch, m.width, s * s * d.max_size / side, per_process, half, DETECT_FACTOR,
+                              m.cifar_stem)
+
+    if not derived:
+        check_fits(need(side), device, f"--batch-size (now {cfg.optim.batch_size}) or detect.min_size (now "
+                                       f"{d.min_size})")
+        return
+    fit = fitted_side(side, need(side), device)
+    if fit < side:
+        log.warning("a step at %d px would need about %.1f GB: detection trains and tests at %d px to fit the "
+                    "memory (--batch-size or --set detect.min_size=... to choose)", side, need(side), fit)
+        d.min_size, d.max_size = [fit], round(fit * DETECT_LONG / DETECT_SHORT)
+        check_fits(need(fit), device, f"--batch-size (now {cfg.optim.batch_size})")
 
 
 def resolve_job(
@@ -135,9 +201,11 @@ def resolve_job(
     train = read_coco(train_ann, train_images, cfg.data.strict, warn)
     if not train.ids:
         raise DataError(f"{train.ann_file}: no usable image")
-    _sizes(cfg, train)
+    derived = _sizes(cfg, train)
+    if derived and prev is None and not _batch_given(flags, overrides, config_file):
+        _camera_batch(cfg)
     return DetectJob(cfg, kind, ckpt, train, Path(val_ann).expanduser() if val_ann else None,
-                     Path(val_images).expanduser() if val_images else None)
+                     Path(val_images).expanduser() if val_images else None, derived)
 
 
 def _val_set(job: DetectJob, strict: bool) -> CocoSet | None:
@@ -202,10 +270,11 @@ class DetectionMonitor:
         res: list[dict[str, Any]] = []
         seen = 0
         if self.images is None:
-            self.images = CocoImages(self.val, False, False, self.cfg.detect.cache_mb)
+            self.images = CocoImages(self.val, False, False, self.cfg.detect.cache_mb, sizes=decode_sizes(self.cfg))
         for images, idx in eval_batches(self.images, self.batch_size, self.cfg.data.workers, self.device):
             with autocast(self.device, self.cfg.train.precision):
                 outs = model.detect(images)
+            outs = [in_own_size(o, x, self.val.sizes[k]) for o, x, k in zip(outs, images, idx)]
             res += detections_to_coco(outs, [ids[k] for k in idx], cats)
             seen += len(idx)
             if marks is not None:
@@ -276,6 +345,7 @@ def set_up_detect(
     if len(train.ids) < b:
         raise DataError(f"{train.ann_file} has {len(train.ids)} usable image(s), fewer than one batch of {b}; "
                         "lower --batch-size")
+    _fit_memory(cfg, device, max(1, b // dinfo.world_size), job.sized_by_data and ck is None)
     d = cfg.detect
     n_kp = len(train.keypoint_names) if d.keypoints == "auto" and train.keypoints is not None else 0
     masks = d.masks == "auto" and train.segmentations is not None and not n_kp
@@ -295,7 +365,7 @@ def set_up_detect(
     parts = training_parts(cfg, model, device, lambda m: m.param_groups(cfg.finetune.backbone_lr))
     gen = augmentation_generator(cfg)  # flips, the same on every rank
     source = DetectionSource(train, masks, d.flip, cfg.data.workers, b, gen, device, dinfo, cfg.data.strict,
-                             d.cache_mb, bool(n_kp))
+                             d.cache_mb, bool(n_kp), decode_sizes(cfg))
     cat_ids = [c["id"] for c in train.categories]
     monitor = DetectionMonitor(val, cat_ids, max(1, b // dinfo.world_size), cfg, device, masks,
                                sigmas) if val else None

@@ -49,6 +49,7 @@ from moco.training.task import Stats, Task
 from moco.transfer.common import Recipe, job_config, length_flags, run_record, write_results
 from moco.transfer.init import dense_network
 from moco.transfer.segmenter import build_segmenter
+from moco.transfer.sizes import SEGMENT_BASE, SEGMENT_CROP, SEGMENT_FACTOR, capped, check_fits, step_memory_gb
 
 log = logging.getLogger("moco")
 
@@ -150,7 +151,11 @@ def _sizes(cfg: Config, train: SegSet) -> None:
     """Fill in ``segment.base_size`` (the training images' median shorter side) and ``crop_size`` (the base size)
     when they are left to the data, so that config.yaml records what ran."""
     s = cfg.segment
-    s.base_size = s.base_size or train.median_short_side()
+    if not s.base_size:
+        median = train.median_short_side()
+        s.base_size = capped(median, SEGMENT_BASE, "segmentation's random scale is relative to", "segment.base_size")
+        if median > SEGMENT_BASE and not s.crop_size:
+            s.crop_size = SEGMENT_CROP
     s.crop_size = s.crop_size or s.base_size
 
 
@@ -255,6 +260,9 @@ def set_up_segment(job: SegmentJob, out: Path, dinfo: DistInfo, dist_device: tor
     backbone, its optimiser with the backbone's lr share, the training views and the mIoU monitor."""
     cfg, device, ck, ck_path = open_run(job.cfg, out, dinfo, dist_device, SEGMENT, resume, overwrite)
     s, b = cfg.segment, cfg.optim.batch_size
+    check_fits(step_memory_gb(cfg.model.arch, cfg.model.width, s.crop_size**2, max(1, b // dinfo.world_size),
+                              cfg.train.precision in ("bf16", "fp16"), SEGMENT_FACTOR), device,
+               f"--batch-size (now {b}) or segment.crop_size (now {s.crop_size})")
     train = job.train
     if len(train) < b:
         raise DataError(f"{job.train_files.describe()} has {len(train)} image(s), fewer than one batch of {b}; "
