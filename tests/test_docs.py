@@ -59,3 +59,20 @@ def test_the_readme_is_a_front_door_whose_links_lead_somewhere():
     assert targets and all((ROOT / t).exists() for t in targets), [t for t in targets if not (ROOT / t).exists()]
     docs = {p.name for p in (ROOT / "docs").glob("*.md")} - {"index.md"}
     assert docs <= {Path(t).name for t in targets}  # every page of the manual is reachable from the README
+
+
+def test_the_settings_reference_is_the_schema():
+    """docs/settings.md is what the schema renders (regenerate it: python scripts/settings_doc.py), and every
+    setting there says what it means."""
+    import dataclasses
+
+    from moco.config import Config, all_keys
+    from moco.presets.reference import field_comments, render
+
+    page = (ROOT / "docs" / "settings.md").read_text()
+    assert page == render(), "run: python scripts/settings_doc.py > docs/settings.md"
+    assert all(f"| `{k}` |" in page for k in all_keys())
+    for section in dataclasses.fields(Config):
+        cls = type(getattr(Config(), section.name))
+        blank = [f.name for f in dataclasses.fields(cls) if not field_comments(cls).get(f.name)]
+        assert not blank, f"{section.name}: {blank} have no comment in moco/schema.py"

@@ -211,6 +211,10 @@ def render(resolve: Callable[[str], Any]) -> str:
         "branch colab-notebook, cell numbers as stored); `main_moco.py`, `builder.py` = facebookresearch/moco at",
         "c567ee4; `v3 main_moco.py`, `CONFIG.md`, `vits.py` = facebookresearch/moco-v3 at c349e6e; v1, v2, v3 =",
         "the papers. `cifar10-cpu` and `cifar10-v3-cpu` are ours: their YAML files give each value's reason.",
+        "",
+        "The ImageNet presets (`imagenet-v1`, `imagenet-v2`, `imagenet-v3-*`) are written to the authors' settings",
+        "and have **never been run**: no GPU has run this code yet, and they are GPU recipes (200 to 800 epochs of",
+        "ImageNet). Only the `cifar10-*` presets have been measured (on CPUs).",
     ]
     for name, rows in PROVENANCE.items():
         cfg = resolve(name).to_dict()
