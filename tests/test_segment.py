@@ -390,3 +390,26 @@ def test_camera_photos_get_torchvisions_base_and_crop_and_a_step_that_cannot_fit
     with pytest.raises(ConfigError, match=r"lower --batch-size \(now 8\) or segment.crop_size \(now 480\)"):
         sizes.check_fits(sizes.step_memory_gb("resnet50", 64, 480**2, 8, False, sizes.SEGMENT_FACTOR),
                          torch.device("cpu"), "--batch-size (now 8) or segment.crop_size (now 480)")
+
+
+def test_camera_jpegs_train_from_a_reduced_decode_whose_views_match_the_map(tmp_path):
+    """A 4,000 x 3,000 JPEG for training views of at most 1,040 px (base 520 x 2) is decoded at half size, and its
+    view is the full decode's view: the map, kept whole, lands on the same pixels."""
+    img = np.zeros((3000, 4000, 3), np.uint8)
+    img[:, 2000:] = 200  # right half bright: class 1
+    (tmp_path / "im").mkdir()
+    (tmp_path / "mk").mkdir()
+    Image.fromarray(img).save(tmp_path / "im" / "a.jpg", quality=95)
+    label = np.zeros((3000, 4000), np.uint8)
+    label[:, 2000:] = 1
+    save_map(tmp_path / "mk" / "a.png", label)
+    data = seg.pair_folders(tmp_path / "im", tmp_path / "mk", num_classes=2)
+    reduced = seg.SegImages(data, draft=1040)
+    assert tuple(reduced.image(0).shape) == (3, 1500, 2000)
+    assert tuple(seg.SegImages(data).image(0).shape) == (3, 3000, 4000)
+    p = torch.tensor([0.5, 0.3, 0.6, 0.9])
+    (x, y), (xf, yf) = (seg.train_view(*images[0], p, 520, (0.5, 2.0), 480, 0.5, 255)
+                        for images in (reduced, seg.SegImages(data)))
+    assert torch.equal(y, yf) and (x.float() - xf.float()).abs().mean() < 2.0
+    bright = x.float().mean(0) > 100
+    assert (bright == (y == 1)).float().mean() > 0.99  # the view's bright pixels are the map's class 1

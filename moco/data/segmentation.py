@@ -18,6 +18,7 @@ a value that is not a class, an RGB map, a file that cannot be read.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import statistics
 from collections.abc import Iterator
@@ -318,10 +319,14 @@ def train_view(img: torch.Tensor, mask: torch.Tensor, p: torch.Tensor, base: int
 
 class SegImages(torch.utils.data.Dataset):
     """Item ``k``: (image ``k`` as (3, H, W) uint8, its class map as (H, W) uint8). With ``cache_mb`` of room for
-    the whole set, each image is decoded once and kept (read in this process: no loader workers)."""
+    the whole set, each image is decoded once and kept (read in this process: no loader workers).
 
-    def __init__(self, data: SegSet, cache_mb: float = 0) -> None:
-        self.data = data
+    ``draft``: a JPEG whose shorter side is at least twice this is decoded at a reduced scale (PIL's draft mode)
+    that keeps the shorter side at ``draft`` or more: for training views, which :func:`train_view` resizes from
+    the image's own size (the map, kept whole, is resized to the same view)."""
+
+    def __init__(self, data: SegSet, cache_mb: float = 0, draft: int = 0) -> None:
+        self.data, self.draft = data, draft
         self.cache: dict[int, torch.Tensor] | None = {} if 0 < data.decoded_mb() <= cache_mb else None
 
     def workers(self, workers: int) -> int:
@@ -335,7 +340,7 @@ class SegImages(torch.utils.data.Dataset):
             return self.cache[k]
         path = self.data.root / self.data.paths[k]
         try:
-            img = load_rgb(path)
+            img = load_rgb(path, draft_size=self.draft or None)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             raise DataError(f"{path}: cannot be read as an image ({e})") from None
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -378,7 +383,7 @@ class SegmentationSource:
     def __init__(self, data: SegSet, base: int, scale: tuple[float, float], crop: int, flip: float, workers: int,
                  batch_size: int, device: torch.device, dinfo: DistInfo = SINGLE_PROCESS, cache_mb: float = 0) -> None:
         self.data, self.batch_size, self.device, self.dinfo = data, batch_size, device, dinfo
-        self.images = SegImages(data, cache_mb)
+        self.images = SegImages(data, cache_mb, math.ceil(base * scale[1]))  # the largest view's shorter side
         self.views = _Views(self.images, base, scale, crop, flip)
         self.workers = self.images.workers(workers)
         self.lost: dict[int, str] = {}
