@@ -51,9 +51,14 @@ def test_top5_counts_the_true_class_among_the_five_best_voted():
 
 
 def test_knn_accuracy_normalises_raw_features_itself():
-    """load_backbone's features are not unit vectors: a row scaled by 50 must not outvote the others."""
+    """load_backbone's features are not unit vectors: a long feature of the wrong class must not outvote the
+    nearer ones (unnormalised, its dot product 2.4 against 1.0 weighs e^24 against e^10 at t=0.1)."""
     g = torch.Generator().manual_seed(3)
-    tr, te = F.normalize(torch.randn(60, 8, generator=g), dim=1), F.normalize(torch.randn(20, 8, generator=g), dim=1)
-    tr_y, te_y = torch.randint(0, 3, (60,), generator=g), torch.randint(0, 3, (20,), generator=g)
-    scale = torch.rand(60, 1, generator=g) * 50 + 0.1
-    assert knn_accuracy(tr * scale, tr_y, te * 7.0, te_y, 3, k=10) == knn_accuracy(tr, tr_y, te, te_y, 3, k=10)
+    e1, e2 = torch.eye(8)[0], torch.eye(8)[1]
+    near = e1 + 0.05 * torch.randn(10, 8, generator=g)
+    tr = torch.cat([near, 3.0 * (0.8 * e1 + 0.6 * e2).view(1, 8), e2 + 0.05 * torch.randn(10, 8, generator=g)])
+    tr_y = torch.tensor([0] * 10 + [1] * 11)
+    te, te_y = 7.0 * (e1 + 0.05 * torch.randn(5, 8, generator=g)), torch.zeros(5, dtype=torch.long)
+    raw = knn_accuracy(tr, tr_y, te, te_y, 2, k=5, t=0.1)
+    assert raw["top1"] == 100.0
+    assert raw == knn_accuracy(F.normalize(tr, dim=1), tr_y, F.normalize(te, dim=1), te_y, 2, k=5, t=0.1)
