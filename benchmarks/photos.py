@@ -24,6 +24,7 @@ QUEUE = "method.K=512"  # a quarter of the clothing set's 3,068 training photos,
 RECIPES = {
     "chosen": [],  # no preset: the recipe chosen from the data and the machine
     "cifar32": ["--preset", "cifar10-cpu", "--set", QUEUE],  # the 32-px recipe with a queue that fits
+    "cifar32-preset": ["--preset", "cifar10-cpu"],  # as shipped (K=4096): what `--data PHOTOS` ran before #48
     # MoCo v2, ResNet-50 at 224 px; batch 128 (lr scaled to it) so that its activations fit 24 GB with room
     "v2": ["--preset", "imagenet-v2", "--set", QUEUE, "--set", "data.workers=2", "--batch-size", "128",
            "--lr", "0.015"],
@@ -62,16 +63,19 @@ def main() -> None:
     ap.add_argument("--budget", default="6m")
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="results/photos_pretrain_BUDGET_TAG.json: runs of another machine")
     a = ap.parse_args()
-    path = ROOT / "results" / f"photos_pretrain_{a.budget}.json"
+    name = f"photos_pretrain_{a.budget}" + (f"_{a.tag}" if a.tag else "")
+    path = ROOT / "results" / f"{name}.json"
     results = json.loads(path.read_text())["results"] if path.is_file() else {}
-    for name in a.recipes:
-        key = f"{name}/seed{a.seed}"
-        results[key] = run(name, a.data, a.budget, a.seed, ROOT / "runs" / f"photos-{a.budget}-{name}-s{a.seed}")
+    for recipe in a.recipes:
+        key = f"{recipe}/seed{a.seed}"
+        results[key] = run(recipe, a.data, a.budget, a.seed,
+                           ROOT / "runs" / f"photos-{a.budget}{'-' + a.tag if a.tag else ''}-{recipe}-s{a.seed}")
         r = results[key]
         print(f"{key:16s} kNN {r.get('knn_top1', float('nan')):6.2f}%  epochs {r['epoch']:4d}  steps {r['step']:5d}  "
               f"wall {r['wall_outside_s']:6.1f} s  {r['recipe']}", flush=True)
-    write_results(f"photos_pretrain_{a.budget}", results, path)
+    write_results(name, results, path)
 
 
 if __name__ == "__main__":
