@@ -98,6 +98,8 @@ ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
      photos),
     ("photos, 30 minutes: the 32-px recipe (what the chooser now takes) and the 48-px one it took before",
      "photos_pretrain_30m.json", photos),
+    ("photos, 6 minutes on a CPU without bf16: chosen recipe against the shipped 32-px preset (K=4096)",
+     "photos_pretrain_6m_avx2.json", photos),
     ("labels saved on the photos (`moco evaluate`, 16 min, the 30-minute 48-px backbone)", "evaluate_photos.json",
      lambda d: d["results"]["savings"]["MoCo"]["line"].split(":")[0]),
     ("4,000-px JPEGs to the pretraining cache: full against reduced decode", "decode_photos.json",
