@@ -34,7 +34,7 @@ EPILOG_PRETRAIN = """examples:
 
 Without --preset or --config the recipe is chosen for --data and this machine: the
 images' median size and number (64 file headers read) and each candidate network's
-measured speed (a second each) against --time-budget (an hour without one). CIFAR-sized
+measured speed (three training steps each) against --time-budget (an hour without one). CIFAR-sized
 images get cifar10-cpu; photos MoCo v2's recipe at the largest view and ResNet the budget
 can teach. The choice is printed with its reasons, kept in RUN/recipe.json and shown by
 `moco info`; --set overrides any of it; --print-config shows it without training.

@@ -5,6 +5,7 @@ import json
 import logging
 
 import pytest
+import torch
 import yaml
 
 from moco.cli import main
@@ -54,13 +55,13 @@ def test_photos_get_the_largest_rung_the_budget_teaches():
     speed = flat(1200.0)  # 32 px: 1200 img/s, 48 px: 533, 64 px: 300 (CIFAR stem)
     r = choose(DataSummary(3000, 400), CPU, 1800.0, speed)
     cfg = resolve(r.preset, recipe=r.settings)
-    # 48 px shows 533 * 0.8 * 1800 = 768,000 views (>= 200 epochs of 3,000); 64 px 432,000: too few
+    # 48 px shows 533 * 0.9 * 1800 = 864,000 views (>= 200 epochs of 3,000); 64 px 486,000: too few
     assert (cfg.data.image_size, cfg.model.arch, cfg.model.width, cfg.model.cifar_stem) == (48, "resnet18", 16, True)
     assert r.preset == "cifar10-cpu" and cfg.data.augmentation == "cifar" and cfg.model.head == "mlp"
     assert speed.asked == list(LADDER[:3])  # cheapest first, and not past the first that does not fit
-    assert cfg.optim.epochs == 256 and cfg.method.K == 512 and cfg.model.bn_splits == 8
+    assert cfg.optim.epochs == 288 and cfg.method.K == 512 and cfg.model.bn_splits == 8
     why = r.reasons["view and network"]
-    assert "the next, resnet18 width 16 (CIFAR stem) at 64 px, would show them 144 times" in why
+    assert "the next, resnet18 width 16 (CIFAR stem) at 64 px, would show them 162 times" in why
 
 
 def test_a_short_budget_takes_the_32px_recipe_and_says_so():
@@ -74,7 +75,7 @@ def test_thirty_minutes_of_a_2_core_cpu_on_3000_photos_keeps_the_32px_recipe():
     """Measured (benchmarks/results/photos_pretrain_30m.json, Zen 4): 389 epochs at 32 px beat 156 at 48 px."""
     speed = table({r: 325.0 * (48 / r.view) ** 2 for r in LADDER})  # the 48-px probe that run measured
     r = choose(DataSummary(3068, 400), CPU, 1800.0, speed)
-    assert "data.image_size" not in r.settings and "would show them 153 times" in r.reasons["view and network"]
+    assert "data.image_size" not in r.settings and "would show them 172 times" in r.reasons["view and network"]
 
 
 def test_more_time_or_a_faster_machine_buys_a_larger_rung():
@@ -155,3 +156,19 @@ def test_the_cli_prints_records_and_lets_every_choice_be_overridden(tmp_path, ca
     assert not any("sit in the queue" in r.getMessage() for r in caplog.records)  # 8 keys for 24 images: fine
     assert not (tmp_path / "run2" / "recipe.json").exists()
 
+
+
+def test_the_probe_times_the_trainers_own_step_and_leaves_the_random_state(monkeypatch):
+    """probe_speed runs moco's pretraining step (train_step on the rung's MoCo and optimiser), not a loop of its
+    own, and the run's seeding is untouched."""
+    from moco.tasks.recipe import probe_speed
+    from moco.training import loop
+
+    calls = []
+    real = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda net, *a: calls.append(type(net.model).__name__) or real(net, *a))
+    state = torch.random.get_rng_state()
+    speed = probe_speed("cpu", batch=8, steps=2)
+    assert speed(LADDER[0]) > 0 and speed(LADDER[0]) == speed(LADDER[0])  # measured once per rung
+    assert calls == ["MoCo"] * 3  # a warm-up and 2 timed steps of the trainer's own step
+    assert torch.equal(torch.random.get_rng_state(), state)

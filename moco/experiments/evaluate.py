@@ -241,7 +241,7 @@ def measure(cfg: Config, num_classes: int) -> Costs:
     from moco.core.precision import memory_format, pick_device, resolve_precision
     from moco.evaluation.linear import LinearClassifier, LinearConfig, fit_classifier
     from moco.tasks.finetune import finetune_task
-    from moco.training.loop import train_step
+    from moco.training.loop import seconds_per_call, train_step
     from moco.training.run import training_parts
     from moco.training.task import StepModule
     from moco.transfer.classifier import Classifier
@@ -255,26 +255,17 @@ def measure(cfg: Config, num_classes: int) -> Costs:
         model, opt, scaler = training_parts(cfg, model, device, lambda m: m.param_groups(cfg.finetune.backbone_lr))
         net, gen = StepModule(model, finetune_task(cfg).step), torch.Generator().manual_seed(0)
         batch = (torch.randn(b, 3, s, s, device=device), torch.randint(0, num_classes, (b,), device=device), None)
-        step_s = _timed(lambda: train_step(net, opt, scaler, batch, gen, precision, device)[0].item(), 2)
+        step_s = seconds_per_call(lambda: train_step(net, opt, scaler, batch, gen, precision, device)[0].item(), 2)
         model.eval()
         with torch.no_grad():
             x = batch[0].contiguous(memory_format=memory_format(cfg.train.channels_last))
-            image_s = _timed(lambda: model.encoder_q(x), 1) / b
+            image_s = seconds_per_call(lambda: model.encoder_q(x), 1) / b
         n, probe = 2560, LinearConfig(epochs=1)  # one epoch of 10 steps of the probe's own fit
         feats, labels = torch.randn(n, 512), torch.randint(0, num_classes, (n,))
         clf = LinearClassifier(512, num_classes, probe.feature_norm)
-        probe_s = _timed(lambda: fit_classifier(clf, lambda _, idx: feats[idx], labels, probe, gen,
+        probe_s = seconds_per_call(lambda: fit_classifier(clf, lambda _, idx: feats[idx], labels, probe, gen,
                                                 torch.device("cpu"), False), 1) / (n // probe.batch_size)
     return Costs(step_s, image_s, probe_s)
-
-
-def _timed(fn: Any, n: int) -> float:
-    """Seconds per call of ``fn`` over ``n`` calls after one warm-up call."""
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n
 
 
 @dataclass

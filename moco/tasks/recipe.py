@@ -8,17 +8,16 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from moco.core.precision import autocast, pick_device, resolve_precision
+from moco.config import resolve
+from moco.core.precision import pick_device, resolve_precision
 from moco.data import sets
 from moco.data.folder import ImageList
-from moco.models.resnet import build_resnet
 from moco.presets.auto import DataSummary, Machine, Recipe, Rung, choose
 
 log = logging.getLogger("moco")
@@ -106,41 +105,32 @@ def this_machine(device_name: str = "auto", processes: int = 1) -> Machine:
     return Machine("cpu", name, mem, cores, half, processes)
 
 
-def probe_speed(device_name: str = "auto", batch: int = 32, seconds: float = 0.5) -> Callable[[Rung], float]:
-    """A function measuring a rung's training speed (images/s) here: its ResNet in channels_last, in the
-    device's precision, a query forward and backward plus a key forward per step, on random images, timed over
-    at least two steps after one to warm up. It draws from its own generator (the global one is untouched)."""
+def probe_speed(device_name: str = "auto", batch: int = 32, steps: int = 3) -> Callable[[Rung], float]:
+    """A function measuring a rung's training speed (images/s) here: the trainer's own pretraining step
+    (:func:`moco.training.loop.train_step` on the rung's MoCo, optimiser and precision, as ``moco pretrain``
+    builds them) on random views, ``steps`` steps after one to warm up. The global random state is left as it
+    was."""
+    from moco.tasks.pretrain import build_training, pretrain_task
+    from moco.training.loop import seconds_per_call, train_step
+    from moco.training.task import StepModule
+
     device = pick_device(device_name)
     precision = resolve_precision("auto", device)
     seen: dict[Rung, float] = {}
 
     def speed(rung: Rung) -> float:
-        if rung in seen:
-            return seen[rung]
-        state = torch.random.get_rng_state()
-        try:
-            model = build_resnet(rung.arch, rung.width, rung.cifar_stem, num_classes=128)
-            model = model.to(device, memory_format=torch.channels_last)
-        finally:
-            torch.random.set_rng_state(state)  # the run's own seeding is untouched by the probe
-        g = torch.Generator().manual_seed(0)
-        b = batch if rung.view < 224 else batch // 2
-        x = torch.randn(b, 3, rung.view, rung.view, generator=g).to(device, memory_format=torch.channels_last)
-
-        def step() -> None:
-            with autocast(device, precision):
-                model(x).float().sum().backward()
-                with torch.no_grad():
-                    model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-
-        step()
-        t, n = time.perf_counter(), 0
-        while n < 2 or time.perf_counter() - t < seconds:
-            step()
-            n += 1
-        seen[rung] = b * n / (time.perf_counter() - t)
+        if rung not in seen:
+            b = batch if rung.view < 224 else batch // 2
+            cfg = resolve(rung.preset, recipe={
+                "model.arch": rung.arch, "model.width": rung.width, "model.cifar_stem": rung.cifar_stem,
+                "data.image_size": rung.view, "optim.batch_size": b, "train.precision": precision})
+            with torch.random.fork_rng(devices=[]):
+                model, opt, scaler = build_training(cfg, device)
+                net, gen = StepModule(model, pretrain_task(cfg).step), torch.Generator().manual_seed(0)
+                views = (torch.randn(b, 3, rung.view, rung.view, device=device),
+                         torch.randn(b, 3, rung.view, rung.view, device=device), torch.arange(b, device=device))
+                seen[rung] = b / seconds_per_call(
+                    lambda: train_step(net, opt, scaler, views, gen, precision, device)[0].item(), steps)
         return seen[rung]
 
     return speed

@@ -14,6 +14,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,16 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     return loss.detach(), stats
+
+
+def seconds_per_call(fn: Callable[[], Any], n: int) -> float:
+    """Seconds per call of ``fn`` over ``n`` calls after one warm-up call (``fn`` syncs the device itself, as by
+    reading its loss with ``.item()``)."""
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
 
 
 @dataclass
