@@ -172,3 +172,12 @@ def test_the_probe_times_the_trainers_own_step_and_leaves_the_random_state(monke
     assert speed(LADDER[0]) > 0 and speed(LADDER[0]) == speed(LADDER[0])  # measured once per rung
     assert calls == ["MoCo"] * 3  # a warm-up and 2 timed steps of the trainer's own step
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_shards_are_summarised_from_their_image_headers(tmp_path):
+    from moco.tasks.recipe import summarize
+
+    data = _photos(tmp_path / "photos", 120)
+    assert main(["shards", "--data", str(data), "--out", str(tmp_path / "sh"), "--no-progress"]) == 0
+    shards = sorted(str(p) for p in (tmp_path / "sh").glob("*.tar"))
+    assert summarize(shards) == summarize(data) == DataSummary(24, 100)  # 120 x 100 px: the shorter side

@@ -26,6 +26,19 @@ def _installed(module: str) -> bool:
         return False
 
 
+def host_memory_gb(available: bool = False) -> float | None:
+    """The host's memory in GB (``available``: what is free now), or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES" if available else "SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def system_report() -> dict[str, Any]:
     """The installation as a dict: versions, CPU (torch's capability, native bf16, cores, memory), CUDA (its
     version and each GPU's name and memory, bf16), and each extra's presence."""
@@ -36,11 +49,7 @@ def system_report() -> dict[str, Any]:
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that was not installed
         version = "not installed"
 
-    try:
-        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        mem_gb = None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mem_gb, cores = host_memory_gb(), usable_cores()
     gpus = []
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

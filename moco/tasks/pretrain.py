@@ -30,7 +30,7 @@ from moco.evaluation.health import health_monitor
 from moco.evaluation.knn import KnnMonitor
 from moco.methods import build_moco, describe
 from moco.models.generic import custom_name
-from moco.presets.auto import Recipe, chosen_value, pow2_floor
+from moco.presets.auto import Recipe, chosen_value, queue_size
 from moco.schedules import momentum_at
 from moco.schema import Config
 from moco.tasks.recipe import RECIPE_FILE, recipe_record
@@ -221,7 +221,7 @@ def _warn_queue(run: Run) -> None:
     if run.cfg.method.dictionary == "moco" and n and k >= n / 2:
         log.warning("method.K=%d keys for %d images: each image's own older keys sit in the queue as its "
                     "negatives; --set method.K=%d (a quarter of the images, as a recipe chosen for the data takes)",
-                    k, n, max(run.cfg.optim.batch_size, pow2_floor(n / 4)))
+                    k, n, queue_size(n, run.cfg.optim.batch_size, k)[0])
 
 
 def _record_recipe(run: Run, recipe: Recipe) -> None:

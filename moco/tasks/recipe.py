@@ -6,7 +6,6 @@ measured with a few training steps of its network on random images.
 from __future__ import annotations
 
 import logging
-import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from moco.config import resolve
 from moco.core.precision import pick_device, resolve_precision
+from moco.core.system import host_memory_gb, usable_cores
 from moco.data import sets
 from moco.data.folder import ImageList
 from moco.presets.auto import DataSummary, Machine, Recipe, Rung, choose
@@ -43,31 +43,22 @@ def median_side(images: ImageList, sample: int = SAMPLE) -> int:
 def _shard_sides(shards: list[str], sample: int = SAMPLE) -> list[int]:
     """Shorter sides of the first ``sample`` images of the first local shard (headers only)."""
     import io
-    import tarfile
+    from itertools import islice
 
     from PIL import Image
 
-    from moco.data.shards.read import IMAGE_FIELDS
+    from moco.data.shards.read import image_field, read_samples
     from moco.data.shards.spec import is_remote
 
-    local = [s for s in shards if not is_remote(s)]
     sides: list[int] = []
-    if not local:
-        return sides
-    try:
-        with tarfile.open(local[0], "r:") as tf:
-            for ti in tf:
-                if ti.isreg() and ti.name.rsplit(".", 1)[-1].lower() in IMAGE_FIELDS:
-                    f = tf.extractfile(ti)
-                    try:
-                        with Image.open(io.BytesIO(f.read() if f else b"")) as im:
-                            sides.append(min(im.size))
-                    except Exception:  # noqa: BLE001 - an unreadable sample says nothing about the others
-                        pass
-                    if len(sides) >= sample:
-                        break
-    except (tarfile.TarError, OSError):
-        pass
+    local = [s for s in shards if not is_remote(s)][:1]
+    images = (x for x in read_samples(local, lambda shard, why: None) if image_field(x))
+    for x in islice(images, sample):
+        try:
+            with Image.open(io.BytesIO(x[image_field(x)])) as im:
+                sides.append(min(im.size))
+        except Exception:  # noqa: BLE001 - an unreadable sample says nothing about the others
+            continue
     return sides
 
 
@@ -93,14 +84,11 @@ def this_machine(device_name: str = "auto", processes: int = 1) -> Machine:
     """The training device (``train.device``), its memory, the cores, and whether 16-bit runs natively."""
     device = pick_device(device_name)
     half = resolve_precision("auto", device) != "fp32"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return Machine("cuda", props.name, props.total_memory / 2**30, cores, half, processes)
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        mem = 16.0
+    mem = host_memory_gb() or 16.0
     name = f"{cores}-core CPU ({torch.backends.cpu.get_cpu_capability()}, {'bf16' if half else 'fp32'})"
     return Machine("cpu", name, mem, cores, half, processes)
 

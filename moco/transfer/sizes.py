@@ -9,11 +9,11 @@ The ceilings are torchvision's references: detection's 800-px shorter side and 1
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
 from moco.core.errors import ConfigError
+from moco.core.system import host_memory_gb
 from moco.presets.auto import ACT_MB_224
 
 log = logging.getLogger("moco")
@@ -37,10 +37,8 @@ def device_memory_gb(device: torch.device) -> float:
     """Memory a step can use on ``device``: the GPU's free memory, or the host's available memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] / 2**30
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return float("inf")
+    free = host_memory_gb(available=True)
+    return float("inf") if free is None else free
 
 
 CIFAR_STEM_FACTOR = 3.0
