@@ -503,7 +503,7 @@ def _pretrain(a: argparse.Namespace) -> int:
         "train.seed": a.seed, "data.max_images": a.max_images, "train.device": a.device,
         "data.strict": True if a.strict_data else None, "data.samples_per_epoch": a.samples_per_epoch,
     }
-    out = Path(a.out) if a.out else Path("runs") / (a.preset or "pretrain")
+    out = _pretrain_out(a)
     data = a.data or default_data()  # a folder, or WebDataset shards (a pattern, a URL: kept as text)
     preset = a.preset
     if a.replay_plan and not a.preset and not a.config:  # the replayed run's own settings: bit for bit
@@ -527,6 +527,11 @@ def _pretrain(a: argparse.Namespace) -> int:
                             replay_plan=a.replay_plan, started=process_start(), recipe=recipe))
 
 
+def _pretrain_out(a: argparse.Namespace) -> Path:
+    """The pretraining run's folder: ``--out``, else runs/PRESET, else runs/pretrain."""
+    return Path(a.out) if a.out else Path("runs") / (a.preset or "pretrain")
+
+
 RECIPE_ENV = "MOCO_RECIPE"  # the recipe `moco pretrain --nproc N` chose once, handed to its N processes (JSON)
 
 
@@ -541,7 +546,7 @@ def _recipe_for(a: argparse.Namespace, data: str | Path | None, out: Path) -> An
     if a.preset or a.config or a.replay_plan or data is None or resumes(out, a.resume):
         return None
     if os.environ.get(RECIPE_ENV):
-        return Recipe(**{k: v for k, v in json.loads(os.environ[RECIPE_ENV]).items()})
+        return Recipe(**json.loads(os.environ[RECIPE_ENV]))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("under torchrun give --preset or --config: each process would measure the machine and "
                           "could choose another recipe (`moco pretrain --nproc N` chooses once for all of them)")
@@ -772,6 +777,7 @@ def _info(a: argparse.Namespace) -> int:
     from moco.config import from_dict
     from moco.core.checkpoint_files import load_checkpoint, require_moco_checkpoint
     from moco.methods import describe
+    from moco.tasks.recipe import read_recipe
 
     if a.system:
         from moco.core.system import system_lines, system_report
@@ -789,7 +795,7 @@ def _info(a: argparse.Namespace) -> int:
         "checkpoint": str(path), "format": ck["format"], "epoch": ck["epoch"],
         "epochs": cfg["optim"]["epochs"], "step": ck["step"], "epoch_step": ck.get("epoch_step", 0),
         "n_images": ck.get("n_images"), "metrics": ck.get("metrics", {}), "health": health, "config": cfg,
-        "recipe": _recipe_record(path.parent),
+        "recipe": read_recipe(path.parent),
     }
     if a.json:
         print(json.dumps(info, indent=2))
@@ -842,16 +848,6 @@ def _task_lines(ck: dict[str, Any], cfg: dict[str, Any]) -> None:
         print(f"segmenter   {sc.get('head')} head at output stride {ck.get('stride')}, {ck.get('init')} init"
               f"{' from ' + ck['source'] if ck.get('source') else ''}, {len(ck.get('classes') or [])} classes, "
               f"crops of {sc.get('crop_size')} px")
-
-
-def _recipe_record(run: Path) -> dict[str, Any] | None:
-    """The recipe ``moco pretrain`` chose for the run in ``run`` (its recipe.json), or None: a preset's run, or a
-    file that does not read as one."""
-    try:
-        rec = json.loads((run / "recipe.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) else None
 
 
 def _run_checkpoint(path: Path) -> Path:
@@ -923,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         trains = ("pretrain", "finetune", "detect", "segment")
         if args.command in trains and args.nproc and "WORLD_SIZE" not in os.environ:
             if args.command == "pretrain":  # the recipe chosen once, here, for every process
-                recipe = _recipe_for(args, args.data or default_data(), Path(args.out or "runs/run"))
+                recipe = _recipe_for(args, args.data or default_data(), _pretrain_out(args))
                 if recipe is not None:
                     from moco.tasks.recipe import recipe_record
 

@@ -5,6 +5,7 @@ measured with a few training steps of its network on random images.
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from collections.abc import Callable
@@ -139,3 +140,13 @@ def recipe_record(recipe: Recipe) -> dict[str, Any]:
     """What a run folder's recipe.json holds: the preset, the chosen settings and their reasons."""
     return {"preset": recipe.preset, "summary": recipe.summary, "settings": recipe.settings,
             "reasons": recipe.reasons}
+
+
+def read_recipe(run: Path) -> dict[str, Any] | None:
+    """What ``run``'s recipe.json holds (:func:`recipe_record`), or None: a preset's run, or a file that does
+    not read as one."""
+    try:
+        rec = json.loads((Path(run) / RECIPE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
