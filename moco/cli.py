@@ -539,6 +539,7 @@ def _recipe_for(a: argparse.Namespace, data: str | Path | None, out: Path) -> An
     """The recipe chosen for ``--data`` on this machine (:func:`moco.tasks.recipe.auto_recipe`), or None when a
     preset, a config file, a replay or a resume decides, or there is no data. Chosen once for ``--nproc``: the
     launcher's choice reaches its processes in ``$MOCO_RECIPE``."""
+    from moco.config import user_value
     from moco.presets.auto import Recipe
     from moco.tasks.pretrain import resumes
     from moco.training.budget import parse_duration
@@ -553,9 +554,9 @@ def _recipe_for(a: argparse.Namespace, data: str | Path | None, out: Path) -> An
     from moco.tasks.recipe import auto_recipe
 
     budget = parse_duration(a.time_budget) if a.time_budget else None
-    batch = a.batch_size or next((int(v) for k, _, v in (s.partition("=") for s in a.set or [])
-                                  if k.strip() == "optim.batch_size"), None)
-    return auto_recipe(data, budget, a.device or "auto", a.nproc or 1, a.max_images or 0, batch=batch)
+    batch = user_value("optim.batch_size", {"optim.batch_size": a.batch_size}, a.set)  # checked: an int
+    return auto_recipe(data, budget, a.device or "auto", a.nproc or 1, a.max_images or 0,
+                       batch=int(batch) if batch else None)
 
 
 def _replayed_config(path: Path) -> Path:

@@ -47,7 +47,7 @@ __all__ = [
     "PRESETS", "Config", "ConfigError", "DataConfig", "DetectConfig", "FinetuneConfig", "MethodConfig", "ModelConfig",
     "OptimConfig", "SegmentConfig", "TrainConfig",
     "all_keys", "check_budget", "check_overrides", "dump_yaml", "from_dict", "load_yaml", "merge_dict", "resolve",
-    "set_value", "validate",
+    "set_value", "user_value", "validate",
 ]
 class Config(schema.Config):
     """A run's settings, one dataclass per section: ``model`` (the backbone and head), ``method`` (the contrastive
@@ -235,6 +235,14 @@ def resolve(
         set_value(cfg, key.strip(), value.strip())
     validate(cfg, *sections)
     return cfg
+
+
+def user_value(key: str, flags: dict[str, Any] | None, overrides: list[str] | None) -> str | None:
+    """What the user gave ``key`` on the command line (a flag, or the last ``--set key=value``, as text), or None:
+    for choices that hold only where the user chose nothing."""
+    given = (flags or {}).get(key)
+    sets = [v.strip() for k, _, v in (o.partition("=") for o in overrides or []) if k.strip() == key]
+    return sets[-1] if sets else None if given is None else str(given)
 
 
 def check_overrides(overrides: list[str] | None) -> None:

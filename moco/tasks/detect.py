@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from moco.config import Config
+from moco.config import Config, user_value
 from moco.core.distributed import DistInfo
 from moco.core.errors import ConfigError, DataError
 from moco.core.precision import autocast
@@ -128,13 +128,12 @@ def _sizes(cfg: Config, train: CocoSet) -> bool:
 
 CAMERA_IMAGES = 2
 """Images a process trains on per step at torchvision's 800-px ceiling (its references' 2 per GPU): the recipe's
-batch is sized for small canvases; at 800 x 1333 px a step of 8 took 12.6 GB in fp32 on a CPU."""
+batch of 8 is sized for small canvases (at 800 x 1333 px it does not fit 8 GB; benchmarks/README.md)."""
 
 
 def _batch_given(flags: dict[str, Any], overrides: list[str] | None, config_file: str | None) -> bool:
     """Whether the user chose the batch (a flag, a --set, or a config file, which may)."""
-    return bool(flags.get("optim.batch_size") or config_file or
-                any(o.split("=", 1)[0].strip() == "optim.batch_size" for o in overrides or []))
+    return bool(config_file) or user_value("optim.batch_size", flags, overrides) is not None
 
 
 def _camera_batch(cfg: Config) -> None:
